@@ -1,0 +1,37 @@
+# Modelplane: `make up` runs the embedded platform, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU wheel of torch==2.13.0 lives in /opt/wheels on our machines; pip finds it there.
+PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
+
+.PHONY: up install install-dev test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) --quiet --upgrade pip setuptools wheel
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(PIP_FLAGS) -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+up: install
+	$(BIN)/modelplane up
+
+test: install-dev
+	$(BIN)/python -m pytest -q -rs
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .modelplane .pytest_cache
