@@ -36,11 +36,20 @@ class StorageUnavailable(StorageError):
     """The store is down, unreachable or refused the request; retrying later may work."""
 
 
+class InvalidUpload(StorageError):
+    """The store refused to assemble a direct upload: missing, too small or misordered parts
+    (the client's mistake, unlike ``StorageUnavailable``)."""
+
+
 class DigestMismatch(StorageError):
     """The bytes written do not have the size or sha256 the caller expected."""
 
     def __init__(
-        self, *, expected_sha256: str, actual_sha256: str, expected_size: int | None,
+        self,
+        *,
+        expected_sha256: str,
+        actual_sha256: str,
+        expected_size: int | None,
         actual_size: int,
     ) -> None:
         super().__init__(
@@ -84,8 +93,9 @@ class BlobWriter(Protocol):
     def write(self, chunk: bytes) -> None:
         """Append bytes, hashing them; may upload a part. Blocking."""
 
-    def commit(self, *, expected_sha256: str | None = None,
-               expected_size: int | None = None) -> StoredObject:
+    def commit(
+        self, *, expected_sha256: str | None = None, expected_size: int | None = None
+    ) -> StoredObject:
         """Publish under the key. Raises ``DigestMismatch`` (and publishes nothing)
         when the bytes written don't match what the caller expected."""
 
@@ -130,8 +140,9 @@ class DirectUploadStore(Protocol):
     def create_multipart(self, key: str) -> str:
         """Start a multipart upload to ``key``; returns its upload id."""
 
-    def presign_part(self, key: str, upload_id: str, part_number: int,
-                     expires_in: int = 3600) -> str:
+    def presign_part(
+        self, key: str, upload_id: str, part_number: int, expires_in: int = 3600
+    ) -> str:
         """A URL the client PUTs one part's bytes to."""
 
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
@@ -143,13 +154,13 @@ class DirectUploadStore(Protocol):
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Drop an unfinished upload and its parts; an unknown upload id is fine."""
 
-    def verify(self, key: str, *, expected_sha256: str,
-               expected_size: int | None = None) -> StoredObject:
+    def verify(
+        self, key: str, *, expected_sha256: str, expected_size: int | None = None
+    ) -> StoredObject:
         """Read the object back, hash it, and raise ``DigestMismatch`` if it differs."""
 
     def promote(self, src: str, dst: str) -> None:
         """Server-side copy ``src`` to ``dst`` (any size), then delete ``src``."""
 
-    def presign_get(self, key: str, expires_in: int = 3600,
-                    filename: str | None = None) -> str:
+    def presign_get(self, key: str, expires_in: int = 3600, filename: str | None = None) -> str:
         """A URL that downloads the object directly from the store."""
