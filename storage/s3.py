@@ -288,8 +288,9 @@ class S3BlobWriter:
 
     Full parts go to a small thread pool while the caller keeps writing; a semaphore makes
     ``write`` wait when ``parts_in_flight`` parts are already on their way, so memory stays
-    near (parts_in_flight + 1) x part_size whatever the object size. A last part is always
+    at most (parts_in_flight + 1) x part_size whatever the object size. A last part is always
     kept back until ``commit``, so an object of at most one part is a single PutObject.
+    Parts are filled in place and handed over without copying.
     """
 
     def __init__(self, store: S3ArtifactStore, key: str) -> None:
@@ -308,18 +309,22 @@ class S3BlobWriter:
         self._ensure_open()
         self._hash.update(chunk)
         self._size += len(chunk)
-        self._buffer += chunk
         part_size = self._store.part_size
+        view = memoryview(chunk)
         try:
-            while len(self._buffer) > part_size:
-                with memoryview(self._buffer) as view, view[:part_size] as head:
-                    part = bytes(head)
-                del self._buffer[:part_size]
-                self._send(part)
-                del part
+            while view:
+                if len(self._buffer) == part_size:  # full, and more follows: not the last part
+                    full, self._buffer = self._buffer, bytearray()
+                    self._send(full)
+                    del full
+                room = part_size - len(self._buffer)
+                self._buffer += view[:room]
+                view = view[room:]
         except BaseException:
             self.abort()
             raise
+        finally:
+            view.release()
 
     def commit(
         self, *, expected_sha256: str | None = None, expected_size: int | None = None
@@ -374,7 +379,7 @@ class S3BlobWriter:
         if self._closed:
             raise StorageError(f"writer for {self._key!r} is already closed")
 
-    def _send(self, part: bytes) -> None:
+    def _send(self, part: bytearray) -> None:
         if self._upload_id is None:
             self._upload_id = self._store.create_multipart(self._key)
             self._pool = ThreadPoolExecutor(
@@ -384,22 +389,25 @@ class S3BlobWriter:
         self._raise_failed()
         self._slots.acquire()
         number = len(self._parts) + 1
-        future = self._pool.submit(self._upload_part, number, part)
-        future.add_done_callback(self._release_slot)
+        # The part travels in a box the upload empties, so no executor bookkeeping keeps
+        # its bytes alive once the slot is free again.
+        future = self._pool.submit(self._upload_part, number, [part])
         self._parts.append((number, future))
 
-    def _release_slot(self, _future: Future[str]) -> None:
-        self._slots.release()
-
-    def _upload_part(self, number: int, part: bytes) -> str:
-        answer = self._store.client.upload_part(
-            Bucket=self._store.bucket,
-            Key=self._full_key,
-            UploadId=self._upload_id,
-            PartNumber=number,
-            Body=part,
-        )
-        return str(answer["ETag"])
+    def _upload_part(self, number: int, box: list[bytearray]) -> str:
+        body = box.pop()
+        try:
+            answer = self._store.client.upload_part(
+                Bucket=self._store.bucket,
+                Key=self._full_key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=body,
+            )
+            return str(answer["ETag"])
+        finally:
+            del body
+            self._slots.release()
 
     def _raise_failed(self) -> None:
         for number, future in self._parts:
@@ -409,7 +417,7 @@ class S3BlobWriter:
     def _put_whole(self) -> None:
         try:
             self._store.client.put_object(
-                Bucket=self._store.bucket, Key=self._full_key, Body=bytes(self._buffer)
+                Bucket=self._store.bucket, Key=self._full_key, Body=self._buffer
             )
         except S3_ERRORS as exc:
             self._store.fail(exc, "PutObject", self._key)
@@ -417,7 +425,7 @@ class S3BlobWriter:
 
     def _complete(self) -> None:
         if self._buffer:
-            last, self._buffer = bytes(self._buffer), bytearray()
+            last, self._buffer = self._buffer, bytearray()
             self._send(last)
             del last
         wait_futures([future for _, future in self._parts])
