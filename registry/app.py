@@ -1,0 +1,73 @@
+"""The control plane's FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from registry.db import SessionFactory, make_engine, make_session_factory
+from registry.problems import install_problem_handlers
+from registry.routes import aliases, events, files, health, models, versions
+from registry.settings import Settings
+from storage import open_store
+from storage.base import ArtifactStore
+
+API_PREFIX = "/api/v1"
+DESCRIPTION = """Modelplane's registry: models, immutable numbered versions with
+content-addressed files, aliases (`production`, `staging`) with history and rollback,
+and the audit log. Errors are `application/problem+json` (RFC 9457)."""
+
+
+def store_from_settings(settings: Settings) -> ArtifactStore:
+    return open_store(
+        settings.storage_url,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        s3_access_key_id=settings.s3_access_key_id,
+        s3_secret_access_key=settings.s3_secret_access_key,
+        s3_path_style=settings.s3_path_style,
+        s3_create_bucket=settings.s3_create_bucket,
+        part_size=settings.multipart_part_size,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    sessions: SessionFactory | None = None,
+    store: ArtifactStore | None = None,
+) -> FastAPI:
+    """The app; builds its own engine and store from ``settings`` unless given them."""
+    engine: AsyncEngine | None = None
+    if sessions is None:
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pre_ping=settings.db_pool_pre_ping,
+        )
+        sessions = make_session_factory(engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if engine is not None:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Modelplane",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.sessions = sessions
+    app.state.store = store if store is not None else store_from_settings(settings)
+    install_problem_handlers(app)
+    for module in (models, versions, files, aliases, events):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(health.router)
+    return app

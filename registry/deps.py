@@ -1,0 +1,65 @@
+"""``Depends`` providers: services built per request from what hangs off ``app.state``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+
+from registry.errors import InvalidPath
+from registry.repositories.events import Actor
+from registry.schemas import SLUG, check_path
+from registry.services.aliases import AliasService
+from registry.services.catalog import CatalogService
+from registry.services.common import Context, Selector, parse_selector
+from registry.services.files import FileService
+
+
+def get_context(request: Request) -> Context:
+    state = request.app.state
+    actor = Actor(
+        name="anonymous",
+        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+        client=request.client.host if request.client else None,
+    )
+    return Context(state.sessions, state.store, state.settings, actor)
+
+
+ContextDep = Annotated[Context, Depends(get_context)]
+
+
+def get_catalog(ctx: ContextDep) -> CatalogService:
+    return CatalogService(ctx)
+
+
+def get_aliases(ctx: ContextDep) -> AliasService:
+    return AliasService(ctx)
+
+
+def get_files(ctx: ContextDep) -> FileService:
+    return FileService(ctx)
+
+
+def get_selector(
+    v: Annotated[str, Path(description="a version number, `latest`, or `@alias`")],
+) -> Selector:
+    return parse_selector(v)
+
+
+def get_file_path(path: Annotated[str, Path(description="the file's path in the version")]) -> str:
+    try:
+        return check_path(path)
+    except ValueError as exc:
+        raise InvalidPath(f"invalid file path {path!r}: {exc}") from exc
+
+
+CatalogDep = Annotated[CatalogService, Depends(get_catalog)]
+AliasDep = Annotated[AliasService, Depends(get_aliases)]
+FileDep = Annotated[FileService, Depends(get_files)]
+SelectorDep = Annotated[Selector, Depends(get_selector)]
+FilePathDep = Annotated[str, Depends(get_file_path)]
+ModelNamePath = Annotated[str, Path(pattern=SLUG, description="the model's name")]
+AliasPath = Annotated[str, Path(pattern=SLUG, description="the alias name, e.g. `production`")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]

@@ -1,0 +1,168 @@
+"""Domain errors: what went wrong in registry terms, no HTTP (``problems.py`` maps them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RegistryError(Exception):
+    """Base of every domain error; ``code`` names its problem type."""
+
+    code = "registry-error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.extra = extra
+
+
+class BadRequest(RegistryError):
+    code = "bad-request"
+
+
+class NotFound(RegistryError):
+    code = "not-found"
+
+
+class Conflict(RegistryError):
+    code = "conflict"
+
+
+class TooLarge(RegistryError):
+    code = "upload-too-large"
+
+
+class InvalidPath(BadRequest):
+    code = "invalid-path"
+
+
+class InvalidSelector(BadRequest):
+    code = "invalid-version-selector"
+
+
+class InvalidCursor(BadRequest):
+    code = "invalid-cursor"
+
+
+class ContentMismatch(BadRequest):
+    code = "content-mismatch"
+
+
+class ModelNotFound(NotFound):
+    code = "model-not-found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r} does not exist")
+
+
+class VersionNotFound(NotFound):
+    code = "version-not-found"
+
+    def __init__(self, model: str, selector: str) -> None:
+        super().__init__(f"model {model!r} has no version {selector}")
+
+
+class FileNotFound(NotFound):
+    code = "file-not-found"
+
+    def __init__(self, model: str, version: int, path: str) -> None:
+        super().__init__(f"version {version} of model {model!r} has no file {path!r}")
+
+
+class BlobMissing(NotFound):
+    code = "file-not-uploaded"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"the bytes of {path!r} have not been uploaded yet")
+
+
+class AliasNotFound(NotFound):
+    code = "alias-not-found"
+
+    def __init__(self, model: str, alias: str) -> None:
+        super().__init__(f"model {model!r} has no alias {alias!r}")
+
+
+class ModelAlreadyExists(Conflict):
+    code = "model-already-exists"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r} already exists")
+
+
+class ModelHasAliases(Conflict):
+    code = "model-has-aliases"
+
+    def __init__(self, model: str, aliases: list[str]) -> None:
+        super().__init__(
+            f"model {model!r} still has aliases {aliases}; delete them first", aliases=aliases
+        )
+
+
+class VersionImmutable(Conflict):
+    code = "version-immutable"
+
+    def __init__(self, model: str, version: int, status: str, what: str) -> None:
+        super().__init__(f"version {version} of model {model!r} is {status}: {what}")
+
+
+class VersionNotReady(Conflict):
+    code = "version-not-ready"
+
+    def __init__(self, model: str, version: int, status: str) -> None:
+        super().__init__(f"version {version} of model {model!r} is {status}, not ready")
+
+
+class VersionAliased(Conflict):
+    code = "version-has-aliases"
+
+    def __init__(self, model: str, version: int, aliases: list[str]) -> None:
+        super().__init__(
+            f"version {version} of model {model!r} is pointed at by aliases {aliases}",
+            aliases=aliases,
+        )
+
+
+class FilesMissing(Conflict):
+    code = "files-missing"
+
+    def __init__(self, model: str, version: int, missing: list[str]) -> None:
+        super().__init__(
+            f"version {version} of model {model!r} cannot be finalized: "
+            f"{len(missing)} file(s) not uploaded",
+            missing=missing,
+        )
+
+
+class NoPreviousTarget(Conflict):
+    code = "alias-has-no-history"
+
+    def __init__(self, model: str, alias: str) -> None:
+        super().__init__(f"alias {alias!r} of model {model!r} has no previous version")
+
+
+class DirectUploadUnsupported(Conflict):
+    code = "direct-upload-unsupported"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this registry's store does not offer direct multipart uploads; "
+            "upload the file with PUT …/files/{path} instead"
+        )
+
+
+class PartsMissing(Conflict):
+    code = "parts-missing"
+
+    def __init__(self, expected: int, uploaded: list[int]) -> None:
+        super().__init__(f"expected {expected} parts, {len(uploaded)} uploaded", uploaded=uploaded)
+
+
+class NoUploadInProgress(Conflict):
+    code = "no-upload-in-progress"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"no multipart upload was started for {path!r}")
+
+
+class UnsupportedMediaType(RegistryError):
+    code = "unsupported-media-type"

@@ -1,0 +1,1 @@
+"""SQL, one class per table family. No commits, no storage, no HTTP."""

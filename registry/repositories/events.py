@@ -1,0 +1,66 @@
+"""SQL over the audit log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from registry.repositories.base import Repository
+from registry.tables import EventRow
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a change and through which request (filled from the HTTP request)."""
+
+    name: str = "anonymous"
+    request_id: str | None = None
+    client: str | None = None
+
+
+class EventRepository(Repository):
+    async def add(
+        self,
+        actor: Actor,
+        action: str,
+        *,
+        model: str | None,
+        target: str | None = None,
+        before: Any = None,
+        after: Any = None,
+    ) -> None:
+        self._session.add(
+            EventRow(
+                actor=actor.name,
+                action=action,
+                model=model,
+                target=target,
+                before=before,
+                after=after,
+                request_id=actor.request_id,
+                client=actor.client,
+            )
+        )
+
+    async def list(
+        self,
+        *,
+        since: datetime | None,
+        model: str | None,
+        action: str | None,
+        after: int | None,
+        limit: int,
+    ) -> list[EventRow]:
+        stmt = select(EventRow).order_by(EventRow.id).limit(limit)
+        if since is not None:
+            stmt = stmt.where(EventRow.time >= since)
+        if model is not None:
+            stmt = stmt.where(EventRow.model == model)
+        if action is not None:
+            stmt = stmt.where(EventRow.action == action)
+        if after is not None:
+            stmt = stmt.where(EventRow.id > after)
+        return list(await self._session.scalars(stmt))

@@ -1,0 +1,151 @@
+"""SQL over versions, their manifests and the blobs those refer to."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, Select, delete, select, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from registry.db import utcnow
+from registry.repositories.base import Repository
+from registry.tables import AliasRow, BlobRow, FileRow, ModelRow, VersionRow
+
+Selector = int | str  # a number, "latest", or "@alias"
+
+# The columns one version read needs, fetched in a single round trip (version × files).
+DETAIL_COLUMNS = (
+    VersionRow.id,
+    VersionRow.model_id,
+    VersionRow.version,
+    VersionRow.status,
+    VersionRow.format,
+    VersionRow.description,
+    VersionRow.tags,
+    VersionRow.metadata_,
+    VersionRow.signature,
+    VersionRow.source,
+    VersionRow.created_by,
+    VersionRow.created_at,
+    VersionRow.updated_at,
+    FileRow.path,
+    FileRow.size,
+    FileRow.sha256,
+    BlobRow.sha256.label("stored"),
+)
+
+
+def _where_selected(stmt: Select[Any], model: str, selector: Selector) -> Select[Any]:
+    stmt = stmt.join(ModelRow, ModelRow.id == VersionRow.model_id).where(ModelRow.name == model)
+    if isinstance(selector, int):
+        return stmt.where(VersionRow.version == selector)
+    if selector == "latest":
+        latest = (
+            select(VersionRow.id)
+            .join(ModelRow, ModelRow.id == VersionRow.model_id)
+            .where(ModelRow.name == model, VersionRow.status == "ready")
+            .order_by(VersionRow.version.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        return stmt.where(VersionRow.id == latest)
+    alias = selector.removeprefix("@")
+    return stmt.join(AliasRow, (AliasRow.version_id == VersionRow.id) & (AliasRow.name == alias))
+
+
+class VersionRepository(Repository):
+    async def detail(self, model: str, selector: Selector) -> Sequence[Row[Any]]:
+        """The version and its manifest as rows (one per file); empty if none matches."""
+        stmt = (
+            select(*DETAIL_COLUMNS)
+            .select_from(VersionRow)
+            .outerjoin(FileRow, FileRow.version_id == VersionRow.id)
+            .outerjoin(BlobRow, BlobRow.sha256 == FileRow.sha256)
+            .order_by(FileRow.path)
+        )
+        return (await self._session.execute(_where_selected(stmt, model, selector))).all()
+
+    async def find(
+        self, model: str, selector: Selector, *, lock: bool = False
+    ) -> VersionRow | None:
+        stmt = _where_selected(select(VersionRow), model, selector)
+        if lock:
+            stmt = stmt.with_for_update(of=VersionRow)
+        return (await self._session.scalars(stmt)).one_or_none()
+
+    async def find_by_number(self, model_id: int, version: int) -> VersionRow | None:
+        stmt = select(VersionRow).where(
+            VersionRow.model_id == model_id, VersionRow.version == version
+        )
+        return (await self._session.scalars(stmt)).one_or_none()
+
+    async def number_of(self, version_id: int) -> int:
+        return (
+            await self._session.scalars(
+                select(VersionRow.version).where(VersionRow.id == version_id)
+            )
+        ).one()
+
+    async def add(self, row: VersionRow, files: list[dict[str, Any]]) -> None:
+        self._session.add(row)
+        await self._session.flush()
+        if files:
+            await self._session.execute(
+                FileRow.__table__.insert(), [{"version_id": row.id, **f} for f in files]
+            )
+
+    async def list(
+        self, model_id: int, *, status: str | None, before: int | None, limit: int
+    ) -> list[VersionRow]:
+        stmt = (
+            select(VersionRow)
+            .where(VersionRow.model_id == model_id)
+            .order_by(VersionRow.version.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            stmt = stmt.where(VersionRow.status == status)
+        if before is not None:
+            stmt = stmt.where(VersionRow.version < before)
+        return list(await self._session.scalars(stmt))
+
+    async def files(self, version_id: int) -> list[Row[Any]]:
+        stmt = (
+            select(FileRow.path, FileRow.size, FileRow.sha256, BlobRow.sha256.label("stored"))
+            .outerjoin(BlobRow, BlobRow.sha256 == FileRow.sha256)
+            .where(FileRow.version_id == version_id)
+            .order_by(FileRow.path)
+        )
+        return list((await self._session.execute(stmt)).all())
+
+    async def file(self, version_id: int, path: str) -> Row[Any] | None:
+        stmt = (
+            select(FileRow.path, FileRow.size, FileRow.sha256, BlobRow.sha256.label("stored"))
+            .outerjoin(BlobRow, BlobRow.sha256 == FileRow.sha256)
+            .where(FileRow.version_id == version_id, FileRow.path == path)
+        )
+        return (await self._session.execute(stmt)).one_or_none()
+
+    async def set_fields(self, version_id: int, **values: Any) -> None:
+        await self._session.execute(
+            update(VersionRow)
+            .where(VersionRow.id == version_id)
+            .values(updated_at=utcnow(), **values)
+        )
+
+    async def delete(self, version_id: int) -> None:
+        await self._session.execute(delete(VersionRow).where(VersionRow.id == version_id))
+
+
+class BlobRepository(Repository):
+    async def record(self, sha256: str, size: int) -> None:
+        """Note that ``blobs/sha256/<sha256>`` holds verified bytes (idempotent)."""
+        stmt = self._insert(BlobRow).values(sha256=sha256, size=size, created_at=utcnow())
+        await self._session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
+
+    async def stored(self, digests: set[str]) -> set[str]:
+        if not digests:
+            return set()
+        condition: ColumnElement[bool] = BlobRow.sha256.in_(digests)
+        return set(await self._session.scalars(select(BlobRow.sha256).where(condition)))

@@ -1,0 +1,32 @@
+"""``/events``: the audit log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from registry.deps import CatalogDep, Cursor, Limit
+from registry.problems import problem_responses
+from registry.schemas import EventOut, Page
+
+router = APIRouter(prefix="/events", tags=["events"])
+
+
+@router.get("", summary="List audit events", responses=problem_responses(400, 422))
+async def list_events(
+    catalog: CatalogDep,
+    since: Annotated[
+        datetime | None, Query(description="only events at or after this time")
+    ] = None,
+    model: Annotated[str | None, Query(description="only events about this model")] = None,
+    action: Annotated[str | None, Query(description="e.g. `alias.moved`")] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[EventOut]:
+    """Every change, oldest first: who (actor), what (action, target), before and after,
+    the request id (`X-Request-ID`) and the client address."""
+    return await catalog.list_events(
+        since=since, model=model, action=action, cursor=cursor, limit=limit
+    )

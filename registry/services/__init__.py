@@ -1,0 +1,1 @@
+"""Use cases: the rules and the transaction around them."""

@@ -1,0 +1,127 @@
+"""Aliases: movable names for versions, with history and rollback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry.errors import AliasNotFound, NoPreviousTarget, VersionNotFound, VersionNotReady
+from registry.repositories.aliases import AliasRepository
+from registry.repositories.base import decode_cursor
+from registry.repositories.events import EventRepository
+from registry.repositories.models import ModelRepository
+from registry.repositories.versions import VersionRepository
+from registry.schemas import AliasMove, AliasOut, Page
+from registry.services.common import Context, reading, to_page
+from registry.tables import AliasHistoryRow
+
+
+def _alias_out(model: str, row: Any) -> AliasOut:
+    return AliasOut(model=model, alias=row.name, version=row.version, updated_at=row.updated_at)
+
+
+def _move_out(model: str, row: AliasHistoryRow) -> AliasMove:
+    return AliasMove(
+        model=model,
+        alias=row.alias,
+        from_version=row.from_version,
+        to_version=row.to_version,
+        actor=row.actor,
+        moved_at=row.moved_at,
+    )
+
+
+async def move_alias(
+    ctx: Context, session: Any, model: str, model_id: int, alias: str, version: int, action: str
+) -> AliasOut:
+    """Point ``alias`` at ready ``version`` inside the caller's transaction, with history."""
+    target = await VersionRepository(session).find_by_number(model_id, version)
+    if target is None:
+        raise VersionNotFound(model, str(version))
+    if target.status != "ready":
+        raise VersionNotReady(model, version, target.status)
+    aliases = AliasRepository(session)
+    current = await aliases.find(model_id, alias)
+    before = current.version if current is not None else None
+    await aliases.point(model_id, alias, target.id)
+    if before != version:
+        await aliases.record_move(model_id, alias, before, version, ctx.actor.name)
+        await EventRepository(session).add(
+            ctx.actor, action, model=model, target=f"alias:{alias}", before=before, after=version
+        )
+    return _alias_out(model, await aliases.find(model_id, alias))
+
+
+class AliasService:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._sessions = ctx.sessions
+
+    async def set_alias(self, model: str, alias: str, *, version: int) -> AliasOut:
+        """Point ``alias`` at a ready version; the move lands in history and the audit log."""
+        async with self._sessions.begin() as session:
+            model_id = (await ModelRepository(session).get(model, lock=True)).id
+            return await move_alias(
+                self._ctx, session, model, model_id, alias, version, "alias.moved"
+            )
+
+    async def rollback_alias(self, model: str, alias: str) -> AliasOut:
+        """Move the alias back to the version it pointed at before its last move."""
+        async with self._sessions.begin() as session:
+            model_id = (await ModelRepository(session).get(model, lock=True)).id
+            aliases = AliasRepository(session)
+            if await aliases.find(model_id, alias) is None:
+                raise AliasNotFound(model, alias)
+            last = await aliases.history(model_id, alias, before=None, limit=1)
+            if not last or last[0].from_version is None:
+                raise NoPreviousTarget(model, alias)
+            return await move_alias(
+                self._ctx,
+                session,
+                model,
+                model_id,
+                alias,
+                last[0].from_version,
+                "alias.rolled_back",
+            )
+
+    async def get_alias(self, model: str, alias: str) -> AliasOut:
+        async with reading(self._sessions) as session:
+            model_id = await ModelRepository(session).get_id(model)
+            if (row := await AliasRepository(session).find(model_id, alias)) is None:
+                raise AliasNotFound(model, alias)
+            return _alias_out(model, row)
+
+    async def list_aliases(self, model: str, *, cursor: str | None, limit: int) -> Page[AliasOut]:
+        after = decode_cursor(cursor, str)
+        async with reading(self._sessions) as session:
+            model_id = await ModelRepository(session).get_id(model)
+            rows = await AliasRepository(session).list(model_id, after=after, limit=limit + 1)
+            return to_page(rows, limit, lambda r: r.name, lambda r: _alias_out(model, r))
+
+    async def delete_alias(self, model: str, alias: str) -> None:
+        async with self._sessions.begin() as session:
+            model_id = (await ModelRepository(session).get(model, lock=True)).id
+            aliases = AliasRepository(session)
+            if (row := await aliases.find(model_id, alias)) is None:
+                raise AliasNotFound(model, alias)
+            await aliases.delete(row.id)
+            await aliases.record_move(model_id, alias, row.version, None, self._ctx.actor.name)
+            await EventRepository(session).add(
+                self._ctx.actor,
+                "alias.deleted",
+                model=model,
+                target=f"alias:{alias}",
+                before=row.version,
+            )
+
+    async def alias_history(
+        self, model: str, alias: str, *, cursor: str | None, limit: int
+    ) -> Page[AliasMove]:
+        """Every move of the alias, newest first (deleted aliases keep their history)."""
+        before = decode_cursor(cursor, int)
+        async with reading(self._sessions) as session:
+            model_id = await ModelRepository(session).get_id(model)
+            rows = await AliasRepository(session).history(
+                model_id, alias, before=before, limit=limit + 1
+            )
+            return to_page(rows, limit, lambda r: r.id, lambda r: _move_out(model, r))

@@ -1,0 +1,332 @@
+"""Models and versions: the catalog's use cases."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from registry.db import utcnow
+from registry.errors import (
+    FilesMissing,
+    ModelHasAliases,
+    VersionAliased,
+    VersionImmutable,
+    VersionNotFound,
+)
+from registry.repositories.aliases import AliasRepository
+from registry.repositories.base import decode_cursor
+from registry.repositories.events import EventRepository
+from registry.repositories.models import ModelRepository
+from registry.repositories.versions import BlobRepository, Selector, VersionRepository
+from registry.schemas import (
+    EventOut,
+    ModelCreate,
+    ModelOut,
+    ModelUpdate,
+    Page,
+    VersionCreate,
+    VersionOut,
+    VersionSummary,
+    VersionUpdate,
+)
+from registry.services.aliases import move_alias
+from registry.services.common import Context, reading, to_page, version_out
+from registry.tables import EventRow, ModelRow, VersionRow
+
+
+def model_out(row: ModelRow) -> ModelOut:
+    return ModelOut(
+        name=row.name,
+        description=row.description,
+        tags=row.tags,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def summary_out(model: str, row: VersionRow) -> VersionSummary:
+    return VersionSummary(
+        model=model,
+        version=row.version,
+        status=row.status,
+        format=row.format,
+        description=row.description,
+        tags=row.tags,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def event_out(row: EventRow) -> EventOut:
+    return EventOut(
+        id=row.id,
+        time=row.time,
+        actor=row.actor,
+        action=row.action,
+        model=row.model,
+        target=row.target,
+        before=row.before,
+        after=row.after,
+        request_id=row.request_id,
+        client=row.client,
+    )
+
+
+class CatalogService:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._sessions = ctx.sessions
+
+    # -- models -------------------------------------------------------------------------
+
+    async def create_model(self, body: ModelCreate) -> ModelOut:
+        async with self._sessions.begin() as session:
+            row = await ModelRepository(session).create(body.name, body.description, body.tags)
+            out = model_out(row)
+            await EventRepository(session).add(
+                self._ctx.actor,
+                "model.created",
+                model=body.name,
+                after=out.model_dump(mode="json"),
+            )
+            return out
+
+    async def list_models(
+        self, *, q: str | None, tags: dict[str, str], cursor: str | None, limit: int
+    ) -> Page[ModelOut]:
+        after = decode_cursor(cursor, str)
+        async with reading(self._sessions) as session:
+            rows = await ModelRepository(session).list(q=q, tags=tags, after=after, limit=limit + 1)
+            return to_page(rows, limit, lambda r: r.name, model_out)
+
+    async def get_model(self, name: str) -> ModelOut:
+        async with reading(self._sessions) as session:
+            return model_out(await ModelRepository(session).get(name))
+
+    async def update_model(self, name: str, body: ModelUpdate) -> ModelOut:
+        async with self._sessions.begin() as session:
+            row = await ModelRepository(session).get(name, lock=True)
+            before = model_out(row).model_dump(mode="json")
+            for field, value in body.model_dump(exclude_unset=True, exclude_none=True).items():
+                setattr(row, field, value)
+            row.updated_at = utcnow()
+            await session.flush()
+            out = model_out(row)
+            await EventRepository(session).add(
+                self._ctx.actor,
+                "model.updated",
+                model=name,
+                before=before,
+                after=out.model_dump(mode="json"),
+            )
+            return out
+
+    async def delete_model(self, name: str) -> None:
+        """Refused while the model has aliases: those are what deployments follow."""
+        async with self._sessions.begin() as session:
+            row = await ModelRepository(session).get(name, lock=True)
+            if aliases := await AliasRepository(session).names_for_model(row.id):
+                raise ModelHasAliases(name, aliases)
+            before = model_out(row).model_dump(mode="json")
+            await ModelRepository(session).delete(row.id)
+            await EventRepository(session).add(
+                self._ctx.actor, "model.deleted", model=name, before=before
+            )
+
+    # -- versions -----------------------------------------------------------------------
+
+    async def create_version(self, name: str, body: VersionCreate) -> VersionOut:
+        async with self._sessions.begin() as session:
+            out = await self._create_version(session, name, body)
+            await self._event(session, "version.created", name, out.version, after=out.version)
+            return out
+
+    async def _create_version(self, session: Any, name: str, body: VersionCreate) -> VersionOut:
+        model_id, number = await ModelRepository(session).next_version(name)
+        now = utcnow()
+        row = VersionRow(
+            model_id=model_id,
+            version=number,
+            status="pending",
+            format=body.format,
+            description=body.description,
+            tags=body.tags,
+            metadata_=body.metadata,
+            signature=body.signature,
+            source=body.source,
+            created_by=self._ctx.actor.name,
+            created_at=now,
+            updated_at=now,
+        )
+        files = [f.model_dump() for f in body.files]
+        await VersionRepository(session).add(row, files)
+        stored = await BlobRepository(session).stored({f.sha256 for f in body.files})
+        rows = [
+            _FileDetail(row, f["path"], f["size"], f["sha256"], f["sha256"] in stored)
+            for f in sorted(files, key=lambda f: f["path"])
+        ]
+        return version_out(self._ctx, name, rows)
+
+    async def create_ready_version(
+        self, name: str, body: VersionCreate, alias: str | None
+    ) -> VersionOut:
+        """One-shot upload: the bytes are stored already; version, ready and alias in one go."""
+        async with self._sessions.begin() as session:
+            out = await self._create_version(session, name, body)
+            if missing := [f.path for f in out.files if not f.present]:
+                raise FilesMissing(name, out.version, missing)
+            row = await self._get_version(session, name, out.version)
+            await VersionRepository(session).set_fields(row.id, status="ready", ready_at=utcnow())
+            await self._event(session, "version.created", name, out.version, after="ready")
+            if alias is not None:
+                await move_alias(
+                    self._ctx, session, name, row.model_id, alias, out.version, "alias.moved"
+                )
+            return version_out(
+                self._ctx, name, await VersionRepository(session).detail(name, out.version)
+            )
+
+    async def list_versions(
+        self, name: str, *, status: str | None, cursor: str | None, limit: int
+    ) -> Page[VersionSummary]:
+        before = decode_cursor(cursor, int)
+        async with reading(self._sessions) as session:
+            model_id = await ModelRepository(session).get_id(name)
+            rows = await VersionRepository(session).list(
+                model_id, status=status, before=before, limit=limit + 1
+            )
+            return to_page(rows, limit, lambda r: r.version, lambda r: summary_out(name, r))
+
+    async def get_version(self, name: str, selector: Selector) -> VersionOut:
+        """The hot read (``@production``): one round trip for version and manifest."""
+        async with reading(self._sessions) as session:
+            rows = await VersionRepository(session).detail(name, selector)
+            if not rows:
+                await ModelRepository(session).get_id(name)  # ModelNotFound if that's why
+                raise VersionNotFound(name, str(selector))
+            return version_out(self._ctx, name, rows)
+
+    async def update_version(
+        self, name: str, selector: Selector, body: VersionUpdate
+    ) -> VersionOut:
+        changes = body.model_dump(exclude_unset=True, exclude_none=True)
+        async with self._sessions.begin() as session:
+            row = await self._get_version(session, name, selector, lock=True)
+            if "metadata" in changes and row.status != "pending":
+                raise VersionImmutable(
+                    name, row.version, row.status, "only description and tags can change"
+                )
+            if "metadata" in changes:
+                changes["metadata_"] = changes.pop("metadata")
+            await VersionRepository(session).set_fields(row.id, **changes)
+            out = version_out(
+                self._ctx, name, await VersionRepository(session).detail(name, row.version)
+            )
+            await self._event(
+                session,
+                "version.updated",
+                name,
+                row.version,
+                after=body.model_dump(mode="json", exclude_unset=True),
+            )
+            return out
+
+    async def finalize_version(self, name: str, selector: Selector) -> VersionOut:
+        """All manifest blobs stored → ready. Idempotent on a ready version."""
+        async with self._sessions.begin() as session:
+            row = await self._get_version(session, name, selector, lock=True)
+            versions = VersionRepository(session)
+            if row.status == "ready":
+                return version_out(self._ctx, name, await versions.detail(name, row.version))
+            if row.status != "pending":
+                raise VersionImmutable(name, row.version, row.status, "it cannot become ready")
+            files = await versions.files(row.id)
+            if missing := [f.path for f in files if f.stored is None]:
+                raise FilesMissing(name, row.version, missing)
+            await versions.set_fields(row.id, status="ready", ready_at=utcnow())
+            await self._event(
+                session, "version.ready", name, row.version, before="pending", after="ready"
+            )
+            return version_out(self._ctx, name, await versions.detail(name, row.version))
+
+    async def archive_version(self, name: str, selector: Selector) -> VersionOut:
+        """Archived versions stay readable by number but are never ``latest``."""
+        async with self._sessions.begin() as session:
+            row = await self._get_version(session, name, selector, lock=True)
+            if aliases := await AliasRepository(session).names_for_version(row.id):
+                raise VersionAliased(name, row.version, aliases)
+            await VersionRepository(session).set_fields(row.id, status="archived")
+            await self._event(
+                session, "version.archived", name, row.version, before=row.status, after="archived"
+            )
+            return version_out(
+                self._ctx, name, await VersionRepository(session).detail(name, row.version)
+            )
+
+    async def delete_version(self, name: str, selector: Selector) -> None:
+        """Rows go now; blobs nothing else refers to are left for garbage collection."""
+        async with self._sessions.begin() as session:
+            row = await self._get_version(session, name, selector, lock=True)
+            if aliases := await AliasRepository(session).names_for_version(row.id):
+                raise VersionAliased(name, row.version, aliases)
+            await VersionRepository(session).delete(row.id)
+            await self._event(session, "version.deleted", name, row.version, before=row.status)
+
+    async def list_events(
+        self,
+        *,
+        since: datetime | None,
+        model: str | None,
+        action: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page[EventOut]:
+        after = decode_cursor(cursor, int)
+        async with reading(self._sessions) as session:
+            rows = await EventRepository(session).list(
+                since=since, model=model, action=action, after=after, limit=limit + 1
+            )
+            return to_page(rows, limit, lambda r: r.id, event_out)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _get_version(
+        self, session: Any, name: str, selector: Selector, *, lock: bool = False
+    ) -> VersionRow:
+        row = await VersionRepository(session).find(name, selector, lock=lock)
+        if row is None:
+            await ModelRepository(session).get_id(name)
+            raise VersionNotFound(name, str(selector))
+        return row
+
+    async def _event(
+        self,
+        session: Any,
+        action: str,
+        model: str,
+        version: int,
+        *,
+        before: Any = None,
+        after: Any = None,
+    ) -> None:
+        await EventRepository(session).add(
+            self._ctx.actor,
+            action,
+            model=model,
+            target=f"version:{version}",
+            before=before,
+            after=after,
+        )
+
+
+class _FileDetail:
+    """Quacks like a ``VersionRepository.detail`` row, for a version not yet re-read."""
+
+    def __init__(self, v: VersionRow, path: str, size: int, sha256: str, stored: bool) -> None:
+        self.version, self.status, self.format = v.version, v.status, v.format
+        self.description, self.tags, self.metadata_ = v.description, v.tags, v.metadata_
+        self.signature, self.source, self.created_by = v.signature, v.source, v.created_by
+        self.created_at, self.updated_at = v.created_at, v.updated_at
+        self.path, self.size, self.sha256 = path, size, sha256
+        self.stored = sha256 if stored else None

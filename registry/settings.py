@@ -1,0 +1,46 @@
+"""The registry's one settings object, read from ``MODELPLANE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Built once at the entry point (CLI, uvicorn factory, tests) and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPLANE_", env_file=".env", extra="ignore")
+
+    home: Path = Path(".modelplane")
+    database_url: str = ""  # default: sqlite+aiosqlite file under ``home``
+    storage_url: str = ""  # default: a folder under ``home``; ``file:///…`` or ``s3://b/prefix``
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_path_style: bool = True
+    s3_create_bucket: bool = False
+    max_upload_bytes: int = Field(default=64 * 2**30, gt=0)
+    multipart_threshold: int = Field(default=64 * 2**20, gt=0)
+    multipart_part_size: int = Field(default=16 * 2**20, ge=5 * 2**20)
+    presign_expiry_seconds: int = Field(default=3600, gt=0)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(default=1, ge=1)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_pre_ping: bool = True
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.home / 'registry.db'}"
+        if not self.storage_url:
+            self.storage_url = str(self.home / "artifacts")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
