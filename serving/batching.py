@@ -1,0 +1,187 @@
+"""Dynamic batching: one inference thread, fed by the event loop, answering through futures.
+
+The event loop never runs the model: it queues a `Call` and awaits its future. The thread
+takes the first queued call, plus whatever else is already waiting (up to the batch size),
+stacks compatible calls along dimension 0, runs them once and hands all results back
+with one `call_soon_threadsafe`. A lone call on an idle server therefore runs at once;
+`max_delay_ms` only lets a batch that is already forming wait for more calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.metrics import ServingMetrics
+from serving.protocol import OutputTensor
+from serving.runtime import Runtime
+
+Inputs = dict[str, np.ndarray[Any, Any]]
+Outputs = dict[str, OutputTensor]
+BatchKey = tuple[tuple[str, str, tuple[int, ...]], ...]
+
+
+class QueueFull(Exception):
+    """More calls are queued than allowed; answered 503 with Retry-After."""
+
+
+@dataclass(slots=True)
+class Call:
+    inputs: Inputs
+    rows: int
+    key: BatchKey | None  # None: cannot be stacked with other calls
+    future: asyncio.Future[Outputs]
+    outcome: Outputs | BaseException | None = field(default=None)
+
+
+class Batcher:
+    def __init__(
+        self,
+        runtime: Runtime,
+        metrics: ServingMetrics,
+        *,
+        max_batch_size: int,
+        max_delay_ms: float,
+        max_queue: int,
+        wait_lone: bool = False,
+    ) -> None:
+        self._runtime = runtime
+        self._metrics = metrics
+        self._max_batch = max_batch_size
+        self._delay = max_delay_ms / 1000
+        self._max_queue = max_queue
+        self._wait_lone = wait_lone
+        self._queue: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        self._pending = 0  # touched only on the event loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        metrics.track_queue_depth(lambda: self._pending)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(self, inputs: Inputs) -> asyncio.Future[Outputs]:
+        """Queue one call (on the event loop); raises `QueueFull` beyond `max_queue`."""
+        if self._pending >= self._max_queue:
+            raise QueueFull(f"{self._pending} calls already queued")
+        assert self._loop is not None, "Batcher.start() first"
+        call = Call(inputs, *self._shape_key(inputs), self._loop.create_future())
+        self._pending += 1
+        self._queue.put(call)
+        return call.future
+
+    def _shape_key(self, inputs: Inputs) -> tuple[int, BatchKey | None]:
+        arrays = list(inputs.values())
+        if not arrays or arrays[0].ndim == 0:
+            return 1, None
+        rows = arrays[0].shape[0]
+        if self._max_batch == 1 or not self._runtime.batchable:
+            return rows, None
+        if any(a.ndim == 0 or a.shape[0] != rows or a.dtype == object for a in arrays):
+            return rows, None
+        return rows, tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
+
+    def _serve(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch, stopping = self._gather(first)
+            self._run(batch)
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._deliver, batch)
+            if stopping:
+                return
+
+    def _gather(self, first: Call) -> tuple[list[Call], bool]:
+        batch, rows = [first], first.rows
+        if first.key is None:
+            return batch, False
+        deadline = None
+        while rows < self._max_batch:
+            try:
+                call = self._queue.get_nowait()
+            except queue.Empty:
+                wait = len(batch) > 1 or self._wait_lone
+                if not self._delay or not wait:
+                    break
+                deadline = deadline or time.perf_counter() + self._delay
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    call = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if call is None:
+                return batch, True
+            batch.append(call)
+            rows += call.rows
+        return batch, False
+
+    def _run(self, batch: list[Call]) -> None:
+        groups: dict[BatchKey | None, list[Call]] = {}
+        for call in batch:
+            if call.key is None:
+                self._run_alone(call)
+            else:
+                groups.setdefault(call.key, []).append(call)
+        for calls in groups.values():
+            if len(calls) == 1:
+                self._run_alone(calls[0])
+            else:
+                self._run_stacked(calls)
+
+    def _run_alone(self, call: Call) -> None:
+        self._metrics.batch_size.observe(1)
+        try:
+            call.outcome = self._runtime.predict(call.inputs)
+        except Exception as exc:  # answered 500 to this call only
+            call.outcome = exc
+
+    def _run_stacked(self, calls: list[Call]) -> None:
+        names = list(calls[0].inputs)
+        stacked = {n: np.concatenate([c.inputs[n] for c in calls]) for n in names}
+        total = sum(c.rows for c in calls)
+        try:
+            outputs = self._runtime.predict(stacked)
+        except Exception:  # one bad call must not fail its neighbours: retry one by one
+            outputs = None
+        if outputs is None or any(t.data.shape[:1] != (total,) for t in outputs.values()):
+            for call in calls:
+                self._run_alone(call)
+            return
+        self._metrics.batch_size.observe(len(calls))
+        start = 0
+        for call in calls:
+            end = start + call.rows
+            call.outcome = {
+                n: OutputTensor(t.datatype, t.data[start:end]) for n, t in outputs.items()
+            }
+            start = end
+
+    def _deliver(self, batch: list[Call]) -> None:
+        for call in batch:
+            self._pending -= 1
+            if call.future.done():  # the caller went away
+                continue
+            if isinstance(call.outcome, BaseException):
+                call.future.set_exception(call.outcome)
+            else:
+                assert call.outcome is not None
+                call.future.set_result(call.outcome)

@@ -1,0 +1,207 @@
+"""Process wiring: socket, uvicorn, the loader thread, SIGTERM drain, worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from serving.app import ServingApp
+from serving.artifacts import parse_signature, verify_sha256
+from serving.batching import Batcher
+from serving.lifecycle import EndpointState, HttpAnnouncer, Lifecycle, LoggingLifecycle
+from serving.metrics import ServingMetrics
+from serving.runtime import TorchRuntime
+from serving.settings import ServingSettings
+
+log = logging.getLogger("serving")
+
+
+class NoDelayProtocol(HttpToolsProtocol):
+    """uvicorn leaves Nagle on for sockets it did not create itself (encode/uvicorn#3149):
+    each keep-alive answer after the first then waits ~40 ms for a delayed ACK."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not TCP (a unix socket): nothing to do
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT: readiness goes 503 first, then uvicorn stops accepting, lets
+    in-flight calls finish (bounded by `timeout_graceful_shutdown`) and returns."""
+
+    def __init__(self, config: uvicorn.Config, app: ServingApp, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self.serving_app = app
+        self.lifecycle = lifecycle
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.serving_app.draining:
+            self.serving_app.draining = True
+            self.lifecycle.changed(EndpointState.draining)
+        super().handle_exit(sig, frame)
+
+
+def make_lifecycle(settings: ServingSettings) -> Lifecycle:
+    if settings.register_url is None:
+        return LoggingLifecycle()
+    endpoint = {
+        "url": settings.advertise_url or f"http://{settings.host}:{settings.port}",
+        "model": settings.name,
+        "version": settings.version,
+    }
+    return HttpAnnouncer(settings.register_url, endpoint, settings.heartbeat_s)
+
+
+def bind(settings: ServingSettings, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: ServingSettings, *, reuse_port: bool = False) -> int:
+    """Run one serving process until SIGTERM; the exit status (0 after a clean drain)."""
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
+    runtime = TorchRuntime(
+        settings.format,
+        device=settings.device,
+        signature=parse_signature(settings.signature),
+        allow_pickle=settings.allow_pickle,
+    )
+    metrics = ServingMetrics(settings.name, settings.version)
+    batcher = Batcher(
+        runtime,
+        metrics,
+        max_batch_size=settings.max_batch_size,
+        max_delay_ms=settings.max_delay_ms,
+        max_queue=settings.max_queue,
+        wait_lone=settings.batch_wait_lone,
+    )
+    app = ServingApp(
+        settings.name,
+        settings.version,
+        runtime,
+        batcher,
+        metrics,
+        platform=runtime.platform,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    lifecycle = make_lifecycle(settings)
+    config = uvicorn.Config(
+        app,
+        http=NoDelayProtocol,
+        loop="uvloop",
+        lifespan="off",
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        backlog=4096,
+    )
+    server = DrainingServer(config, app, lifecycle)
+    sock = bind(settings, reuse_port)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        failed = runner.run(_serve(server, sock, settings, lifecycle))
+    batcher.stop()
+    runtime.unload()
+    if failed:
+        return 1
+    lifecycle.changed(EndpointState.stopped)
+    return 0
+
+
+def _loop_factory() -> Any:
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
+async def _serve(
+    server: DrainingServer, sock: socket.socket, settings: ServingSettings, lifecycle: Lifecycle
+) -> str | None:
+    """Serve while the model loads in the background; the failure reason, if any."""
+    app = server.serving_app
+    loop = asyncio.get_running_loop()
+    app.batcher.start(loop)
+    failure: list[str] = []
+
+    async def load() -> None:
+        try:
+            seconds = await loop.run_in_executor(None, _load, app, settings, lifecycle)
+            lifecycle.changed(EndpointState.warming)
+            await _warm_up(app)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("cannot serve %s: %s", settings.path, reason)
+            failure.append(reason)
+            lifecycle.changed(EndpointState.failed, reason)
+            server.should_exit = True
+            return
+        app.metrics.load_seconds.set(seconds)
+        app.mark_ready()
+        lifecycle.changed(EndpointState.ready)
+
+    loader = asyncio.create_task(load())
+    await server.serve(sockets=[sock])
+    if not loader.done():
+        loader.cancel()
+    return failure[0] if failure else None
+
+
+def _load(app: ServingApp, settings: ServingSettings, lifecycle: Lifecycle) -> float:
+    started = time.perf_counter()
+    lifecycle.changed(EndpointState.loading)
+    verify_sha256(settings.path, settings.sha256)
+    app.runtime.load(settings.path)
+    return time.perf_counter() - started
+
+
+async def _warm_up(app: ServingApp) -> None:
+    """One call down the real path (queue, inference thread, future) before ready."""
+    from serving.runtime import example_input
+
+    if getattr(app.runtime, "checked", True):
+        await app.batcher.submit({s.name: example_input(s) for s in app.runtime.inputs})
+
+
+def run_workers(settings: ServingSettings, argv: list[str]) -> int:
+    """N copies of this process on one port (SO_REUSEPORT: the kernel spreads connections).
+    Each loads its own model; SIGTERM is passed on and each drains on its own."""
+    if settings.port == 0:
+        raise SystemExit("--workers > 1 needs a fixed --port")
+    env = {**os.environ, "MODELPLANE_SERVING_WORKERS": "1", "MODELPLANE_SERVING_REUSE_PORT": "1"}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "serving", *argv, "--workers", "1"], env=env)
+        for _ in range(settings.workers)
+    ]
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
