@@ -8,7 +8,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 MAX_PATH_LENGTH = 1024
@@ -107,6 +114,13 @@ class VersionCreate(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     signature: dict[str, Any] | None = None
     source: str | None = Field(default=None, max_length=2048)
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> VersionCreate:
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError("two files share the same path")
+        return self
 
 
 class VersionUpdate(BaseModel):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from registry.db import Base, BigId, Json, utcnow
+from registry.db import Base, BigId, Json, UtcDateTime, utcnow
 
-Timestamp = DateTime(timezone=True)
+Timestamp = UtcDateTime()
 
 
 class ModelRow(Base):
