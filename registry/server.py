@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from asyncio import Transport
@@ -29,10 +30,9 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         sock: Any = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
+            # The peer may already be gone; the protocol notices and reports that itself.
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass  # the peer may already be gone; the protocol reports that itself
         super().connection_made(transport)
 
 

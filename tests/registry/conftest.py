@@ -76,8 +76,19 @@ async def sessions(settings: Settings) -> AsyncIterator[SessionFactory]:
     await engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def shared_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pg-artifacts")
+
+
 @pytest.fixture
-def fs_artifacts(tmp_path: Path) -> FileSystemArtifactStore:
+def fs_artifacts(
+    tmp_path: Path, database_url: str, shared_artifacts: Path
+) -> FileSystemArtifactStore:
+    """The folder store. Postgres tests share one database (its blobs table), so they
+    share one folder too; SQLite tests get a fresh pair each."""
+    if database_url.startswith("postgresql"):
+        return FileSystemArtifactStore(shared_artifacts)
     return FileSystemArtifactStore(tmp_path / "artifacts")
 
 
