@@ -179,6 +179,8 @@ class FileSystemArtifactStore:
         return writer.commit()
 
     def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"invalid byte range {start}-{end}")
         path = self._path(key)
         try:
             file = path.open("rb")
@@ -195,7 +197,7 @@ class FileSystemArtifactStore:
             file.close()
             raise _unavailable(f"seeking in {key!r}", exc) from exc
         remaining = None if end is None else max(0, end + 1 - start)
-        return io.BufferedReader(RangeReader(file, remaining, key), CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(RangeReader(file, remaining, key), CHUNK)
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:

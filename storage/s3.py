@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # the store's list() method shadows list in its class body
 import hashlib
 import io
 import logging
@@ -93,6 +94,7 @@ class S3ArtifactStore:
         return writer.commit()
 
     def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        check_range(start, end)
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.full_key(key)}
         if start or end is not None:
             params["Range"] = f"bytes={start}-{'' if end is None else end}"
@@ -173,9 +175,9 @@ class S3ArtifactStore:
         }
         return self.presign("upload_part", params, expires_in, key)
 
-    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+    def list_parts(self, key: str, upload_id: str) -> builtins.list[PartInfo]:
         paginator = self.client.get_paginator("list_parts")
-        parts: list[PartInfo] = []
+        parts: builtins.list[PartInfo] = []
         try:
             for page in paginator.paginate(
                 Bucket=self.bucket, Key=self.full_key(key), UploadId=upload_id
@@ -186,7 +188,7 @@ class S3ArtifactStore:
             self.fail(exc, "ListParts", key)
         return sorted(parts, key=lambda part: part.number)
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[PartInfo]) -> None:
+    def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[PartInfo]) -> None:
         listed = [
             {"PartNumber": part.number, "ETag": part.etag}
             for part in sorted(parts, key=lambda part: part.number)
@@ -467,6 +469,12 @@ class S3Stream(io.RawIOBase):
                 self._body.close()
             finally:
                 super().close()
+
+
+def check_range(start: int, end: int | None) -> None:
+    # S3 ignores a Range it can't parse and sends the whole object: refuse those here.
+    if start < 0 or (end is not None and end < start):
+        raise ValueError(f"invalid byte range {start}-{end}")
 
 
 def error_code(exc: BaseException) -> str | None:

@@ -47,6 +47,18 @@ def test_open_reads_inclusive_byte_ranges(store: ArtifactStore) -> None:
             assert stream.read() == data[start : None if end is None else end + 1], (start, end)
 
 
+def test_open_past_the_end_reads_nothing_and_bad_ranges_are_refused(store: ArtifactStore) -> None:
+    store.put("short", io.BytesIO(b"0123456789"))
+    with store.open("short", 10) as stream:
+        assert stream.read() == b""
+    with store.open("short", 50, 60) as stream:
+        assert stream.read() == b""
+    with pytest.raises(ValueError):
+        store.open("short", 5, 4)
+    with pytest.raises(ValueError):
+        store.open("short", -1)
+
+
 def test_open_reads_in_small_pieces(store: ArtifactStore) -> None:
     data = os.urandom(10_000)
     store.put("pieces", io.BytesIO(data))
