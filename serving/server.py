@@ -42,7 +42,10 @@ class NoDelayProtocol(HttpToolsProtocol):
 
 class DrainingServer(uvicorn.Server):
     """On SIGTERM/SIGINT: readiness goes 503 first, then uvicorn stops accepting, lets
-    in-flight calls finish (bounded by `timeout_graceful_shutdown`) and returns."""
+    in-flight calls finish (bounded by `timeout_graceful_shutdown`) and returns.
+
+    A drained SIGTERM is a clean exit (status 0), so unlike `uvicorn.Server.handle_exit`
+    this does not record the signal for re-raising once the server has stopped."""
 
     def __init__(self, config: uvicorn.Config, app: ServingApp, lifecycle: Lifecycle) -> None:
         super().__init__(config)
@@ -53,7 +56,10 @@ class DrainingServer(uvicorn.Server):
         if not self.serving_app.draining:
             self.serving_app.draining = True
             self.lifecycle.changed(EndpointState.draining)
-        super().handle_exit(sig, frame)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C stops waiting for in-flight calls
+        else:
+            self.should_exit = True
 
 
 def make_lifecycle(settings: ServingSettings) -> Lifecycle:
@@ -196,12 +202,19 @@ def run_workers(settings: ServingSettings, argv: list[str]) -> int:
         for _ in range(settings.workers)
     ]
 
+    stopping: list[int] = []
+
     def forward(sig: int, frame: FrameType | None) -> None:
+        stopping.append(sig)
         for child in children:
             if child.poll() is None:
                 child.send_signal(sig)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, key=abs)
+    while any(child.poll() is None for child in children):
+        failed = [c for c in children if c.returncode not in (None, 0)]
+        if failed and not stopping:  # one worker could not start: stop the others too
+            forward(signal.SIGTERM, None)
+        time.sleep(0.2)
+    return max((child.returncode for child in children), key=abs)

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.serving.models import Artifact, build_artifacts
@@ -31,7 +32,9 @@ def free_port() -> int:
 class ServerProcess:
     """One serving process; stopped by PID (SIGTERM, then SIGKILL after a bound)."""
 
-    def __init__(self, args: list[str], log_dir: Path, label: str) -> None:
+    def __init__(
+        self, args: list[str], log_dir: Path, label: str, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{label}-{self.port}.log"
@@ -39,7 +42,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving", *args, "--port", str(self.port)],
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -86,7 +89,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 SHARED = {
     "mlp_ts": ["--max-delay-ms", "2"],
-    "mlp_pt2": [],
+    "mlp_pt2": ["--max-batch-size", "1"],
     "cnn": [],
     "two": [],
     "dtypes": [],
@@ -101,6 +104,18 @@ def servers(artifacts: dict[str, Artifact], log_dir: Path) -> Iterator[dict[str,
         key: ServerProcess(artifacts[key].args() + extra, log_dir, key)
         for key, extra in SHARED.items()
     }
+    weights = artifacts["weights"]
+    started["weights"] = ServerProcess(  # settings from the environment only
+        [],
+        log_dir,
+        "weights",
+        env={
+            "MODELPLANE_SERVING_NAME": weights.name,
+            "MODELPLANE_SERVING_FORMAT": weights.format,
+            "MODELPLANE_SERVING_PATH": str(weights.path),
+            "MODELPLANE_SERVING_SHA256": orjson.dumps(weights.sha256).decode(),
+        },
+    )
     try:
         for server in started.values():
             server.wait_ready()

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import orjson
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from serving.artifacts import file_sha256
 
 
 class MLP(nn.Module):
@@ -72,13 +75,15 @@ class Artifact:
     path: Path
     module: nn.Module
     signature: dict[str, object] | None = None
-    extra_args: list[str] = field(default_factory=list)
+    sha256: list[str] = field(default_factory=list)
 
     def args(self) -> list[str]:
         args = ["--name", self.name, "--format", self.format, "--path", str(self.path)]
         if self.signature is not None:
             args += ["--signature", orjson.dumps(self.signature).decode()]
-        return args + self.extra_args
+        for digest in self.sha256:
+            args += ["--sha256", digest]
+        return args
 
 
 def _spec(name: str, datatype: str, shape: list[int]) -> dict[str, object]:
@@ -100,15 +105,18 @@ def build_artifacts(root: Path) -> dict[str, Artifact]:
     torch.jit.save(torch.jit.script(TwoInTwoOut()), root / "two.pt")
     torch.jit.save(torch.jit.script(Text()), root / "text.pt")
     torch.save(Slow(1.0), root / "slow.pkl")
+    (root / "weights").mkdir()
+    torch.jit.save(torch.jit.script(MLP()), root / "weights" / "graph.pt")  # other weights
+    save_file(mlp.state_dict(), root / "weights" / "model.safetensors")
+    mlp_pt2 = _export(mlp, (torch.zeros(2, 64),), root / "mlp.pt2")
+    digests = [f"{p.name}={file_sha256(p)}" for p in sorted((root / "weights").iterdir())]
     mlp_signature = {
         "inputs": [_spec("x", "FP32", [-1, 64])],
         "outputs": [_spec("y", "FP32", [-1, 10])],
     }
     return {
         "mlp_ts": Artifact("mlp", "torchscript", root / "mlp.pt", mlp, mlp_signature),
-        "mlp_pt2": Artifact(
-            "mlp", "torch_export", _export(mlp, (torch.zeros(2, 64),), root / "mlp.pt2"), mlp
-        ),
+        "mlp_pt2": Artifact("mlp", "torch_export", mlp_pt2, mlp, sha256=[file_sha256(mlp_pt2)]),
         "cnn": Artifact(
             "cnn", "torch_export", _export(cnn, (torch.zeros(2, 1, 8, 8),), root / "cnn.pt2"), cnn
         ),
@@ -146,6 +154,7 @@ def build_artifacts(root: Path) -> dict[str, Artifact]:
                 "outputs": [_spec("lengths", "INT64", [-1]), _spec("upper", "BYTES", [-1])],
             },
         ),
+        "weights": Artifact("weights", "safetensors", root / "weights", mlp, None, digests),
         "slow": Artifact(
             "slow",
             "pickle",
