@@ -1,0 +1,142 @@
+"""Registry read path and version-creation rate, against a real server on Postgres.
+
+    .venv/bin/python bench/registry_reads.py [--models 100] [--versions 50] [--duration 10]
+
+Seeds MODELS x VERSIONS ready versions through the REST API (each version's manifest names
+one already-stored file, then finalize; the first 500 are timed one after another), points
+`production` at a random version of each model, then drives
+`GET /api/v1/models/{name}/versions/@production` with wrk at concurrency 1, 16 and 64 over
+random models, and prints req/s, p50 and p99 of each. The server runs with the production
+settings the README documents (`modelplane server`, uvicorn with uvloop + httptools).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench._common import ControlPlane, require_wrk, throwaway_postgres
+
+LUA = """
+math.randomseed(os.time())
+request = function()
+  local i = math.random(0, %d)
+  return wrk.format("GET", "/api/v1/models/bench-" .. i .. "/versions/@production")
+end
+"""
+
+
+def seed(url: str, models: int, versions: int) -> float:
+    """Create everything; returns versions/s of the first 500 sequential creations."""
+    blob = os.urandom(4096)
+    digest = hashlib.sha256(blob).hexdigest()
+    manifest = {"files": [{"path": "model.pt", "size": len(blob), "sha256": digest}],
+                "format": "torchscript"}
+    with httpx.Client(base_url=f"{url}/api/v1", timeout=30) as c:
+        for m in range(models):
+            c.post("/models", json={"name": f"bench-{m}"}).raise_for_status()
+        first = c.post("/models/bench-0/versions", json=manifest)
+        first.raise_for_status()
+        c.put("/models/bench-0/versions/1/files/model.pt", content=blob).raise_for_status()
+        c.post("/models/bench-0/versions/1/finalize").raise_for_status()
+        todo = [(m, v) for m in range(models) for v in range(versions)][1:]
+        timed, rest = todo[:500], todo[500:]
+        start = time.perf_counter()
+        for m, _ in timed:
+            _create_ready(c, f"bench-{m}", manifest)
+        rate = len(timed) / (time.perf_counter() - start)
+    asyncio.run(_seed_rest(url, rest, manifest))
+    with httpx.Client(base_url=f"{url}/api/v1", timeout=30) as c:
+        for m in range(models):
+            target = random.randint(1, versions)
+            c.put(f"/models/bench-{m}/aliases/production", json={"version": target}).raise_for_status()
+    return rate
+
+
+def _create_ready(c: httpx.Client, name: str, manifest: dict[str, object]) -> None:
+    r = c.post(f"/models/{name}/versions", json=manifest)
+    r.raise_for_status()
+    c.post(f"/models/{name}/versions/{r.json()['version']}/finalize").raise_for_status()
+
+
+async def _seed_rest(url: str, todo: list[tuple[int, int]], manifest: dict[str, object]) -> None:
+    queue = list(todo)
+
+    async def one(c: httpx.AsyncClient) -> None:
+        while queue:
+            m, _ = queue.pop()
+            r = await c.post(f"/models/bench-{m}/versions", json=manifest)
+            r.raise_for_status()
+            v = r.json()["version"]
+            (await c.post(f"/models/bench-{m}/versions/{v}/finalize")).raise_for_status()
+
+    async with httpx.AsyncClient(base_url=f"{url}/api/v1", timeout=30) as c:
+        await asyncio.gather(*(one(c) for _ in range(8)))
+
+
+def wrk(url: str, lua: Path, connections: int, duration: int) -> dict[str, float]:
+    out = subprocess.run(
+        [require_wrk(), "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "p99": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": 1.0 if errors else 0.0,
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--models", type=int, default=100)
+    ap.add_argument("--versions", type=int, default=50)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--workers", type=int, default=2, help="control-plane worker processes")
+    args = ap.parse_args()
+    require_wrk()
+    with tempfile.TemporaryDirectory() as tmp, throwaway_postgres() as db:
+        env = {"MODELPLANE_DATABASE_URL": db, "MODELPLANE_STORAGE_URL": f"{tmp}/artifacts",
+               "MODELPLANE_HOME": tmp}
+        cp = ControlPlane(env, workers=args.workers, log=Path(tmp) / "server.log")
+        try:
+            t0 = time.perf_counter()
+            rate = seed(cp.url, args.models, args.versions)
+            print(f"seeded {args.models} models x {args.versions} versions in "
+                  f"{time.perf_counter() - t0:.1f}s")
+            print(f"sequential version creation (manifest + finalize): {rate:,.0f} versions/s "
+                  f"(target >= 200)")
+            lua = Path(tmp) / "reads.lua"
+            lua.write_text(LUA % (args.models - 1))
+            print(f"GET /api/v1/models/{{name}}/versions/@production, {args.workers} server "
+                  f"workers, wrk -t1, {args.duration}s each")
+            print(f"{'concurrency':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+            for conns in (1, 16, 64):
+                r = wrk(cp.url, lua, conns, args.duration)
+                print(f"{conns:>11} {r['rps']:>9,.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                      f"{int(r['non2xx']):>8}")
+            print("target at concurrency 64: >= 2,000 req/s with p99 < 100 ms")
+        finally:
+            cp.stop()
+
+
+if __name__ == "__main__":
+    main()

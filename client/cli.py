@@ -1,0 +1,91 @@
+"""The `modelplane` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="modelplane",
+    help="Modelplane: a model registry and model-serving platform.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+@app.command()
+def up(
+    home: Annotated[
+        Path | None, typer.Option(help="Where embedded state lives (MODELPLANE_HOME).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default 8000).")] = None,
+) -> None:
+    """Run the embedded platform: SQLite + a local artifact folder, migrated and served."""
+    from registry.migrate import upgrade_to_head
+    from registry.server import serve
+    from registry.settings import Settings
+
+    overrides = {k: v for k, v in {"home": home, "host": host, "port": port}.items() if v}
+    settings = Settings(**overrides)
+    Path(settings.home).mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.database_url)
+    _announce(settings.host, settings.port, settings.database_url, settings.storage_url)
+    serve(settings)
+
+
+@app.command()
+def server(
+    migrate: Annotated[
+        bool, typer.Option(help="Apply database migrations before serving.")
+    ] = False,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+) -> None:
+    """Run the control plane with settings from MODELPLANE_* (production style)."""
+    from registry.migrate import upgrade_to_head
+    from registry.server import serve
+    from registry.settings import Settings
+
+    settings = Settings(**({"workers": workers} if workers else {}))
+    if migrate:
+        upgrade_to_head(settings.database_url)
+    _announce(settings.host, settings.port, settings.database_url, settings.storage_url)
+    serve(settings)
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply database migrations (Alembic, to head) and exit."""
+    from registry.migrate import upgrade_to_head
+    from registry.settings import Settings
+
+    settings = Settings()
+    upgrade_to_head(settings.database_url)
+    console.print(f"[green]database at head[/green]: {_redact(settings.database_url)}")
+
+
+def _announce(host: str, port: int, database_url: str, storage_url: str) -> None:
+    base = f"http://{host}:{port}"
+    console.print(f"[bold]Modelplane[/bold] control plane on [cyan]{base}[/cyan]")
+    console.print(f"  API docs (Swagger): [cyan]{base}/docs[/cyan]")
+    console.print(f"  API docs (ReDoc):   [cyan]{base}/redoc[/cyan]")
+    console.print(f"  REST API:           [cyan]{base}/api/v1[/cyan]")
+    console.print(f"  database: {_redact(database_url)}   artifacts: {storage_url}")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before printing it."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+if __name__ == "__main__":
+    app()
