@@ -1,0 +1,98 @@
+"""`modelplane up` as a newcomer runs it: one process, embedded defaults, curl against it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    home = tmp_path_factory.mktemp("home")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+    log = (home / "up.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client", "up", "--home", str(home), "--port", str(port)],
+        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (home / "up.log").read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"modelplane up not ready in 60 s:\n{(home / 'up.log').read_text()}")
+        yield url, home
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def test_up_prints_where_the_docs_are(platform: tuple[str, Path]) -> None:
+    url, home = platform
+    printed = (home / "up.log").read_text()
+    assert f"{url}/docs" in printed and f"{url}/redoc" in printed
+    assert httpx.get(f"{url}/docs").status_code == 200
+    assert httpx.get(f"{url}/redoc").status_code == 200
+    assert (home / "registry.db").exists()
+
+
+def test_up_one_shot_curl_upload_downloads_identical_bytes(
+    platform: tuple[str, Path], tmp_path: Path
+) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    url, home = platform
+    model = tmp_path / "model.pt"
+    model.write_bytes(os.urandom(3 * 2**20 + 17))
+
+    def run(*args: str) -> str:
+        return subprocess.run([curl, "-sS", "--fail-with-body", *args], check=True,
+                              capture_output=True, text=True, timeout=60).stdout
+
+    run("-X", "POST", f"{url}/api/v1/models", "-H", "content-type: application/json",
+        "-d", '{"name":"iris"}')
+    run("-F", f"file=@{model}", "-F", "format=torchscript", "-F", "alias=production",
+        f"{url}/api/v1/models/iris/versions:upload")
+    version = httpx.get(f"{url}/api/v1/models/iris/versions/@production").json()
+    assert version["version"] == 1 and version["status"] == "ready"
+    back = tmp_path / "back.pt"
+    run("-o", str(back), f"{url}/api/v1/models/iris/versions/1/files/model.pt")
+    assert back.read_bytes() == model.read_bytes()
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert version["files"] == [
+        {"path": "model.pt", "size": model.stat().st_size, "sha256": digest, "present": True,
+         "upload": None}
+    ]
+    assert (home / "artifacts").is_dir()
