@@ -18,7 +18,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_DSN = os.environ.get("MODELPLANE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "MODELPLANE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def free_port() -> int:
@@ -65,7 +67,10 @@ class ControlPlane:
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "client", "server", "--migrate"],
-            env=full_env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         self._wait_ready(log)
 

@@ -40,8 +40,10 @@ def seed(url: str, models: int, versions: int) -> float:
     """Create everything; returns versions/s of the first 500 sequential creations."""
     blob = os.urandom(4096)
     digest = hashlib.sha256(blob).hexdigest()
-    manifest = {"files": [{"path": "model.pt", "size": len(blob), "sha256": digest}],
-                "format": "torchscript"}
+    manifest = {
+        "files": [{"path": "model.pt", "size": len(blob), "sha256": digest}],
+        "format": "torchscript",
+    }
     with httpx.Client(base_url=f"{url}/api/v1", timeout=30) as c:
         for m in range(models):
             c.post("/models", json={"name": f"bench-{m}"}).raise_for_status()
@@ -59,7 +61,9 @@ def seed(url: str, models: int, versions: int) -> float:
     with httpx.Client(base_url=f"{url}/api/v1", timeout=30) as c:
         for m in range(models):
             target = random.randint(1, versions)
-            c.put(f"/models/bench-{m}/aliases/production", json={"version": target}).raise_for_status()
+            c.put(
+                f"/models/bench-{m}/aliases/production", json={"version": target}
+            ).raise_for_status()
     return rate
 
 
@@ -86,8 +90,19 @@ async def _seed_rest(url: str, todo: list[tuple[int, int]], manifest: dict[str, 
 
 def wrk(url: str, lua: Path, connections: int, duration: int) -> dict[str, float]:
     out = subprocess.run(
-        [require_wrk(), "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua), url],
-        capture_output=True, text=True, check=True,
+        [
+            require_wrk(),
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(lua),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
@@ -114,25 +129,36 @@ def main() -> None:
     args = ap.parse_args()
     require_wrk()
     with tempfile.TemporaryDirectory() as tmp, throwaway_postgres() as db:
-        env = {"MODELPLANE_DATABASE_URL": db, "MODELPLANE_STORAGE_URL": f"{tmp}/artifacts",
-               "MODELPLANE_HOME": tmp}
+        env = {
+            "MODELPLANE_DATABASE_URL": db,
+            "MODELPLANE_STORAGE_URL": f"{tmp}/artifacts",
+            "MODELPLANE_HOME": tmp,
+        }
         cp = ControlPlane(env, workers=args.workers, log=Path(tmp) / "server.log")
         try:
             t0 = time.perf_counter()
             rate = seed(cp.url, args.models, args.versions)
-            print(f"seeded {args.models} models x {args.versions} versions in "
-                  f"{time.perf_counter() - t0:.1f}s")
-            print(f"sequential version creation (manifest + finalize): {rate:,.0f} versions/s "
-                  f"(target >= 200)")
+            print(
+                f"seeded {args.models} models x {args.versions} versions in "
+                f"{time.perf_counter() - t0:.1f}s"
+            )
+            print(
+                f"sequential version creation (manifest + finalize): {rate:,.0f} versions/s "
+                f"(target >= 200)"
+            )
             lua = Path(tmp) / "reads.lua"
             lua.write_text(LUA % (args.models - 1))
-            print(f"GET /api/v1/models/{{name}}/versions/@production, {args.workers} server "
-                  f"workers, wrk -t1, {args.duration}s each")
+            print(
+                f"GET /api/v1/models/{{name}}/versions/@production, {args.workers} server "
+                f"workers, wrk -t1, {args.duration}s each"
+            )
             print(f"{'concurrency':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
             for conns in (1, 16, 64):
                 r = wrk(cp.url, lua, conns, args.duration)
-                print(f"{conns:>11} {r['rps']:>9,.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
-                      f"{int(r['non2xx']):>8}")
+                print(
+                    f"{conns:>11} {r['rps']:>9,.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                    f"{int(r['non2xx']):>8}"
+                )
             print("target at concurrency 64: >= 2,000 req/s with p99 < 100 ms")
         finally:
             cp.stop()

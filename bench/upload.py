@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import httpx
 from boto3.s3.transfer import TransferConfig
 
@@ -80,17 +79,24 @@ def new_version(api: httpx.Client, model: str, path: str, size: int, digest: str
     return int(r.json()["version"])
 
 
-def proxied(api: httpx.Client, file: Path, size: int, digest: str, out: Path) -> tuple[float, float]:
+def proxied(
+    api: httpx.Client, file: Path, size: int, digest: str, out: Path
+) -> tuple[float, float]:
     v = new_version(api, "bench", file.name, size, digest)
     t = time.perf_counter()
-    r = api.put(f"/models/bench/versions/{v}/files/{file.name}", content=read_chunks(file),
-                headers={"content-length": str(size)})
+    r = api.put(
+        f"/models/bench/versions/{v}/files/{file.name}",
+        content=read_chunks(file),
+        headers={"content-length": str(size)},
+    )
     r.raise_for_status()
     up = time.perf_counter() - t
     api.post(f"/models/bench/versions/{v}/finalize").raise_for_status()
     t = time.perf_counter()
-    with api.stream("GET", f"/models/bench/versions/{v}/files/{file.name}") as resp, \
-            out.open("wb") as f:
+    with (
+        api.stream("GET", f"/models/bench/versions/{v}/files/{file.name}") as resp,
+        out.open("wb") as f,
+    ):
         resp.raise_for_status()
         for block in resp.iter_bytes(CHUNK):
             f.write(block)
@@ -98,7 +104,9 @@ def proxied(api: httpx.Client, file: Path, size: int, digest: str, out: Path) ->
     return up, down
 
 
-def direct(api: httpx.Client, file: Path, size: int, digest: str, out: Path) -> tuple[float, float, float]:
+def direct(
+    api: httpx.Client, file: Path, size: int, digest: str, out: Path
+) -> tuple[float, float, float]:
     v = new_version(api, "bench", file.name, size, digest)
     base = f"/models/bench/versions/{v}/files/{file.name}/multipart"
     t = time.perf_counter()
@@ -159,18 +167,24 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     args = ap.parse_args()
     size = args.size_mib << 20
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp_s, SeaweedServer() as weed:
+    with (
+        tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp_s,
+        SeaweedServer() as weed,
+    ):
         tmp = Path(tmp_s)
         s3 = weed.client()
         s3.create_bucket(Bucket="bench")
         files = {k: tmp / f"{k}.bin" for k in ("a", "b", "c")}
         digests = {k: make_file(p, size) for k, p in files.items()}
-        env = {"MODELPLANE_HOME": str(tmp), "MODELPLANE_STORAGE_URL": "s3://bench/mp",
-               "MODELPLANE_S3_ENDPOINT_URL": weed.endpoint_url,
-               "MODELPLANE_S3_ACCESS_KEY_ID": "modelplane",
-               "MODELPLANE_S3_SECRET_ACCESS_KEY": "modelplane-secret",
-               "MODELPLANE_S3_REGION": "us-east-1",
-               "MODELPLANE_MAX_UPLOAD_BYTES": str(size * 4)}
+        env = {
+            "MODELPLANE_HOME": str(tmp),
+            "MODELPLANE_STORAGE_URL": "s3://bench/mp",
+            "MODELPLANE_S3_ENDPOINT_URL": weed.endpoint_url,
+            "MODELPLANE_S3_ACCESS_KEY_ID": "modelplane",
+            "MODELPLANE_S3_SECRET_ACCESS_KEY": "modelplane-secret",
+            "MODELPLANE_S3_REGION": "us-east-1",
+            "MODELPLANE_MAX_UPLOAD_BYTES": str(size * 4),
+        }
         cp = ControlPlane(env, log=tmp / "server.log")
         try:
             with httpx.Client(base_url=f"{cp.url}/api/v1", timeout=600) as api:
@@ -179,12 +193,16 @@ def main() -> None:
                 with Peak(cp) as pa:
                     a_up, a_down = proxied(api, files["a"], size, digests["a"], tmp / "a.out")
                 with Peak(cp) as pb:
-                    b_sent, b_up, b_down = direct(api, files["b"], size, digests["b"], tmp / "b.out")
+                    b_sent, b_up, b_down = direct(
+                        api, files["b"], size, digests["b"], tmp / "b.out"
+                    )
         finally:
             cp.stop()
         for k in ("a", "b"):
             assert make_file_digest(tmp / f"{k}.out") == digests[k], f"{k}: bytes differ"
-        report(size, raw_up, raw_down, a_up, a_down, b_sent, b_up, b_down, pa.growth_mb, pb.growth_mb)
+        report(
+            size, raw_up, raw_down, a_up, a_down, b_sent, b_up, b_down, pa.growth_mb, pb.growth_mb
+        )
 
 
 def make_file_digest(path: Path) -> str:
@@ -194,8 +212,18 @@ def make_file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def report(size: int, raw_up: float, raw_down: float, a_up: float, a_down: float,
-           b_sent: float, b_up: float, b_down: float, a_rss: float, b_rss: float) -> None:
+def report(
+    size: int,
+    raw_up: float,
+    raw_down: float,
+    a_up: float,
+    a_down: float,
+    b_sent: float,
+    b_up: float,
+    b_down: float,
+    a_rss: float,
+    b_rss: float,
+) -> None:
     ru, rd = mbps(size, raw_up), mbps(size, raw_down)
     rows = [
         ("(c) raw boto3", ru, rd),
@@ -207,8 +235,10 @@ def report(size: int, raw_up: float, raw_down: float, a_up: float, a_down: float
     print(f"{'path':<24} {'up MB/s':>9} {'x raw':>6} {'down MB/s':>10} {'x raw':>6}")
     for name, up, down in rows:
         print(f"{name:<24} {up:>9.0f} {up / ru:>6.2f} {down:>10.0f} {down / rd:>6.2f}")
-    print(f"control-plane peak RSS growth: proxied {a_rss:.0f} MB, direct {b_rss:.0f} MB "
-          f"(target < 100 MB)")
+    print(
+        f"control-plane peak RSS growth: proxied {a_rss:.0f} MB, direct {b_rss:.0f} MB "
+        f"(target < 100 MB)"
+    )
     print("targets: (b) >= 0.95x raw; (a) >= 0.8x raw")
 
 

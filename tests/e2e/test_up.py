@@ -34,7 +34,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
     log = (home / "up.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "client", "up", "--home", str(home), "--port", str(port)],
-        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=home,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -78,13 +81,32 @@ def test_up_one_shot_curl_upload_downloads_identical_bytes(
     model.write_bytes(os.urandom(3 * 2**20 + 17))
 
     def run(*args: str) -> str:
-        return subprocess.run([curl, "-sS", "--fail-with-body", *args], check=True,
-                              capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run(
+            [curl, "-sS", "--fail-with-body", *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
 
-    run("-X", "POST", f"{url}/api/v1/models", "-H", "content-type: application/json",
-        "-d", '{"name":"iris"}')
-    run("-F", f"file=@{model}", "-F", "format=torchscript", "-F", "alias=production",
-        f"{url}/api/v1/models/iris/versions:upload")
+    run(
+        "-X",
+        "POST",
+        f"{url}/api/v1/models",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        '{"name":"iris"}',
+    )
+    run(
+        "-F",
+        f"file=@{model}",
+        "-F",
+        "format=torchscript",
+        "-F",
+        "alias=production",
+        f"{url}/api/v1/models/iris/versions:upload",
+    )
     version = httpx.get(f"{url}/api/v1/models/iris/versions/@production").json()
     assert version["version"] == 1 and version["status"] == "ready"
     back = tmp_path / "back.pt"
@@ -92,7 +114,12 @@ def test_up_one_shot_curl_upload_downloads_identical_bytes(
     assert back.read_bytes() == model.read_bytes()
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     assert version["files"] == [
-        {"path": "model.pt", "size": model.stat().st_size, "sha256": digest, "present": True,
-         "upload": None}
+        {
+            "path": "model.pt",
+            "size": model.stat().st_size,
+            "sha256": digest,
+            "present": True,
+            "upload": None,
+        }
     ]
     assert (home / "artifacts").is_dir()
