@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.db import SessionFactory, make_engine, make_session_factory
-from registry.problems import install_problem_handlers
+from registry.problems import install_problem_handlers, use_problem_media_type
 from registry.routes import aliases, events, files, health, models, versions
 from registry.settings import Settings
 from storage import open_store
@@ -62,11 +62,13 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operation id = function name
     )
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.store = store if store is not None else store_from_settings(settings)
     install_problem_handlers(app)
+    use_problem_media_type(app)
     for module in (models, versions, files, aliases, events):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
