@@ -8,7 +8,7 @@ import io
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -214,7 +214,7 @@ class FileSystemArtifactStore:
 
     def download(self, key: str, dest: Path) -> None:
         with self.open(key) as source:
-            copy_to_file(source, dest)
+            copy_to_file(iter(lambda: source.read(CHUNK), b""), dest)
 
     def delete(self, key: str) -> None:
         try:
@@ -261,7 +261,7 @@ def _mtime(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
-def copy_to_file(source: BinaryIO, dest: Path) -> None:
+def copy_to_file(chunks: Iterable[bytes], dest: Path) -> None:
     """Writes beside ``dest`` and renames, so a reader never sees a half-written file."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +270,7 @@ def copy_to_file(source: BinaryIO, dest: Path) -> None:
         raise _unavailable(f"creating a file beside {dest}", exc) from exc
     try:
         with os.fdopen(fd, "wb") as out:
-            while chunk := source.read(CHUNK):
+            for chunk in chunks:
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PART_SIZE = 16 * 2**20
 MIN_PART_SIZE = 5 * 2**20
 PARTS_IN_FLIGHT = 3
-VERIFY_AHEAD = 4
+READ_AHEAD = 4
 
 # Errors of the transport or of boto3 itself: none of them may leave this module.
 S3_ERRORS = (BotoCoreError, ClientError, Boto3Error, Urllib3Error, OSError)
@@ -118,8 +118,7 @@ class S3ArtifactStore:
         return ObjectInfo(key=key, size=head["ContentLength"], modified=head["LastModified"])
 
     def download(self, key: str, dest: Path) -> None:
-        with self.open(key) as source:
-            copy_to_file(source, dest)
+        copy_to_file(self.read_ahead(key), dest)
 
     def delete(self, key: str) -> None:
         try:
@@ -226,7 +225,15 @@ class S3ArtifactStore:
         return StoredObject(key=key, size=size, sha256=digest)
 
     def hash_object(self, key: str) -> tuple[str, int]:
-        """sha256 and size of an object, hashing in order while ranged GETs run ahead."""
+        digest, size = hashlib.sha256(), 0
+        for chunk in self.read_ahead(key):
+            digest.update(chunk)
+            size += len(chunk)
+        return digest.hexdigest(), size
+
+    def read_ahead(self, key: str) -> Iterator[bytes]:
+        """The object in order, part-sized pieces, while ranged GETs for the next few run
+        in parallel: one stream alone rarely fills the link or the store."""
         info = self.stat(key)
         if info is None:
             raise ArtifactNotFound(key)
@@ -234,18 +241,16 @@ class S3ArtifactStore:
             (offset, min(offset + self.part_size, info.size) - 1)
             for offset in range(0, info.size, self.part_size)
         )
-        digest = hashlib.sha256()
-        with ThreadPoolExecutor(VERIFY_AHEAD, thread_name_prefix="s3-verify") as pool:
+        with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="s3-read") as pool:
             ahead: deque[Future[bytes]] = deque()
             try:
                 while ranges or ahead:
-                    while ranges and len(ahead) < VERIFY_AHEAD:
+                    while ranges and len(ahead) < READ_AHEAD:
                         ahead.append(pool.submit(self.read_range, key, *ranges.popleft()))
-                    digest.update(ahead.popleft().result())
+                    yield ahead.popleft().result()
             finally:
                 for future in ahead:
                     future.cancel()
-        return digest.hexdigest(), info.size
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         with self.open(key, start, end) as stream:

@@ -186,3 +186,13 @@ def test_open_store_rejects_unknown_schemes() -> None:
         open_store("ftp://host/x")
     with pytest.raises(ValueError):
         open_store("s3:///no-bucket")
+
+
+def test_download_fetches_ranges_in_parallel_into_one_file(
+    small_parts: S3ArtifactStore, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * PART + 5)
+    small_parts.put("blobs/dl", io.BytesIO(data))
+    small_parts.download("blobs/dl", tmp_path / "model.bin")
+    assert (tmp_path / "model.bin").read_bytes() == data
+    assert os.listdir(tmp_path) == ["model.bin"]
