@@ -89,7 +89,7 @@ def _setup_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _: ConnectionPoolEntry) -> None:
-        dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (
             "PRAGMA foreign_keys=ON",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, delete, select
+from sqlalchemy import delete, select
 
 from registry.db import utcnow
 from registry.repositories.base import Repository
@@ -14,7 +14,7 @@ ALIAS_COLUMNS = (AliasRow.id, AliasRow.name, VersionRow.version, AliasRow.update
 
 
 class AliasRepository(Repository):
-    async def find(self, model_id: int, name: str, *, lock: bool = False) -> Row[Any] | None:
+    async def find(self, model_id: int, name: str, *, lock: bool = False) -> Any:
         """(id, name, version, updated_at) of the alias, or ``None``."""
         stmt = (
             select(*ALIAS_COLUMNS)
@@ -25,7 +25,7 @@ class AliasRepository(Repository):
             stmt = stmt.with_for_update(of=AliasRow)
         return (await self._session.execute(stmt)).one_or_none()
 
-    async def list(self, model_id: int, *, after: str | None, limit: int) -> list[Row[Any]]:
+    async def search(self, model_id: int, *, after: str | None, limit: int) -> list[Any]:
         stmt = (
             select(*ALIAS_COLUMNS)
             .join(VersionRow, VersionRow.id == AliasRow.version_id)

@@ -7,7 +7,6 @@ import binascii
 from typing import Any
 
 import orjson
-from sqlalchemy import Insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,10 +21,11 @@ class Repository:
     def _dialect(self) -> str:
         return self._session.get_bind().dialect.name
 
-    def _insert(self, table: Any) -> Insert:
+    def _insert(self, table: Any) -> postgresql.Insert | sqlite.Insert:
         """An INSERT that can ``on_conflict_do_nothing()`` on both dialects."""
-        module = postgresql if self._dialect == "postgresql" else sqlite
-        return module.insert(table)
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
 
 
 def encode_cursor(value: Any) -> str:

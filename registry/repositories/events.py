@@ -45,7 +45,7 @@ class EventRepository(Repository):
             )
         )
 
-    async def list(
+    async def search(
         self,
         *,
         since: datetime | None,

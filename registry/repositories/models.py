@@ -35,7 +35,7 @@ class ModelRepository(Repository):
             raise ModelNotFound(name)
         return model_id
 
-    async def list(
+    async def search(
         self, *, q: str | None, tags: dict[str, str], after: str | None, limit: int
     ) -> list[ModelRow]:
         stmt = select(ModelRow).order_by(ModelRow.name).limit(limit)

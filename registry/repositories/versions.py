@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, Select, delete, select, update
+from sqlalchemy import Row, Select, delete, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from registry.db import utcnow
@@ -55,7 +54,7 @@ def _where_selected(stmt: Select[Any], model: str, selector: Selector) -> Select
 
 
 class VersionRepository(Repository):
-    async def detail(self, model: str, selector: Selector) -> Sequence[Row[Any]]:
+    async def detail(self, model: str, selector: Selector) -> list[Row[Any]]:
         """The version and its manifest as rows (one per file); empty if none matches."""
         stmt = (
             select(*DETAIL_COLUMNS)
@@ -64,7 +63,8 @@ class VersionRepository(Repository):
             .outerjoin(BlobRow, BlobRow.sha256 == FileRow.sha256)
             .order_by(FileRow.path)
         )
-        return (await self._session.execute(_where_selected(stmt, model, selector))).all()
+        result = await self._session.execute(_where_selected(stmt, model, selector))
+        return list(result.all())
 
     async def find(
         self, model: str, selector: Selector, *, lock: bool = False
@@ -92,10 +92,10 @@ class VersionRepository(Repository):
         await self._session.flush()
         if files:
             await self._session.execute(
-                FileRow.__table__.insert(), [{"version_id": row.id, **f} for f in files]
+                insert(FileRow), [{"version_id": row.id, **f} for f in files]
             )
 
-    async def list(
+    async def search(
         self, model_id: int, *, status: str | None, before: int | None, limit: int
     ) -> list[VersionRow]:
         stmt = (
@@ -110,7 +110,7 @@ class VersionRepository(Repository):
             stmt = stmt.where(VersionRow.version < before)
         return list(await self._session.scalars(stmt))
 
-    async def files(self, version_id: int) -> list[Row[Any]]:
+    async def files(self, version_id: int) -> list[Any]:
         stmt = (
             select(FileRow.path, FileRow.size, FileRow.sha256, BlobRow.sha256.label("stored"))
             .outerjoin(BlobRow, BlobRow.sha256 == FileRow.sha256)
@@ -119,7 +119,7 @@ class VersionRepository(Repository):
         )
         return list((await self._session.execute(stmt)).all())
 
-    async def file(self, version_id: int, path: str) -> Row[Any] | None:
+    async def file(self, version_id: int, path: str) -> Any:
         stmt = (
             select(FileRow.path, FileRow.size, FileRow.sha256, BlobRow.sha256.label("stored"))
             .outerjoin(BlobRow, BlobRow.sha256 == FileRow.sha256)

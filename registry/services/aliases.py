@@ -95,7 +95,7 @@ class AliasService:
         after = decode_cursor(cursor, str)
         async with reading(self._sessions) as session:
             model_id = await ModelRepository(session).get_id(model)
-            rows = await AliasRepository(session).list(model_id, after=after, limit=limit + 1)
+            rows = await AliasRepository(session).search(model_id, after=after, limit=limit + 1)
             return to_page(rows, limit, lambda r: r.name, lambda r: _alias_out(model, r))
 
     async def delete_alias(self, model: str, alias: str) -> None:

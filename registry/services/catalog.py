@@ -26,6 +26,7 @@ from registry.schemas import (
     Page,
     VersionCreate,
     VersionOut,
+    VersionStatus,
     VersionSummary,
     VersionUpdate,
 )
@@ -48,7 +49,7 @@ def summary_out(model: str, row: VersionRow) -> VersionSummary:
     return VersionSummary(
         model=model,
         version=row.version,
-        status=row.status,
+        status=VersionStatus(row.status),
         format=row.format,
         description=row.description,
         tags=row.tags,
@@ -97,7 +98,9 @@ class CatalogService:
     ) -> Page[ModelOut]:
         after = decode_cursor(cursor, str)
         async with reading(self._sessions) as session:
-            rows = await ModelRepository(session).list(q=q, tags=tags, after=after, limit=limit + 1)
+            rows = await ModelRepository(session).search(
+                q=q, tags=tags, after=after, limit=limit + 1
+            )
             return to_page(rows, limit, lambda r: r.name, model_out)
 
     async def get_model(self, name: str) -> ModelOut:
@@ -193,7 +196,7 @@ class CatalogService:
         before = decode_cursor(cursor, int)
         async with reading(self._sessions) as session:
             model_id = await ModelRepository(session).get_id(name)
-            rows = await VersionRepository(session).list(
+            rows = await VersionRepository(session).search(
                 model_id, status=status, before=before, limit=limit + 1
             )
             return to_page(rows, limit, lambda r: r.version, lambda r: summary_out(name, r))
@@ -284,7 +287,7 @@ class CatalogService:
     ) -> Page[EventOut]:
         after = decode_cursor(cursor, int)
         async with reading(self._sessions) as session:
-            rows = await EventRepository(session).list(
+            rows = await EventRepository(session).search(
                 since=since, model=model, action=action, after=after, limit=limit + 1
             )
             return to_page(rows, limit, lambda r: r.id, event_out)

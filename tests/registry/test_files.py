@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -71,7 +73,7 @@ async def test_streamed_upload_over_limit_is_413(client: httpx.AsyncClient, mode
     big = b"x" * (MAX_UPLOAD + 1)
     await create_version(client, model, {"big": big})
 
-    async def chunks():  # no Content-Length: counted while streaming
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while streaming
         for i in range(0, len(big), 2**20):
             yield big[i : i + 2**20]
 

@@ -68,7 +68,9 @@ async def test_list_models_pages_with_cursor(client: httpx.AsyncClient) -> None:
         assert (await client.post(f"{API}/models", json={"name": n})).status_code == 201
     seen, cursor = [], None
     while True:
-        params = {"q": prefix, "limit": 2} | ({"cursor": cursor} if cursor else {})
+        params: dict[str, str | int] = {"q": prefix, "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
         page = (await client.get(f"{API}/models", params=params)).json()
         seen += [m["name"] for m in page["items"]]
         if (cursor := page["next_cursor"]) is None:
@@ -91,7 +93,10 @@ async def test_search_by_substring_and_tags(client: httpx.AsyncClient) -> None:
     )
     by_q = (await client.get(f"{API}/models", params={"q": f"bert-{key}"})).json()["items"]
     assert [m["name"] for m in by_q] == [f"bert-{key}"]
-    params = [("tag", f"k:{key}"), ("tag", "task:cv")]
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("tag", f"k:{key}"),
+        ("tag", "task:cv"),
+    ]
     by_tag = (await client.get(f"{API}/models", params=params)).json()["items"]
     assert [m["name"] for m in by_tag] == [f"vit-{key}"]
     assert_problem(await client.get(f"{API}/models", params={"tag": "novalue"}), 400)

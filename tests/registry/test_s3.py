@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -72,9 +73,9 @@ async def test_proxied_mismatch_stores_nothing(
 
 async def direct_upload(
     client: httpx.AsyncClient, model: str, path: str, data: bytes, *, stop_after: int | None = None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     url = f"{API}/models/{model}/versions/1/files/{path}/multipart"
-    offer = (await client.post(url)).json()
+    offer: dict[str, Any] = (await client.post(url)).json()
     done = {p["part_number"] for p in offer["completed_parts"]}
     async with httpx.AsyncClient() as s3:
         for part in offer["parts"]:
@@ -98,7 +99,7 @@ async def test_direct_multipart_upload_resumes_and_verifies(
     assert_problem(await s3_client.post(complete), 409, "parts-missing")
     second = await direct_upload(s3_client, s3_model, "big.bin", data)  # resumes
     assert second["upload_id"] == first["upload_id"]
-    assert [p["part_number"] for p in second["completed_parts"]] == [1]  # type: ignore[index]
+    assert [p["part_number"] for p in second["completed_parts"]] == [1]
     done = await s3_client.post(complete)
     assert done.status_code == 200, done.text
     assert done.json()["present"] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import httpx
 import pytest
@@ -112,7 +113,10 @@ async def test_selectors(client: httpx.AsyncClient, model: str) -> None:
     two = await ready_version(client, model, {"w": b"2"})
     await create_version(client, model, {"w": b"3"})  # pending: never latest
     await client.put(f"{API}/models/{model}/aliases/production", json={"version": one})
-    get = lambda v: client.get(f"{API}/models/{model}/versions/{v}")  # noqa: E731
+
+    def get(v: str | int) -> Awaitable[httpx.Response]:
+        return client.get(f"{API}/models/{model}/versions/{v}")
+
     assert (await get("latest")).json()["version"] == two
     assert (await get("@production")).json()["version"] == one
     assert (await get("3")).json()["status"] == "pending"
