@@ -184,9 +184,7 @@ class FileSystemArtifactStore:
         path = self._path(key)
         try:
             file = path.open("rb")
-        except FileNotFoundError as exc:
-            raise ArtifactNotFound(key) from exc
-        except IsADirectoryError as exc:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ArtifactNotFound(key) from exc
         except OSError as exc:
             raise _unavailable(f"opening {key!r}", exc) from exc

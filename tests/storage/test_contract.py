@@ -113,6 +113,12 @@ def test_absent_key_is_artifact_not_found(store: ArtifactStore, tmp_path: Path) 
     assert raised.value.key == "blobs/sha256/missing"
     with pytest.raises(ArtifactNotFound):
         store.open("blobs/sha256/missing", 10, 20)
+    store.put("blobs/file", io.BytesIO(b"x"))
+    with pytest.raises(ArtifactNotFound):
+        store.open("blobs/file/below")
+    with pytest.raises(ArtifactNotFound):
+        store.open("blobs")
+    assert store.stat("blobs/file/below") is None and store.stat("blobs") is None
     with pytest.raises(ArtifactNotFound):
         store.download("blobs/sha256/missing", tmp_path / "x")
     assert not (tmp_path / "x").exists()
