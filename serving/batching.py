@@ -1,10 +1,17 @@
-"""Dynamic batching: one inference thread, fed by the event loop, answering through futures.
+"""Dynamic batching, with the model run either on the event loop or on one inference thread.
 
-The event loop never runs the model: it queues a `Call` and awaits its future. The thread
-takes the first queued call, plus whatever else is already waiting (up to the batch size),
-stacks compatible calls along dimension 0, runs them once and hands all results back
-with one `call_soon_threadsafe`. A lone call on an idle server therefore runs at once;
-`max_delay_ms` only lets a batch that is already forming wait for more calls.
+Calls are queued by the event loop and answered through futures. Compatible calls (same
+input names, dtypes and trailing shapes) are stacked along dimension 0, run once and
+split back. No call waits for company when none is coming: a batch is whatever has
+arrived by the time the model is free; `max_delay_ms` only lets a batch that is already
+forming (other calls in flight) wait for more, and `wait_lone` extends that to lone calls.
+
+Where the model runs (`start(loop, inline=...)`):
+- inline, on the event loop, once per loop iteration over every call parsed in it: no
+  thread hop at all. On a small CPU box this wins clearly for fast models (bench/README.md),
+  because each hop to a thread costs a scheduler wake-up while the cores are busy.
+- on a dedicated inference thread: the event loop keeps accepting and parsing while a slow
+  model (a big CNN, a GPU) computes, and health probes never wait behind a model call.
 """
 
 from __future__ import annotations
@@ -57,6 +64,10 @@ class Batcher:
         self._delay = max_delay_ms / 1000
         self._max_queue = max_queue
         self._wait_lone = wait_lone
+        self._inline = False
+        self._arrived: list[Call] = []  # inline mode: calls waiting for the next flush
+        self._flush_at: asyncio.Handle | None = None
+        self._last_arrival = 0.0
         self._queue: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
         self._pending = 0  # touched only on the event loop
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,10 +78,15 @@ class Batcher:
     def pending(self) -> int:
         return self._pending
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
-        self._thread.start()
+    @property
+    def inline(self) -> bool:
+        return self._inline
+
+    def start(self, loop: asyncio.AbstractEventLoop, *, inline: bool = False) -> None:
+        self._loop, self._inline = loop, inline
+        if not inline:
+            self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
+            self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._thread is not None:
@@ -85,8 +101,43 @@ class Batcher:
         assert self._loop is not None, "Batcher.start() first"
         call = Call(inputs, *self._shape_key(inputs), self._loop.create_future())
         self._pending += 1
-        self._queue.put(call)
+        if self._inline:
+            self._arrive(call)
+        else:
+            self._queue.put(call)
         return call.future
+
+    def _arrive(self, call: Call) -> None:
+        assert self._loop is not None
+        self._arrived.append(call)
+        now = time.monotonic()
+        recent, self._last_arrival = now - self._last_arrival < self._delay, now
+        if self._flush_at is None:
+            # The event loop is the device here, so "idle" means no call came recently.
+            waits = self._delay and (self._wait_lone or recent)
+            self._flush_at = (
+                self._loop.call_later(self._delay, self._flush)
+                if waits
+                else self._loop.call_soon(self._flush)
+            )
+        elif sum(c.rows for c in self._arrived) >= self._max_batch:
+            self._flush_at.cancel()
+            self._flush_at = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Inline mode: run every call that arrived since the last flush, on the loop."""
+        calls, self._arrived, self._flush_at = self._arrived, [], None
+        batch: list[Call] = []
+        rows = 0
+        for call in calls:
+            if batch and rows + call.rows > self._max_batch:
+                self._run(batch)
+                self._deliver(batch)
+                batch, rows = [], 0
+            batch.append(call)
+            rows += call.rows
+        self._run(batch)
+        self._deliver(batch)
 
     def _shape_key(self, inputs: Inputs) -> tuple[int, BatchKey | None]:
         arrays = list(inputs.values())

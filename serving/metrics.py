@@ -1,68 +1,112 @@
-"""Prometheus metrics of one serving process, on a registry of its own."""
+"""Prometheus metrics of one serving process, on a registry of its own.
+
+Recording is plain list arithmetic, read by a custom collector at scrape time:
+`prometheus_client`'s own Counter/Histogram take a lock and several calls per update,
+which shows at tens of thousands of calls a second. Each series has one writer thread
+(the event loop for requests, the inference thread for batches), so no lock is needed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
-class ServingMetrics:
+class FastHistogram:
+    """Counts per upper bound (the last slot is +Inf), plus the sum."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative, out = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+        return out
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class Gauge:
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+class ServingMetrics(Collector):
     def __init__(self, model: str, version: str) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        labels = {"model": model, "version": version}
-        self._requests = Counter(
-            "modelplane_inference_requests",
-            "Infer calls answered, by outcome (ok, bad_request, not_found, overloaded, error)",
-            [*labels, "outcome"],
-            registry=self.registry,
-        )
-        self._latency = Histogram(
-            "modelplane_inference_request_seconds",
-            "Infer call latency inside the server, by outcome",
-            [*labels, "outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.batch_size = Histogram(
-            "modelplane_inference_batch_size",
-            "Calls stacked into one model run",
-            list(labels),
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
-        ).labels(**labels)
-        self._queue_depth = Gauge(
-            "modelplane_inference_queue_depth",
-            "Infer calls queued or running",
-            list(labels),
-            registry=self.registry,
-        ).labels(**labels)
-        self.load_seconds = Gauge(
-            "modelplane_model_load_seconds",
-            "Time to verify, load and warm up the model",
-            list(labels),
-            registry=self.registry,
-        ).labels(**labels)
-        self._labels = labels
-        self._bound: dict[str, tuple[Counter, Histogram]] = {}
+        self._labels = {"model": model, "version": version}
+        self.latency: dict[str, FastHistogram] = {}  # by outcome
+        self.batch_size = FastHistogram(BATCH_BUCKETS)
+        self.load_seconds = Gauge()
+        self._queue_depth: Callable[[], float] = lambda: 0.0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
 
     def observe(self, outcome: str, seconds: float) -> None:
-        bound = self._bound.get(outcome)
-        if bound is None:  # children are bound once per outcome: labels() is not free
-            bound = self._bound[outcome] = (
-                self._requests.labels(**self._labels, outcome=outcome),
-                self._latency.labels(**self._labels, outcome=outcome),
-            )
-        bound[0].inc()
-        bound[1].observe(seconds)
+        histogram = self.latency.get(outcome)
+        if histogram is None:
+            histogram = self.latency[outcome] = FastHistogram(LATENCY_BUCKETS)
+        histogram.observe(seconds)
 
     def track_queue_depth(self, read: Callable[[], float]) -> None:
-        self._queue_depth.set_function(read)
+        self._queue_depth = read
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        names, values = list(self._labels), list(self._labels.values())
+        requests = CounterMetricFamily(
+            "modelplane_inference_requests",
+            "Infer calls answered, by outcome (ok, bad_request, not_found, overloaded, error)",
+            labels=[*names, "outcome"],
+        )
+        latency = HistogramMetricFamily(
+            "modelplane_inference_request_seconds",
+            "Infer call latency inside the server, by outcome",
+            labels=[*names, "outcome"],
+        )
+        for outcome, histogram in list(self.latency.items()):
+            requests.add_metric([*values, outcome], histogram.count)
+            latency.add_metric([*values, outcome], histogram.buckets(), histogram.sum)
+        batches = HistogramMetricFamily(
+            "modelplane_inference_batch_size", "Calls stacked into one model run", labels=names
+        )
+        batches.add_metric(values, self.batch_size.buckets(), self.batch_size.sum)
+        depth = GaugeMetricFamily(
+            "modelplane_inference_queue_depth", "Infer calls queued or running", labels=names
+        )
+        depth.add_metric(values, self._queue_depth())
+        load = GaugeMetricFamily(
+            "modelplane_model_load_seconds",
+            "Time to verify, load and warm up the model",
+            labels=names,
+        )
+        load.add_metric(values, self.load_seconds.value)
+        yield from (requests, latency, batches, depth, load)

@@ -22,8 +22,8 @@ from serving.artifacts import parse_signature, verify_sha256
 from serving.batching import Batcher
 from serving.lifecycle import EndpointState, HttpAnnouncer, Lifecycle, LoggingLifecycle
 from serving.metrics import ServingMetrics
-from serving.runtime import TorchRuntime
-from serving.settings import ServingSettings
+from serving.runtime import Runtime, TorchRuntime, example_input
+from serving.settings import Executor, ServingSettings
 
 log = logging.getLogger("serving")
 
@@ -149,13 +149,20 @@ async def _serve(
     """Serve while the model loads in the background; the failure reason, if any."""
     app = server.serving_app
     loop = asyncio.get_running_loop()
-    app.batcher.start(loop)
     failure: list[str] = []
 
     async def load() -> None:
         try:
             seconds = await loop.run_in_executor(None, _load, app, settings, lifecycle)
             lifecycle.changed(EndpointState.warming)
+            call_ms = await loop.run_in_executor(None, _time_call, app.runtime)
+            inline = _choose_inline(settings, call_ms)
+            log.info(
+                "warm-up call %.2f ms: model runs %s",
+                call_ms,
+                "inline" if inline else "on a thread",
+            )
+            app.batcher.start(loop, inline=inline)
             await _warm_up(app)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -183,10 +190,27 @@ def _load(app: ServingApp, settings: ServingSettings, lifecycle: Lifecycle) -> f
     return time.perf_counter() - started
 
 
+def _time_call(runtime: Runtime) -> float:
+    """Median of a few warm-up calls in ms (0 when inputs are unknown: no example to run)."""
+    if not getattr(runtime, "checked", True):
+        return 0.0
+    example = {s.name: example_input(s) for s in runtime.inputs}
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter()
+        runtime.predict(example)
+        timings.append((time.perf_counter() - started) * 1000)
+    return sorted(timings)[2]
+
+
+def _choose_inline(settings: ServingSettings, call_ms: float) -> bool:
+    if settings.executor is Executor.auto:
+        return call_ms < settings.inline_max_ms
+    return settings.executor is Executor.loop
+
+
 async def _warm_up(app: ServingApp) -> None:
     """One call down the real path (queue, inference thread, future) before ready."""
-    from serving.runtime import example_input
-
     if getattr(app.runtime, "checked", True):
         await app.batcher.submit({s.name: example_input(s) for s in app.runtime.inputs})
 

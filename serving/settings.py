@@ -22,6 +22,12 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class Executor(StrEnum):
+    auto = "auto"
+    loop = "loop"
+    thread = "thread"
+
+
 class ServingSettings(BaseSettings):
     """Everything one serving process needs; built once in `serving.__main__`."""
 
@@ -45,6 +51,14 @@ class ServingSettings(BaseSettings):
     batch_wait_lone: bool = Field(
         False,
         description="let a lone call wait max_delay_ms for company too (measured slower; off)",
+    )
+    executor: Executor = Field(
+        Executor.auto,
+        description="where the model runs: loop (the event loop thread), thread (a dedicated "
+        "inference thread), auto (loop when a warm-up call takes under --inline-max-ms)",
+    )
+    inline_max_ms: float = Field(
+        2.0, ge=0, description="auto executor: slowest warm-up call still run on the event loop"
     )
     max_queue: int = Field(
         1024, ge=1, description="calls queued or running before new ones get 503 + Retry-After"

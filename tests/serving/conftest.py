@@ -88,9 +88,9 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 SHARED = {
-    "mlp_ts": ["--max-delay-ms", "2"],
+    "mlp_ts": ["--max-delay-ms", "2", "--executor", "thread"],
     "mlp_pt2": ["--max-batch-size", "1"],
-    "cnn": [],
+    "cnn": ["--max-delay-ms", "5"],
     "two": [],
     "dtypes": [],
     "text": [],

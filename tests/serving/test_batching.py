@@ -9,18 +9,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import orjson
+import pytest
 import torch
 
 from tests.serving.conftest import ServerProcess
 from tests.serving.models import Artifact
 
 
-def infer_binary(port: int, x: np.ndarray, output: str, model: str = "mlp") -> np.ndarray:
+def infer_binary(
+    port: int, x: np.ndarray, output: str, model: str = "mlp", name: str = "x"
+) -> np.ndarray:
     header = orjson.dumps(
         {
             "inputs": [
                 {
-                    "name": "x",
+                    "name": name,
                     "datatype": "FP32",
                     "shape": list(x.shape),
                     "parameters": {"binary_data_size": x.nbytes},
@@ -55,16 +58,24 @@ def metric(server: ServerProcess, name: str) -> float:
     return float(match.group(1))
 
 
+BATCHED = {  # server, model, input, output, one row's shape
+    "thread": ("mlp_ts", "mlp", "x", "y", (64,)),  # --executor thread --max-delay-ms 2
+    "loop": ("cnn", "cnn", "image", "output0", (1, 8, 8)),  # auto → inline, --max-delay-ms 5
+}
+
+
+@pytest.mark.parametrize("executor", list(BATCHED))
 def test_concurrent_calls_equal_unbatched_outputs(
-    servers: dict[str, ServerProcess], artifacts: dict[str, Artifact]
+    servers: dict[str, ServerProcess], artifacts: dict[str, Artifact], executor: str
 ) -> None:
-    server = servers["mlp_ts"]  # --max-delay-ms 2, batches up to 32 rows
+    key, model, name, output, row = BATCHED[executor]
+    server = servers[key]
     rng = np.random.default_rng(3)
-    calls = [rng.standard_normal((1 + i % 3, 64), dtype=np.float32) for i in range(96)]
+    calls = [rng.standard_normal((1 + i % 3, *row), dtype=np.float32) for i in range(96)]
     runs_before = metric(server, "modelplane_inference_batch_size_count")
     with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda x: infer_binary(server.port, x, "y"), calls))
-    module = artifacts["mlp_ts"].module
+        answers = list(pool.map(lambda x: infer_binary(server.port, x, output, model, name), calls))
+    module = artifacts[key].module
     for x, answer in zip(calls, answers, strict=True):
         with torch.inference_mode():
             alone = module(torch.from_numpy(x)).numpy()
