@@ -58,7 +58,7 @@ def utcnow() -> datetime:
 
 
 def make_engine(
-    url: str, *, pool_size: int = 10, max_overflow: int = 10, pre_ping: bool = True
+    url: str, *, pool_size: int = 16, max_overflow: int = 0, pre_ping: bool = False
 ) -> AsyncEngine:
     """An async engine; nothing connects until first use."""
     if url.startswith("sqlite"):

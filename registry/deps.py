@@ -16,7 +16,7 @@ from registry.services.common import Context, Selector, parse_selector
 from registry.services.files import FileService
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:
     state = request.app.state
     actor = Actor(
         name="anonymous",
@@ -29,25 +29,27 @@ def get_context(request: Request) -> Context:
 ContextDep = Annotated[Context, Depends(get_context)]
 
 
-def get_catalog(ctx: ContextDep) -> CatalogService:
+async def get_catalog(ctx: ContextDep) -> CatalogService:
     return CatalogService(ctx)
 
 
-def get_aliases(ctx: ContextDep) -> AliasService:
+async def get_aliases(ctx: ContextDep) -> AliasService:
     return AliasService(ctx)
 
 
-def get_files(ctx: ContextDep) -> FileService:
+async def get_files(ctx: ContextDep) -> FileService:
     return FileService(ctx)
 
 
-def get_selector(
+async def get_selector(
     v: Annotated[str, Path(description="a version number, `latest`, or `@alias`")],
 ) -> Selector:
     return parse_selector(v)
 
 
-def get_file_path(path: Annotated[str, Path(description="the file's path in the version")]) -> str:
+async def get_file_path(
+    path: Annotated[str, Path(description="the file's path in the version")],
+) -> str:
     try:
         return check_path(path)
     except ValueError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, Select, delete, insert, select, update
+from sqlalchemy import BindParameter, Row, Select, bindparam, delete, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from registry.db import utcnow
@@ -35,11 +35,28 @@ DETAIL_COLUMNS = (
 )
 
 
-def _where_selected(stmt: Select[Any], model: str, selector: Selector) -> Select[Any]:
-    stmt = stmt.join(ModelRow, ModelRow.id == VersionRow.model_id).where(ModelRow.name == model)
+def _kind(selector: Selector) -> str:
     if isinstance(selector, int):
-        return stmt.where(VersionRow.version == selector)
+        return "number"
+    return "latest" if selector == "latest" else "alias"
+
+
+def _params(model: str, selector: Selector) -> dict[str, Any]:
+    if isinstance(selector, int):
+        return {"model": model, "number": selector}
     if selector == "latest":
+        return {"model": model}
+    return {"model": model, "alias": selector.removeprefix("@")}
+
+
+def _where_selected(stmt: Select[Any], kind: str) -> Select[Any]:
+    """Narrow ``stmt`` to the selected version; values come as bind parameters, so each
+    statement is built once and its compiled form reused (the hot read pays no build cost)."""
+    model: BindParameter[str] = bindparam("model")
+    stmt = stmt.join(ModelRow, ModelRow.id == VersionRow.model_id).where(ModelRow.name == model)
+    if kind == "number":
+        return stmt.where(VersionRow.version == bindparam("number"))
+    if kind == "latest":
         latest = (
             select(VersionRow.id)
             .join(ModelRow, ModelRow.id == VersionRow.model_id)
@@ -49,30 +66,39 @@ def _where_selected(stmt: Select[Any], model: str, selector: Selector) -> Select
             .scalar_subquery()
         )
         return stmt.where(VersionRow.id == latest)
-    alias = selector.removeprefix("@")
-    return stmt.join(AliasRow, (AliasRow.version_id == VersionRow.id) & (AliasRow.name == alias))
+    return stmt.join(
+        AliasRow, (AliasRow.version_id == VersionRow.id) & (AliasRow.name == bindparam("alias"))
+    )
+
+
+def _detail_statement(kind: str) -> Select[Any]:
+    stmt = (
+        select(*DETAIL_COLUMNS)
+        .select_from(VersionRow)
+        .outerjoin(FileRow, FileRow.version_id == VersionRow.id)
+        .outerjoin(BlobRow, BlobRow.sha256 == FileRow.sha256)
+        .order_by(FileRow.path)
+    )
+    return _where_selected(stmt, kind)
+
+
+KINDS = ("number", "latest", "alias")
+DETAIL = {kind: _detail_statement(kind) for kind in KINDS}
+FIND = {kind: _where_selected(select(VersionRow), kind) for kind in KINDS}
+FIND_LOCKED = {kind: stmt.with_for_update(of=VersionRow) for kind, stmt in FIND.items()}
 
 
 class VersionRepository(Repository):
     async def detail(self, model: str, selector: Selector) -> list[Row[Any]]:
         """The version and its manifest as rows (one per file); empty if none matches."""
-        stmt = (
-            select(*DETAIL_COLUMNS)
-            .select_from(VersionRow)
-            .outerjoin(FileRow, FileRow.version_id == VersionRow.id)
-            .outerjoin(BlobRow, BlobRow.sha256 == FileRow.sha256)
-            .order_by(FileRow.path)
-        )
-        result = await self._session.execute(_where_selected(stmt, model, selector))
-        return list(result.all())
+        stmt = DETAIL[_kind(selector)]
+        return list((await self._session.execute(stmt, _params(model, selector))).all())
 
     async def find(
         self, model: str, selector: Selector, *, lock: bool = False
     ) -> VersionRow | None:
-        stmt = _where_selected(select(VersionRow), model, selector)
-        if lock:
-            stmt = stmt.with_for_update(of=VersionRow)
-        return (await self._session.scalars(stmt)).one_or_none()
+        stmt = (FIND_LOCKED if lock else FIND)[_kind(selector)]
+        return (await self._session.scalars(stmt, _params(model, selector))).one_or_none()
 
     async def find_by_number(self, model_id: int, version: int) -> VersionRow | None:
         stmt = select(VersionRow).where(
