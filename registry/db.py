@@ -57,10 +57,23 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def async_url(url: str) -> str:
+    """The URL with an async driver: ``postgresql://`` → asyncpg, ``sqlite://`` → aiosqlite."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url.removeprefix(plain)
+    return url
+
+
 def make_engine(
     url: str, *, pool_size: int = 16, max_overflow: int = 0, pre_ping: bool = False
 ) -> AsyncEngine:
     """An async engine; nothing connects until first use."""
+    url = async_url(url)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         _setup_sqlite(engine)

@@ -8,6 +8,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from registry.db import async_url
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,6 +26,7 @@ def upgrade_to_head(database_url: str) -> None:
     ``migrations/env.py`` runs its own event loop, so when called from inside a running
     loop (an async test, an async CLI) the upgrade runs on a short-lived thread.
     """
+    database_url = async_url(database_url)
     if database_url.startswith("sqlite"):
         path = database_url.split(":///", 1)[-1]
         if path and path != ":memory:":

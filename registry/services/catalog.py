@@ -251,7 +251,9 @@ class CatalogService:
             await self._event(
                 session, "version.ready", name, row.version, before="pending", after="ready"
             )
-            return version_out(self._ctx, name, await versions.detail(name, row.version))
+            # ``row`` was refreshed by the UPDATE (ORM synchronize): no need to read it back.
+            details = [_FileDetail(row, f.path, f.size, f.sha256, True) for f in files]
+            return version_out(self._ctx, name, details)
 
     async def archive_version(self, name: str, selector: Selector) -> VersionOut:
         """Archived versions stay readable by number but are never ``latest``."""
