@@ -83,15 +83,15 @@ def save(model: Model, root: Path) -> Path:
     return path
 
 
-def in_process_rate(model: Model, seconds: float = 2.0) -> float:
-    """Batch-1 calls per second of the bare module, the ceiling a server is measured by."""
+def in_process_rate(module: nn.Module, model: Model, seconds: float = 2.0) -> float:
+    """Batch-1 calls per second of a bare module, one at a time, one torch thread."""
     torch.set_num_threads(1)
     x = torch.from_numpy(model.example())
     calls, deadline = 0, time.perf_counter() + seconds
     with torch.inference_mode():
         while time.perf_counter() < deadline:
             for _ in range(100):
-                model.module(x)
+                module(x)
             calls += 100
     return calls / seconds
 
@@ -200,12 +200,14 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-SERVER_SETUPS = {
+SERVER_SETUPS = {  # the defaults are --executor auto (inline for these models), no delay
     "batching": ["--max-batch-size", "32"],
     "no-batching": ["--max-batch-size", "1"],
+    "batching-thread": ["--max-batch-size", "32", "--executor", "thread"],
+    "no-batching-thread": ["--max-batch-size", "1", "--executor", "thread"],
     "batching-2w": ["--max-batch-size", "32", "--workers", "2"],
-    "batching-wait1ms": ["--max-batch-size", "32", "--max-delay-ms", "1"],
-    "wait-lone-1ms": ["--max-batch-size", "32", "--max-delay-ms", "1", "--batch-wait-lone"],
+    "delay-1ms": ["--max-batch-size", "32", "--max-delay-ms", "1"],
+    "delay-1ms-lone": ["--max-batch-size", "32", "--max-delay-ms", "1", "--batch-wait-lone"],
 }
 
 
@@ -217,6 +219,7 @@ def main() -> None:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=2.0, help="unreported wrk seconds first")
     options = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("needs wrk (apt-get install -y wrk)")
@@ -233,14 +236,20 @@ def bench(options: argparse.Namespace, root: Path) -> None:
     for name in options.models:
         model = MODELS[name]
         path, bodies = save(model, root), request_files(model, root)
-        ceiling = in_process_rate(model)
-        print(f"{name:5} in-process calls/s (batch 1, 1 thread): {ceiling:,.0f}")
+        ceiling = in_process_rate(model.module, model)
+        served = in_process_rate(torch.export.load(path).module(), model)
+        print(
+            f"{name:5} in-process calls/s, batch 1, 1 thread: eager module {ceiling:,.0f} "
+            f"(the ratio's base); the loaded .pt2 the server runs {served:,.0f}"
+        )
         for setup in options.setups:
             with server(path, name, SERVER_SETUPS[setup]) as url:
                 for encoding in options.encodings:
                     script = lua_script(*bodies[encoding], root)
+                    target = f"{url}/v2/models/{name}/infer"
+                    if options.warmup:
+                        run_wrk(target, script, max(options.concurrency), options.warmup, 1)
                     for connections in options.concurrency:
-                        target = f"{url}/v2/models/{name}/infer"
                         r = run_wrk(
                             target, script, connections, options.duration, options.wrk_threads
                         )

@@ -66,8 +66,9 @@ class Batcher:
         self._wait_lone = wait_lone
         self._inline = False
         self._arrived: list[Call] = []  # inline mode: calls waiting for the next flush
+        self._arrived_rows = 0
         self._flush_at: asyncio.Handle | None = None
-        self._last_arrival = 0.0
+        self._last_flush_calls = 0
         self._queue: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
         self._pending = 0  # touched only on the event loop
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,23 +111,24 @@ class Batcher:
     def _arrive(self, call: Call) -> None:
         assert self._loop is not None
         self._arrived.append(call)
-        now = time.monotonic()
-        recent, self._last_arrival = now - self._last_arrival < self._delay, now
+        self._arrived_rows += call.rows
         if self._flush_at is None:
-            # The event loop is the device here, so "idle" means no call came recently.
-            waits = self._delay and (self._wait_lone or recent)
+            # The event loop is the device, always idle between flushes; a batch "is forming"
+            # when the last flush already held several calls (a lone client's never do).
+            waits = self._delay and (self._wait_lone or self._last_flush_calls > 1)
             self._flush_at = (
                 self._loop.call_later(self._delay, self._flush)
                 if waits
                 else self._loop.call_soon(self._flush)
             )
-        elif sum(c.rows for c in self._arrived) >= self._max_batch:
+        elif self._arrived_rows >= self._max_batch:
             self._flush_at.cancel()
             self._flush_at = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Inline mode: run every call that arrived since the last flush, on the loop."""
         calls, self._arrived, self._flush_at = self._arrived, [], None
+        self._arrived_rows, self._last_flush_calls = 0, len(calls)
         batch: list[Call] = []
         rows = 0
         for call in calls:
@@ -140,15 +142,17 @@ class Batcher:
         self._deliver(batch)
 
     def _shape_key(self, inputs: Inputs) -> tuple[int, BatchKey | None]:
-        arrays = list(inputs.values())
-        if not arrays or arrays[0].ndim == 0:
-            return 1, None
-        rows = arrays[0].shape[0]
-        if self._max_batch == 1 or not self._runtime.batchable:
-            return rows, None
-        if any(a.ndim == 0 or a.shape[0] != rows or a.dtype == object for a in arrays):
-            return rows, None
-        return rows, tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
+        key = []
+        rows = -1
+        for name, array in inputs.items():
+            shape = array.shape
+            if not shape or array.dtype.hasobject or (rows != -1 and shape[0] != rows):
+                return max(rows, 1), None
+            rows = shape[0]
+            key.append((name, array.dtype.str, shape[1:]))
+        if rows == -1 or self._max_batch == 1 or not self._runtime.batchable:
+            return max(rows, 1), None
+        return rows, tuple(key)
 
     def _serve(self) -> None:
         while (first := self._queue.get()) is not None:

@@ -175,10 +175,11 @@ def _decode_input(item: Any, cursor: _Cursor) -> RequestInput:
 
 
 def _decode_shape(name: str, shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if type(shape) is not list:
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    for d in shape:
+        if type(d) is not int or d < 0:  # type(): bool is an int subclass, and not a size
+            raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     if math.prod(shape) > MAX_ELEMENTS:
         raise ProtocolError(f"input {name!r}: shape {shape} has more than {MAX_ELEMENTS} elements")
     return tuple(shape)
