@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
+
+from anyio import to_thread
 
 from registry.db import utcnow
 from registry.errors import (
@@ -17,6 +20,7 @@ from registry.repositories.aliases import AliasRepository
 from registry.repositories.base import decode_cursor
 from registry.repositories.events import EventRepository
 from registry.repositories.models import ModelRepository
+from registry.repositories.uploads import UploadRepository
 from registry.repositories.versions import BlobRepository, Selector, VersionRepository
 from registry.schemas import (
     EventOut,
@@ -33,6 +37,7 @@ from registry.schemas import (
 from registry.services.aliases import move_alias
 from registry.services.common import Context, reading, to_page, version_out
 from registry.tables import EventRow, ModelRow, VersionRow
+from storage.base import StorageError
 
 
 def model_out(row: ModelRow) -> ModelOut:
@@ -72,6 +77,9 @@ def event_out(row: EventRow) -> EventOut:
         request_id=row.request_id,
         client=row.client,
     )
+
+
+log = logging.getLogger("modelplane.registry")
 
 
 class CatalogService:
@@ -275,8 +283,24 @@ class CatalogService:
             row = await self._get_version(session, name, selector, lock=True)
             if aliases := await AliasRepository(session).names_for_version(row.id):
                 raise VersionAliased(name, row.version, aliases)
+            uploads = [
+                (u.temp_key, u.upload_id)
+                for u in await UploadRepository(session).for_version(row.id)
+            ]
             await VersionRepository(session).delete(row.id)
             await self._event(session, "version.deleted", name, row.version, before=row.status)
+        await self._abort_uploads(uploads)
+
+    async def _abort_uploads(self, uploads: list[tuple[str, str]]) -> None:
+        """Drop the deleted version's unfinished direct uploads (after the commit; a
+        failure here only leaves parts for the store's lifecycle rules to expire)."""
+        if (direct := self._ctx.direct) is None:
+            return
+        for key, upload_id in uploads:
+            try:
+                await to_thread.run_sync(direct.abort_multipart, key, upload_id)
+            except StorageError:
+                log.warning("could not abort multipart upload %s of %s", upload_id, key)
 
     async def list_events(
         self,

@@ -160,3 +160,16 @@ async def test_store_down_is_503(settings: Settings, sessions: SessionFactory) -
         await create_version(c, name, {"w": b"x" * 10})
         put = await c.put(f"{API}/models/{name}/versions/1/files/w", content=b"x" * 10)
         assert_problem(put, 503, "artifact-store-unavailable")
+
+
+async def test_deleting_a_version_aborts_its_direct_uploads(
+    s3_client: httpx.AsyncClient, s3_model: str, s3_store: S3ArtifactStore
+) -> None:
+    data = unique(s3_model, PART + 1)
+    await create_version(s3_client, s3_model, {"big.bin": data})
+    await direct_upload(s3_client, s3_model, "big.bin", data, stop_after=1)
+    listed = s3_store.client.list_multipart_uploads(Bucket=s3_store.bucket)
+    assert len(listed.get("Uploads", [])) == 1
+    assert (await s3_client.delete(f"{API}/models/{s3_model}/versions/1")).status_code == 204
+    listed = s3_store.client.list_multipart_uploads(Bucket=s3_store.bucket)
+    assert listed.get("Uploads", []) == []
