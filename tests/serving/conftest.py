@@ -90,7 +90,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 SHARED = {
     "mlp_ts": ["--max-delay-ms", "2", "--executor", "thread"],
     "mlp_pt2": ["--max-batch-size", "1"],
-    "cnn": ["--max-delay-ms", "5"],
+    "cnn": ["--max-delay-ms", "5", "--batch-wait-lone"],
     "two": [],
     "dtypes": [],
     "text": [],

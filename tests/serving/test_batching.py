@@ -60,7 +60,7 @@ def metric(server: ServerProcess, name: str) -> float:
 
 BATCHED = {  # server, model, input, output, one row's shape
     "thread": ("mlp_ts", "mlp", "x", "y", (64,)),  # --executor thread --max-delay-ms 2
-    "loop": ("cnn", "cnn", "image", "output0", (1, 8, 8)),  # auto → inline, --max-delay-ms 5
+    "loop": ("cnn", "cnn", "image", "output0", (1, 8, 8)),  # auto → inline; every call waits 5 ms
 }
 
 
