@@ -16,7 +16,9 @@ from registry.services.common import Context, Selector, parse_selector
 from registry.services.files import FileService
 
 
-async def get_context(request: Request) -> Context:
+def context_of(request: Request) -> Context:
+    """Services share this per-request context (a plain call: one dependency level less
+    on every request, which the hot reads notice)."""
     state = request.app.state
     actor = Actor(
         name="anonymous",
@@ -26,19 +28,16 @@ async def get_context(request: Request) -> Context:
     return Context(state.sessions, state.store, state.settings, actor)
 
 
-ContextDep = Annotated[Context, Depends(get_context)]
+async def get_catalog(request: Request) -> CatalogService:
+    return CatalogService(context_of(request))
 
 
-async def get_catalog(ctx: ContextDep) -> CatalogService:
-    return CatalogService(ctx)
+async def get_aliases(request: Request) -> AliasService:
+    return AliasService(context_of(request))
 
 
-async def get_aliases(ctx: ContextDep) -> AliasService:
-    return AliasService(ctx)
-
-
-async def get_files(ctx: ContextDep) -> FileService:
-    return FileService(ctx)
+async def get_files(request: Request) -> FileService:
+    return FileService(context_of(request))
 
 
 async def get_selector(

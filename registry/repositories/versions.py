@@ -22,7 +22,7 @@ DETAIL_COLUMNS = (
     VersionRow.format,
     VersionRow.description,
     VersionRow.tags,
-    VersionRow.metadata_,
+    VersionRow.metadata_.label("metadata_"),
     VersionRow.signature,
     VersionRow.source,
     VersionRow.created_by,
@@ -91,8 +91,10 @@ FIND_LOCKED = {kind: stmt.with_for_update(of=VersionRow) for kind, stmt in FIND.
 class VersionRepository(Repository):
     async def detail(self, model: str, selector: Selector) -> list[Row[Any]]:
         """The version and its manifest as rows (one per file); empty if none matches."""
-        stmt = DETAIL[_kind(selector)]
-        return list((await self._session.execute(stmt, _params(model, selector))).all())
+        # A Core statement run on the connection: the ORM's execution layer adds nothing here.
+        connection = await self._session.connection()
+        result = await connection.execute(DETAIL[_kind(selector)], _params(model, selector))
+        return list(result.all())
 
     async def find(
         self, model: str, selector: Selector, *, lock: bool = False
