@@ -67,14 +67,14 @@ class ServingApp:
         self.max_request_bytes = max_request_bytes
         self.ready = False
         self.draining = False
-        self.checked = getattr(runtime, "checked", True)
+        self.checked = runtime.checked
         self._specs: dict[str, TensorSpec] = {}
         self._metadata = b""
 
     def mark_ready(self) -> None:
         """Call on the event loop once the runtime is loaded and warmed up."""
         self._specs = {s.name: s for s in self.runtime.inputs}
-        self.checked = getattr(self.runtime, "checked", True)
+        self.checked = self.runtime.checked
         self._metadata = orjson.dumps(
             {
                 "name": self.name,

@@ -7,6 +7,7 @@ one of those graphs, and (only when explicitly allowed) pickled whole modules.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,8 @@ class Runtime(Protocol):
       It is called once, on a background thread, before the endpoint turns ready.
     - After `load`, `inputs` and `outputs` describe the tensors (shapes use -1 for any
       size), and `batchable` says whether calls may be stacked along dimension 0.
+      `checked` is False when `inputs` are guesses (then calls are passed through as sent,
+      and no warm-up call is made); `platform` is shown in model metadata.
     - `predict(inputs)` gets one numpy array per input name, already checked against
       `inputs` (BF16 as `uint16` bit patterns, BYTES as object arrays of `bytes`), and
       returns every output by name. It is only ever called from the one inference thread,
@@ -54,6 +57,10 @@ class Runtime(Protocol):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     batchable: bool
+    checked: bool
+
+    @property
+    def platform(self) -> str: ...
 
     def load(self, artifact_dir: Path) -> None: ...
 
@@ -162,7 +169,14 @@ class TorchRuntime:
     def _infer_inputs(self, graph_format: ModelFormat) -> list[TensorSpec]:
         if graph_format is ModelFormat.torch_export:
             nodes = [n for n in self._module.graph.nodes if n.op == "placeholder"]
-            return [_spec_from_fake(n.name, n.meta.get("val")) for n in nodes]
+            # Placeholders get renamed (`input` → `input_1`); forward keeps the user's names.
+            names = list(inspect.signature(self._module.forward).parameters)
+            if len(names) != len(nodes):
+                names = [n.name for n in nodes]
+            return [
+                _spec_from_fake(name, n.meta.get("val"))
+                for name, n in zip(names, nodes, strict=True)
+            ]
         schema = getattr(getattr(self._module, "forward", None), "schema", None)
         if schema is None:
             return []

@@ -192,7 +192,7 @@ def _load(app: ServingApp, settings: ServingSettings, lifecycle: Lifecycle) -> f
 
 def _time_call(runtime: Runtime) -> float:
     """Median of a few warm-up calls in ms (0 when inputs are unknown: no example to run)."""
-    if not getattr(runtime, "checked", True):
+    if not runtime.checked:
         return 0.0
     example = {s.name: example_input(s) for s in runtime.inputs}
     timings = []
@@ -211,7 +211,7 @@ def _choose_inline(settings: ServingSettings, call_ms: float) -> bool:
 
 async def _warm_up(app: ServingApp) -> None:
     """One call down the real path (queue, inference thread, future) before ready."""
-    if getattr(app.runtime, "checked", True):
+    if app.runtime.checked:
         await app.batcher.submit({s.name: example_input(s) for s in app.runtime.inputs})
 
 
