@@ -292,7 +292,7 @@ def encode_response(
 def _binary_output(tensor: OutputTensor) -> bytes | memoryview:
     if tensor.datatype == "BYTES":
         return b"".join(_LEN.pack(len(b)) + b for b in tensor.data.ravel())
-    data = np.ascontiguousarray(tensor.data)
+    data: Any = np.ascontiguousarray(tensor.data)  # numpy arrays are buffers; stubs lag
     return memoryview(data).cast("B")
 
 

@@ -141,7 +141,7 @@ class TorchRuntime:
         try:
             if graph_format is ModelFormat.torch_export:
                 return torch.export.load(path).module().to(self.device)
-            return torch.jit.load(path, map_location=self.device)
+            return torch.jit.load(path, map_location=self.device)  # type: ignore[no-untyped-call]
         except Exception as exc:  # torch raises RuntimeError, ValueError, zipfile errors, ...
             raise ArtifactError(f"cannot load {path} as {graph_format.value}: {exc}") from exc
 
