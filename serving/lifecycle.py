@@ -10,6 +10,7 @@ that exchange belongs to the deployments issue; the request shapes here follow D
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import urllib.request
 from enum import StrEnum
@@ -33,14 +34,21 @@ class Lifecycle(Protocol):
     def changed(self, state: EndpointState, reason: str | None = None) -> None:
         """Called on each transition, from any thread; must not raise or block for long."""
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Called once before the process exits: deliver what is pending, within `timeout`."""
+
 
 class LoggingLifecycle:
     def changed(self, state: EndpointState, reason: str | None = None) -> None:
         log.info("endpoint %s%s", state.value, f": {reason}" if reason else "")
 
+    def close(self, timeout: float = 5.0) -> None:
+        pass
+
 
 class HttpAnnouncer:
-    """Announces the endpoint to a control plane; failures are logged, never fatal."""
+    """Announces the endpoint to a control plane from one background thread, in order;
+    between changes it heartbeats. Failures are logged, never fatal."""
 
     def __init__(self, register_url: str, endpoint: dict[str, Any], heartbeat_s: float) -> None:
         self._base = register_url.rstrip("/")
@@ -48,32 +56,41 @@ class HttpAnnouncer:
         self._heartbeat_s = heartbeat_s
         self._state = EndpointState.loading
         self._id: str | None = None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._changes: queue.SimpleQueue[tuple[EndpointState, str | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="announcer", daemon=True)
+        self._thread.start()
 
     def changed(self, state: EndpointState, reason: str | None = None) -> None:
         LoggingLifecycle().changed(state, reason)
-        self._state = state
+        self._changes.put((state, reason))
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._changes.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                change = self._changes.get(timeout=self._heartbeat_s)
+            except queue.Empty:
+                self._send(self._state, None)  # heartbeat
+                continue
+            if change is None:
+                return
+            self._state = change[0]
+            self._send(*change)
+
+    def _send(self, state: EndpointState, reason: str | None) -> None:
         body = {**self._endpoint, "status": state.value, "reason": reason}
-        threading.Thread(target=self._send, args=(body,), daemon=True).start()
-        if state in (EndpointState.stopped, EndpointState.failed):
-            self._stop.set()
-
-    def _send(self, body: dict[str, Any]) -> None:
-        with self._lock:
-            if self._id is None:
-                answer = self._call("POST", "/api/v1/endpoints", body)
-                self._id = str(answer.get("id")) if answer else None
-                if self._id is not None:
-                    threading.Thread(target=self._beat, daemon=True).start()
-            elif body["status"] == EndpointState.stopped:
-                self._call("DELETE", f"/api/v1/endpoints/{self._id}", None)
-            else:
-                self._call("POST", f"/api/v1/endpoints/{self._id}/heartbeat", body)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._heartbeat_s):
-            self._send({**self._endpoint, "status": self._state.value})
+        if self._id is None:
+            answer = self._call("POST", "/api/v1/endpoints", body)
+            self._id = str(answer["id"]) if answer and "id" in answer else None
+        elif state is EndpointState.stopped:
+            self._call("DELETE", f"/api/v1/endpoints/{self._id}", None)
+        else:
+            self._call("POST", f"/api/v1/endpoints/{self._id}/heartbeat", body)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
         data = orjson.dumps(body) if body is not None else None
@@ -85,5 +102,8 @@ class HttpAnnouncer:
         except OSError as exc:
             log.warning("announce %s %s failed: %s", method, path, exc)
             return None
-        parsed = orjson.loads(raw) if raw else None
+        try:
+            parsed = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            return None
         return parsed if isinstance(parsed, dict) else None

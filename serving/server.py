@@ -131,10 +131,10 @@ def serve(settings: ServingSettings, *, reuse_port: bool = False) -> int:
         failed = runner.run(_serve(server, sock, settings, lifecycle))
     batcher.stop()
     runtime.unload()
-    if failed:
-        return 1
-    lifecycle.changed(EndpointState.stopped)
-    return 0
+    if not failed:
+        lifecycle.changed(EndpointState.stopped)
+    lifecycle.close()
+    return 1 if failed else 0
 
 
 def _loop_factory() -> Any:
