@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -83,11 +84,8 @@ def bind(settings: ServingSettings, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def serve(settings: ServingSettings, *, reuse_port: bool = False) -> int:
-    """Run one serving process until SIGTERM; the exit status (0 after a clean drain)."""
-    import torch
-
-    torch.set_num_threads(settings.torch_threads)
+def build_app(settings: ServingSettings) -> ServingApp:
+    """The app with its runtime, metrics and batcher; nothing is loaded yet."""
     runtime = TorchRuntime(
         settings.format,
         device=settings.device,
@@ -103,7 +101,7 @@ def serve(settings: ServingSettings, *, reuse_port: bool = False) -> int:
         max_queue=settings.max_queue,
         wait_lone=settings.batch_wait_lone,
     )
-    app = ServingApp(
+    return ServingApp(
         settings.name,
         settings.version,
         runtime,
@@ -112,8 +110,10 @@ def serve(settings: ServingSettings, *, reuse_port: bool = False) -> int:
         platform=runtime.platform,
         max_request_bytes=settings.max_request_bytes,
     )
-    lifecycle = make_lifecycle(settings)
-    config = uvicorn.Config(
+
+
+def uvicorn_config(app: ServingApp, settings: ServingSettings) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         http=NoDelayProtocol,
         loop="uvloop",
@@ -122,15 +122,25 @@ def serve(settings: ServingSettings, *, reuse_port: bool = False) -> int:
         access_log=False,
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
         backlog=4096,
     )
+
+
+def serve(settings: ServingSettings, *, reuse_port: bool = False) -> int:
+    """Run one serving process until SIGTERM; the exit status (0 after a clean drain)."""
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
+    app = build_app(settings)
+    lifecycle = make_lifecycle(settings)
+    config = uvicorn_config(app, settings)
     server = DrainingServer(config, app, lifecycle)
     sock = bind(settings, reuse_port)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         failed = runner.run(_serve(server, sock, settings, lifecycle))
-    batcher.stop()
-    runtime.unload()
+    app.batcher.stop()
+    app.runtime.unload()
     if not failed:
         lifecycle.changed(EndpointState.stopped)
     lifecycle.close()
