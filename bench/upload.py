@@ -19,6 +19,7 @@ import argparse
 import concurrent.futures as cf
 import hashlib
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -98,32 +99,36 @@ def proxied(
         out.open("wb") as f,
     ):
         resp.raise_for_status()
-        for block in resp.iter_bytes(CHUNK):
+        for block in resp.iter_raw():
             f.write(block)
     down = time.perf_counter() - t
     return up, down
 
 
 def direct(
-    api: httpx.Client, file: Path, size: int, digest: str, out: Path
+    api: httpx.Client, store: httpx.Client, file: Path, size: int, digest: str, out: Path
 ) -> tuple[float, float, float]:
+    """Parts go out through ``store``, one pooled client shared by the threads (what a real
+    client does; boto3 keeps a connection pool too), each part read with one pread."""
     v = new_version(api, "bench", file.name, size, digest)
     base = f"/models/bench/versions/{v}/files/{file.name}/multipart"
     t = time.perf_counter()
     plan = api.post(base).json()
     part_size = int(plan["part_size"])
+    fd = os.open(file, os.O_RDONLY)
 
     def put_part(part: dict[str, object]) -> dict[str, object]:
         n = int(part["part_number"])  # type: ignore[arg-type]
-        with file.open("rb") as f:
-            f.seek((n - 1) * part_size)
-            data = f.read(part_size)
-        r = httpx.put(str(part["url"]), content=data, timeout=120)
+        data = os.pread(fd, part_size, (n - 1) * part_size)
+        r = store.put(str(part["url"]), content=data)
         r.raise_for_status()
         return {"part_number": n, "etag": r.headers["etag"]}
 
-    with cf.ThreadPoolExecutor(PARALLEL) as pool:
-        done = list(pool.map(put_part, plan["parts"]))
+    try:
+        with cf.ThreadPoolExecutor(PARALLEL) as pool:
+            done = list(pool.map(put_part, plan["parts"]))
+    finally:
+        os.close(fd)
     sent = time.perf_counter() - t
     r = api.post(f"{base}/complete", json={"upload_id": plan["upload_id"], "parts": done})
     r.raise_for_status()
@@ -131,25 +136,31 @@ def direct(
     api.post(f"/models/bench/versions/{v}/finalize").raise_for_status()
     t = time.perf_counter()
     loc = api.get(f"/models/bench/versions/{v}/files/{file.name}", params={"redirect": "true"})
-    url = loc.headers["location"]
-    ranged_download(url, size, out)
+    ranged_download(store, loc.headers["location"], size, out)
     return sent, up, time.perf_counter() - t
 
 
-def ranged_download(url: str, size: int, out: Path) -> None:
-    with out.open("wb") as f:
-        f.truncate(size)
+def ranged_download(store: httpx.Client, url: str, size: int, out: Path) -> None:
+    """CHUNK-sized ranged GETs, PARALLEL at a time, as boto3's download_file does."""
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
     def get(start: int) -> None:
         end = min(start + CHUNK, size) - 1
-        r = httpx.get(url, headers={"range": f"bytes={start}-{end}"}, timeout=120)
-        r.raise_for_status()
-        with out.open("r+b") as f:
-            f.seek(start)
-            f.write(r.content)
+        with store.stream("GET", url, headers={"range": f"bytes={start}-{end}"}) as r:
+            r.raise_for_status()
+            offset = start
+            for block in r.iter_raw():
+                view = memoryview(block)
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    offset, view = offset + written, view[written:]
 
-    with cf.ThreadPoolExecutor(PARALLEL) as pool:
-        list(pool.map(get, range(0, size, CHUNK)))
+    try:
+        os.ftruncate(fd, size)
+        with cf.ThreadPoolExecutor(PARALLEL) as pool:
+            list(pool.map(get, range(0, size, CHUNK)))
+    finally:
+        os.close(fd)
 
 
 def raw_boto3(s3: object, bucket: str, file: Path, out: Path) -> tuple[float, float]:
@@ -162,9 +173,24 @@ def raw_boto3(s3: object, bucket: str, file: Path, out: Path) -> tuple[float, fl
     return up, time.perf_counter() - t
 
 
+def renew(path: Path, round_no: int) -> str:
+    """A new digest for the same file (its first 8 bytes are the round number), so a round
+    never finds its bytes already stored; returns the new sha256."""
+    with path.open("r+b") as f:
+        f.write(round_no.to_bytes(8, "big"))
+    return make_file_digest(path)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="rounds (paths in rotated order); medians reported"
+    )
     args = ap.parse_args()
     size = args.size_mib << 20
     with (
@@ -175,7 +201,8 @@ def main() -> None:
         s3 = weed.client()
         s3.create_bucket(Bucket="bench")
         files = {k: tmp / f"{k}.bin" for k in ("a", "b", "c")}
-        digests = {k: make_file(p, size) for k, p in files.items()}
+        for p in files.values():
+            make_file(p, size)
         env = {
             "MODELPLANE_HOME": str(tmp),
             "MODELPLANE_STORAGE_URL": "s3://bench/mp",
@@ -185,24 +212,66 @@ def main() -> None:
             "MODELPLANE_S3_REGION": "us-east-1",
             "MODELPLANE_MAX_UPLOAD_BYTES": str(size * 4),
         }
+        results: dict[str, list[float]] = {}
         cp = ControlPlane(env, log=tmp / "server.log")
         try:
-            with httpx.Client(base_url=f"{cp.url}/api/v1", timeout=600) as api:
+            with (
+                httpx.Client(base_url=f"{cp.url}/api/v1", timeout=600) as api,
+                httpx.Client(timeout=120, limits=httpx.Limits(max_connections=PARALLEL)) as store,
+            ):
                 api.post("/models", json={"name": "bench"}).raise_for_status()
-                raw_up, raw_down = raw_boto3(s3, "bench", files["c"], tmp / "c.out")
-                with Peak(cp) as pa:
-                    a_up, a_down = proxied(api, files["a"], size, digests["a"], tmp / "a.out")
-                with Peak(cp) as pb:
-                    b_sent, b_up, b_down = direct(
-                        api, files["b"], size, digests["b"], tmp / "b.out"
-                    )
+                warm_up(s3, tmp)
+                for n in range(args.rounds):
+                    for k in rotated(["c", "a", "b"], n):
+                        digest = renew(files[k], n)
+                        out = tmp / f"{k}.out"
+                        got = run_path(k, cp, api, store, s3, files[k], size, digest, out)
+                        assert make_file_digest(out) == digest, f"{k}: bytes differ"
+                        out.unlink()
+                        for name, value in got.items():
+                            results.setdefault(name, []).append(value)
         finally:
             cp.stop()
-        for k in ("a", "b"):
-            assert make_file_digest(tmp / f"{k}.out") == digests[k], f"{k}: bytes differ"
-        report(
-            size, raw_up, raw_down, a_up, a_down, b_sent, b_up, b_down, pa.growth_mb, pb.growth_mb
-        )
+        report(size, args.rounds, results)
+
+
+def run_path(
+    k: str,
+    cp: ControlPlane,
+    api: httpx.Client,
+    store: httpx.Client,
+    s3: object,
+    file: Path,
+    size: int,
+    digest: str,
+    out: Path,
+) -> dict[str, float]:
+    """One path's timings (seconds) and, for the control plane's paths, its RSS growth."""
+    if k == "c":
+        up, down = raw_boto3(s3, "bench", file, out)
+        return {"raw_up": up, "raw_down": down}
+    with Peak(cp) as peak:
+        if k == "a":
+            up, down = proxied(api, file, size, digest, out)
+            got = {"a_up": up, "a_down": down}
+        else:
+            sent, up, down = direct(api, store, file, size, digest, out)
+            got = {"b_sent": sent, "b_up": up, "b_down": down}
+    return {**got, f"{k}_rss": peak.growth_mb}
+
+
+def rotated(items: list[str], n: int) -> list[str]:
+    n %= len(items)
+    return items[n:] + items[:n]
+
+
+def warm_up(s3: object, tmp: Path) -> None:
+    """SeaweedFS allocates volumes on the first writes: pay that before anything is timed."""
+    warm = tmp / "warm.bin"
+    make_file(warm, 64 << 20)
+    raw_boto3(s3, "bench", warm, tmp / "warm.out")
+    warm.unlink()
+    (tmp / "warm.out").unlink()
 
 
 def make_file_digest(path: Path) -> str:
@@ -212,32 +281,36 @@ def make_file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def report(
-    size: int,
-    raw_up: float,
-    raw_down: float,
-    a_up: float,
-    a_down: float,
-    b_sent: float,
-    b_up: float,
-    b_down: float,
-    a_rss: float,
-    b_rss: float,
-) -> None:
-    ru, rd = mbps(size, raw_up), mbps(size, raw_down)
+def report(size: int, rounds: int, results: dict[str, list[float]]) -> None:
+    """Medians over the rounds (each path's seconds, then MB/s), ratios to raw boto3."""
+    t = {name: median(values) for name, values in results.items()}
+    ru, rd = mbps(size, t["raw_up"]), mbps(size, t["raw_down"])
     rows = [
         ("(c) raw boto3", ru, rd),
-        ("(a) proxied", mbps(size, a_up), mbps(size, a_down)),
-        ("(b) direct, parts only", mbps(size, b_sent), mbps(size, b_down)),
-        ("(b) direct, + verify", mbps(size, b_up), mbps(size, b_down)),
+        ("(a) proxied", mbps(size, t["a_up"]), mbps(size, t["a_down"])),
+        ("(b) direct, parts only", mbps(size, t["b_sent"]), mbps(size, t["b_down"])),
+        ("(b) direct, + verify", mbps(size, t["b_up"]), mbps(size, t["b_down"])),
     ]
-    print(f"{size >> 20} MiB, SeaweedFS on loopback, {PARALLEL} parallel streams where parallel")
+    print(
+        f"{size >> 20} MiB, SeaweedFS on loopback, {PARALLEL} parallel streams where parallel, "
+        f"median of {rounds} round(s)"
+    )
     print(f"{'path':<24} {'up MB/s':>9} {'x raw':>6} {'down MB/s':>10} {'x raw':>6}")
     for name, up, down in rows:
         print(f"{name:<24} {up:>9.0f} {up / ru:>6.2f} {down:>10.0f} {down / rd:>6.2f}")
+    print("per round, MB/s up/down:")
+    for key, label in (("raw", "c"), ("a", "a"), ("b", "b")):
+        ups = results[f"{key}_up" if key != "b" else "b_sent"]
+        downs = results[f"{key}_down"]
+        print(
+            f"  ({label}) "
+            + "  ".join(
+                f"{mbps(size, u):.0f}/{mbps(size, d):.0f}" for u, d in zip(ups, downs, strict=True)
+            )
+        )
     print(
-        f"control-plane peak RSS growth: proxied {a_rss:.0f} MB, direct {b_rss:.0f} MB "
-        f"(target < 100 MB)"
+        f"control-plane peak RSS growth (max over rounds): proxied {max(results['a_rss']):.0f} MB, "
+        f"direct {max(results['b_rss']):.0f} MB (target < 100 MB)"
     )
     print("targets: (b) >= 0.95x raw; (a) >= 0.8x raw")
 

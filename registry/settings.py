@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     s3_create_bucket: bool = False
     max_upload_bytes: int = Field(default=64 * 2**30, gt=0)
     multipart_threshold: int = Field(default=64 * 2**20, gt=0)
-    multipart_part_size: int = Field(default=16 * 2**20, ge=5 * 2**20)
+    multipart_part_size: int = Field(default=8 * 2**20, ge=5 * 2**20)  # as boto3
     presign_expiry_seconds: int = Field(default=3600, gt=0)
     host: str = "127.0.0.1"
     port: int = 8000

@@ -90,7 +90,7 @@ class BlobWriter(Protocol):
     success; folder: temporary file in the same directory, renamed on success).
     """
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | bytearray) -> None:
         """Append bytes, hashing them; may upload a part. Blocking."""
 
     def commit(
@@ -116,6 +116,11 @@ class ArtifactStore(Protocol):
     def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         """A readable stream of bytes ``start`` .. ``end`` (inclusive, ``None``: to the end).
         Raises ``ArtifactNotFound`` if absent."""
+
+    def chunks(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes ``start`` .. ``end`` (inclusive) in order, in big pieces (a few MiB), for
+        streaming a download. Raises ``ArtifactNotFound`` now, not on the first ``next``.
+        S3 fetches the next few ranges in parallel while the caller consumes one."""
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and modification time, or ``None`` if absent."""

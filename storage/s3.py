@@ -34,9 +34,12 @@ from storage.filesystem import CHUNK, copy_to_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PART_SIZE = 16 * 2**20
+# 8 MiB parts, as boto3's TransferConfig: with 3 in flight a proxied upload holds ~50 MB.
+DEFAULT_PART_SIZE = 8 * 2**20
 MIN_PART_SIZE = 5 * 2**20
 PARTS_IN_FLIGHT = 3
+# Reads (downloads, verify) fetch RANGE-sized ranged GETs, READ_AHEAD of them in parallel.
+RANGE = 8 * 2**20
 READ_AHEAD = 4
 
 # Errors of the transport or of boto3 itself: none of them may leave this module.
@@ -117,8 +120,16 @@ class S3ArtifactStore:
             self.fail(exc, "HeadObject", key)
         return ObjectInfo(key=key, size=head["ContentLength"], modified=head["LastModified"])
 
+    def chunks(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        check_range(start, end)
+        info = self.stat(key)
+        if info is None:
+            raise ArtifactNotFound(key)
+        last = info.size - 1 if end is None else min(end, info.size - 1)
+        return self.read_ahead(key, start, last)
+
     def download(self, key: str, dest: Path) -> None:
-        copy_to_file(self.read_ahead(key), dest)
+        copy_to_file(self.chunks(key), dest)
 
     def delete(self, key: str) -> None:
         try:
@@ -226,20 +237,17 @@ class S3ArtifactStore:
 
     def hash_object(self, key: str) -> tuple[str, int]:
         digest, size = hashlib.sha256(), 0
-        for chunk in self.read_ahead(key):
-            digest.update(chunk)
+        for chunk in self.chunks(key):
+            digest.update(chunk)  # releases the GIL: hashing overlaps the next ranged GETs
             size += len(chunk)
         return digest.hexdigest(), size
 
-    def read_ahead(self, key: str) -> Iterator[bytes]:
-        """The object in order, part-sized pieces, while ranged GETs for the next few run
-        in parallel: one stream alone rarely fills the link or the store."""
-        info = self.stat(key)
-        if info is None:
-            raise ArtifactNotFound(key)
+    def read_ahead(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start`` .. ``end`` in order, ``RANGE``-sized pieces, while ranged GETs for
+        the next few run in parallel: one stream alone rarely fills the link or the store,
+        and memory stays at most ``READ_AHEAD`` pieces."""
         ranges = deque(
-            (offset, min(offset + self.part_size, info.size) - 1)
-            for offset in range(0, info.size, self.part_size)
+            (offset, min(offset + RANGE, end + 1) - 1) for offset in range(start, end + 1, RANGE)
         )
         with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="s3-read") as pool:
             ahead: deque[Future[bytes]] = deque()
@@ -312,7 +320,7 @@ class S3BlobWriter:
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | bytearray) -> None:
         self._ensure_open()
         self._hash.update(chunk)
         self._size += len(chunk)

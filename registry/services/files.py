@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from anyio import to_thread
+from anyio import CancelScope, to_thread
 
 from registry.errors import (
     BlobMissing,
@@ -46,7 +46,6 @@ from registry.tables import UploadRow
 from storage.base import BlobWriter, DigestMismatch, DirectUploadStore, StoredObject, blob_key
 
 BUFFER = 8 * 2**20  # bytes gathered before one hop to a worker thread
-READ_CHUNK = 2**20
 
 
 @dataclass
@@ -104,10 +103,12 @@ async def stream_to_writer(
             break
         buf += chunk
         if len(buf) >= BUFFER:
-            await to_thread.run_sync(writer.write, bytes(buf))
-            buf.clear()
+            # Hand the buffer over (the writer copies what it keeps) and start a new one.
+            full, buf = buf, bytearray()
+            await to_thread.run_sync(writer.write, full)
+            del full
     if buf:
-        await to_thread.run_sync(writer.write, bytes(buf))
+        await to_thread.run_sync(writer.write, buf)
     return total
 
 
@@ -374,9 +375,10 @@ class FileService:
         )
 
     async def open(self, ref: FileRef, start: int, end: int) -> AsyncIterator[bytes]:
-        """Open the range now (errors surface before the answer starts); stream it later."""
-        stream = await to_thread.run_sync(self._store.open, blob_key(ref.sha256), start, end)
-        return _chunks(stream)
+        """Open the range now (errors surface before the answer starts); stream it later,
+        in the store's big pieces (S3 prefetches ranges in parallel)."""
+        pieces = await to_thread.run_sync(self._store.chunks, blob_key(ref.sha256), start, end)
+        return _stream(pieces)
 
 
 def _hash_file(file: BinaryIO, limit: int) -> tuple[str, int]:
@@ -390,9 +392,16 @@ def _hash_file(file: BinaryIO, limit: int) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-async def _chunks(stream: BinaryIO) -> AsyncIterator[bytes]:
+async def _stream(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """One thread hop per piece (a few MiB), never blocking the event loop."""
     try:
-        while chunk := await to_thread.run_sync(stream.read, READ_CHUNK):
-            yield chunk
+        while (piece := await to_thread.run_sync(next, pieces, None)) is not None:
+            yield piece
     finally:
-        await to_thread.run_sync(stream.close)
+        with CancelScope(shield=True):  # a client gone mid-download still stops the reads
+            await to_thread.run_sync(_close, pieces)
+
+
+def _close(pieces: Iterator[bytes]) -> None:
+    if isinstance(pieces, Generator):
+        pieces.close()
