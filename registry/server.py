@@ -9,10 +9,10 @@ from asyncio import Transport
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from registry.app import create_app
+from registry.fastpath import FastVersionReads
 from registry.settings import Settings
 
 # Worker processes rebuild the app from this (spawned workers share no memory with us).
@@ -36,11 +36,11 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
 
 
-def app_from_environment() -> FastAPI:
-    """The uvicorn app factory (runs in each worker)."""
+def app_from_environment() -> FastVersionReads:
+    """The uvicorn app factory (runs in each worker): the app behind its hot-read front."""
     raw = os.environ.get(SETTINGS_ENV)
     settings = Settings.model_validate_json(raw) if raw else Settings()
-    return create_app(settings)
+    return FastVersionReads(create_app(settings))
 
 
 def serve(settings: Settings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import BindParameter, Row, Select, bindparam, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from registry.db import utcnow
@@ -88,13 +89,21 @@ FIND = {kind: _where_selected(select(VersionRow), kind) for kind in KINDS}
 FIND_LOCKED = {kind: stmt.with_for_update(of=VersionRow) for kind, stmt in FIND.items()}
 
 
+async def read_detail(
+    connection: AsyncConnection, model: str, selector: Selector
+) -> list[Row[Any]]:
+    """The version and its manifest as rows (one per file); empty if none matches.
+
+    A Core statement on a bare connection: the hot read calls this without any ORM session.
+    """
+    result = await connection.execute(DETAIL[_kind(selector)], _params(model, selector))
+    return list(result.all())
+
+
 class VersionRepository(Repository):
     async def detail(self, model: str, selector: Selector) -> list[Row[Any]]:
         """The version and its manifest as rows (one per file); empty if none matches."""
-        # A Core statement run on the connection: the ORM's execution layer adds nothing here.
-        connection = await self._session.connection()
-        result = await connection.execute(DETAIL[_kind(selector)], _params(model, selector))
-        return list(result.all())
+        return await read_detail(await self._session.connection(), model, selector)
 
     async def find(
         self, model: str, selector: Selector, *, lock: bool = False

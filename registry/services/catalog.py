@@ -21,7 +21,12 @@ from registry.repositories.base import decode_cursor
 from registry.repositories.events import EventRepository
 from registry.repositories.models import ModelRepository
 from registry.repositories.uploads import UploadRepository
-from registry.repositories.versions import BlobRepository, Selector, VersionRepository
+from registry.repositories.versions import (
+    BlobRepository,
+    Selector,
+    VersionRepository,
+    read_detail,
+)
 from registry.schemas import (
     EventOut,
     ModelCreate,
@@ -35,7 +40,13 @@ from registry.schemas import (
     VersionUpdate,
 )
 from registry.services.aliases import move_alias
-from registry.services.common import Context, reading, to_page, version_out
+from registry.services.common import (
+    Context,
+    reading,
+    reading_connection,
+    to_page,
+    version_out,
+)
 from registry.tables import EventRow, ModelRow, VersionRow
 from storage.base import StorageError
 
@@ -209,14 +220,18 @@ class CatalogService:
             )
             return to_page(rows, limit, lambda r: r.version, lambda r: summary_out(name, r))
 
-    async def get_version(self, name: str, selector: Selector) -> VersionOut:
+    async def find_version(self, name: str, selector: Selector) -> VersionOut | None:
         """The hot read (``@production``): one round trip for version and manifest."""
+        async with reading_connection(self._sessions) as connection:
+            rows = await read_detail(connection, name, selector)
+        return version_out(self._ctx, name, rows) if rows else None
+
+    async def get_version(self, name: str, selector: Selector) -> VersionOut:
+        if (out := await self.find_version(name, selector)) is not None:
+            return out
         async with reading(self._sessions) as session:
-            rows = await VersionRepository(session).detail(name, selector)
-            if not rows:
-                await ModelRepository(session).get_id(name)  # ModelNotFound if that's why
-                raise VersionNotFound(name, str(selector))
-            return version_out(self._ctx, name, rows)
+            await ModelRepository(session).get_id(name)  # ModelNotFound if that's why
+        raise VersionNotFound(name, str(selector))
 
     async def update_version(
         self, name: str, selector: Selector, body: VersionUpdate

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from registry.db import SessionFactory
 from registry.errors import InvalidSelector
@@ -133,3 +133,19 @@ async def reading(sessions: SessionFactory) -> AsyncIterator[AsyncSession]:
         if session.get_bind().dialect.name == "postgresql":
             await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
+
+
+@asynccontextmanager
+async def reading_connection(sessions: SessionFactory) -> AsyncIterator[AsyncConnection]:
+    """A bare Core connection from the sessions' engine, for a one-statement read. On the
+    hot read an ORM session's bookkeeping costs more than the query itself; autocommit on
+    Postgres as in ``reading``."""
+    bind = sessions.kw["bind"]
+    if isinstance(bind, AsyncConnection):  # sessions bound to one connection (tests)
+        yield bind
+        return
+    assert isinstance(bind, AsyncEngine)
+    async with bind.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield connection
