@@ -233,6 +233,14 @@ class ServingApp:
         missing = [name for name in self._specs if name not in inputs]
         if missing:
             raise ProtocolError(f"missing inputs {missing}")
+        limit = self.runtime.max_batch
+        if limit is not None:
+            for item in request.inputs:
+                if item.shape and item.shape[0] > limit:
+                    raise ProtocolError(
+                        f"input {item.name!r}: batch of {item.shape[0]} exceeds the model's "
+                        f"maximum {limit}"
+                    )
         return inputs
 
     def _select(

@@ -85,6 +85,8 @@ class Batcher:
 
     def start(self, loop: asyncio.AbstractEventLoop, *, inline: bool = False) -> None:
         self._loop, self._inline = loop, inline
+        if self._runtime.max_batch is not None:  # known after load: never stack beyond it
+            self._max_batch = min(self._max_batch, self._runtime.max_batch)
         if not inline:
             self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
             self._thread.start()

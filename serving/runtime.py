@@ -46,7 +46,8 @@ class Runtime(Protocol):
     - After `load`, `inputs` and `outputs` describe the tensors (shapes use -1 for any
       size), and `batchable` says whether calls may be stacked along dimension 0.
       `checked` is False when `inputs` are guesses (then calls are passed through as sent,
-      and no warm-up call is made); `platform` is shown in model metadata.
+      and no warm-up call is made); `max_batch` is the largest dimension 0 the model
+      accepts (None: no limit known); `platform` is shown in model metadata.
     - `predict(inputs)` gets one numpy array per input name, already checked against
       `inputs` (BF16 as `uint16` bit patterns, BYTES as object arrays of `bytes`), and
       returns every output by name. It is only ever called from the one inference thread,
@@ -58,6 +59,7 @@ class Runtime(Protocol):
     outputs: list[TensorSpec]
     batchable: bool
     checked: bool
+    max_batch: int | None
 
     @property
     def platform(self) -> str: ...
@@ -106,7 +108,9 @@ class TorchRuntime:
         self.outputs: list[TensorSpec] = []
         self.batchable = False
         self.checked = True  # False: the input specs are guesses, not to be enforced
+        self.max_batch: int | None = None
         self._module: Any = None
+        self._ranges: dict[Any, Any] = {}  # torch.export: symbol → its allowed range
 
     @property
     def platform(self) -> str:
@@ -140,7 +144,9 @@ class TorchRuntime:
     def _load_graph(self, path: Path, graph_format: ModelFormat) -> Any:
         try:
             if graph_format is ModelFormat.torch_export:
-                return torch.export.load(path).module().to(self.device)
+                program = torch.export.load(path)
+                self._ranges = dict(program.range_constraints)
+                return program.module().to(self.device)
             return torch.jit.load(path, map_location=self.device)  # type: ignore[no-untyped-call]
         except Exception as exc:  # torch raises RuntimeError, ValueError, zipfile errors, ...
             raise ArtifactError(f"cannot load {path} as {graph_format.value}: {exc}") from exc
@@ -173,10 +179,9 @@ class TorchRuntime:
             names = list(inspect.signature(self._module.forward).parameters)
             if len(names) != len(nodes):
                 names = [n.name for n in nodes]
-            return [
-                _spec_from_fake(name, n.meta.get("val"))
-                for name, n in zip(names, nodes, strict=True)
-            ]
+            values = [n.meta.get("val") for n in nodes]
+            self.max_batch = _batch_limit(values, self._ranges)
+            return [_spec_from_fake(name, v) for name, v in zip(names, values, strict=True)]
         schema = getattr(getattr(self._module, "forward", None), "schema", None)
         if schema is None:
             return []
@@ -219,6 +224,17 @@ class TorchRuntime:
         self._module = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _batch_limit(values: list[Any], ranges: dict[Any, Any]) -> int | None:
+    """The tightest finite upper bound export put on any input's dimension 0."""
+    limits: list[int] = []
+    for value in values:
+        dim = value.shape[0] if isinstance(value, torch.Tensor) and value.ndim else None
+        bound = ranges.get(dim.node.expr) if isinstance(dim, torch.SymInt) else None
+        if bound is not None and bound.upper.is_finite:
+            limits.append(int(bound.upper))
+    return min(limits, default=None)
 
 
 def _spec_from_fake(name: str, value: Any) -> TensorSpec:

@@ -178,3 +178,28 @@ def test_errors_surface_as_exceptions(servers: dict[str, ServerProcess]) -> None
         client.infer("other", [tensor])
     with pytest.raises(InferenceServerException, match="no version '9'"):
         client.get_model_metadata("mlp", "9")
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
+def test_large_and_compressed_requests(
+    servers: dict[str, ServerProcess], artifacts: dict[str, Artifact], compression: str | None
+) -> None:
+    image = np.random.default_rng(5).standard_normal((1024, 1, 8, 8), dtype=np.float32)
+    tensor = httpclient.InferInput("image", list(image.shape), "FP32")
+    tensor.set_data_from_numpy(image)
+    result = client_for(servers["cnn"]).infer(
+        "cnn", [tensor], request_compression_algorithm=compression
+    )
+    np.testing.assert_allclose(
+        result.as_numpy("output0"),
+        expected(artifacts["cnn"].module, image)[0],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_batch_beyond_the_exported_range_is_400(servers: dict[str, ServerProcess]) -> None:
+    tensor = httpclient.InferInput("image", [1025, 1, 8, 8], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1025, 1, 8, 8), np.float32))
+    with pytest.raises(InferenceServerException, match="batch of 1025 exceeds the model's maximum"):
+        client_for(servers["cnn"]).infer("cnn", [tensor])
