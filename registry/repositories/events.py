@@ -6,10 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
+from registry.db import table_of, utcnow
 from registry.repositories.base import Repository
 from registry.tables import EventRow
+
+# A Core insert without RETURNING: nobody reads an event's id back inside the transaction.
+INSERT_EVENT = insert(table_of(EventRow))
 
 
 @dataclass(frozen=True)
@@ -32,17 +36,19 @@ class EventRepository(Repository):
         before: Any = None,
         after: Any = None,
     ) -> None:
-        self._session.add(
-            EventRow(
-                actor=actor.name,
-                action=action,
-                model=model,
-                target=target,
-                before=before,
-                after=after,
-                request_id=actor.request_id,
-                client=actor.client,
-            )
+        await self._session.execute(
+            INSERT_EVENT,
+            {
+                "time": utcnow(),
+                "actor": actor.name,
+                "action": action,
+                "model": model,
+                "target": target,
+                "before": before,
+                "after": after,
+                "request_id": actor.request_id,
+                "client": actor.client,
+            },
         )
 
     async def search(

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from registry.db import utcnow
+from registry.db import table_of, utcnow
 from registry.errors import ModelAlreadyExists, ModelNotFound
 from registry.repositories.base import Repository
 from registry.tables import ModelRow
+
+_models = table_of(ModelRow)
+# Built once, a Core statement on the table (no ORM session synchronization to do).
+NEXT_VERSION = (
+    update(_models)
+    .where(_models.c.name == bindparam("model"))
+    .values(last_version=_models.c.last_version + 1, updated_at=bindparam("now"))
+    .returning(_models.c.id, _models.c.last_version)
+)
 
 
 class ModelRepository(Repository):
@@ -53,13 +62,8 @@ class ModelRepository(Repository):
         One ``UPDATE … RETURNING``: the row lock (Postgres) or the write lock (SQLite) makes
         concurrent creators queue, so numbers never repeat or skip.
         """
-        stmt = (
-            update(ModelRow)
-            .where(ModelRow.name == name)
-            .values(last_version=ModelRow.last_version + 1, updated_at=utcnow())
-            .returning(ModelRow.id, ModelRow.last_version)
-        )
-        if (row := (await self._session.execute(stmt)).one_or_none()) is None:
+        params = {"model": name, "now": utcnow()}
+        if (row := (await self._session.execute(NEXT_VERSION, params)).one_or_none()) is None:
             raise ModelNotFound(name)
         return row[0], row[1]
 

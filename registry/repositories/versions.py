@@ -6,16 +6,15 @@ from typing import Any
 
 from sqlalchemy import BindParameter, Row, Select, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import ColumnElement
 
-from registry.db import utcnow
+from registry.db import table_of, utcnow
 from registry.repositories.base import Repository
 from registry.tables import AliasRow, BlobRow, FileRow, ModelRow, VersionRow
 
 Selector = int | str  # a number, "latest", or "@alias"
 
-# The columns one version read needs, fetched in a single round trip (version × files).
-DETAIL_COLUMNS = (
+# A version's own columns, named as ``VersionOut`` needs them.
+VERSION_COLUMNS = (
     VersionRow.id,
     VersionRow.model_id,
     VersionRow.version,
@@ -29,6 +28,10 @@ DETAIL_COLUMNS = (
     VersionRow.created_by,
     VersionRow.created_at,
     VersionRow.updated_at,
+)
+# The columns one version read needs, fetched in a single round trip (version × files).
+DETAIL_COLUMNS = (
+    *VERSION_COLUMNS,
     FileRow.path,
     FileRow.size,
     FileRow.sha256,
@@ -85,8 +88,15 @@ def _detail_statement(kind: str) -> Select[Any]:
 
 KINDS = ("number", "latest", "alias")
 DETAIL = {kind: _detail_statement(kind) for kind in KINDS}
-FIND = {kind: _where_selected(select(VersionRow), kind) for kind in KINDS}
+FIND = {kind: _where_selected(select(*VERSION_COLUMNS), kind) for kind in KINDS}
 FIND_LOCKED = {kind: stmt.with_for_update(of=VersionRow) for kind, stmt in FIND.items()}
+
+# The version-creation statements, built once (see ``_where_selected``). They are Core
+# statements on the tables: no unit of work, identity map or RETURNING they don't need.
+_versions, _files, _blobs = table_of(VersionRow), table_of(FileRow), table_of(BlobRow)
+INSERT_VERSION = insert(_versions).returning(_versions.c.id)
+INSERT_FILES = insert(_files)
+STORED = select(_blobs.c.sha256).where(_blobs.c.sha256.in_(bindparam("digests", expanding=True)))
 
 
 async def read_detail(
@@ -105,11 +115,14 @@ class VersionRepository(Repository):
         """The version and its manifest as rows (one per file); empty if none matches."""
         return await read_detail(await self._session.connection(), model, selector)
 
-    async def find(
-        self, model: str, selector: Selector, *, lock: bool = False
-    ) -> VersionRow | None:
+    async def find(self, model: str, selector: Selector, *, lock: bool = False) -> Row[Any] | None:
+        """The version's ``VERSION_COLUMNS`` (a row, not an ORM object), or ``None``."""
         stmt = (FIND_LOCKED if lock else FIND)[_kind(selector)]
-        return (await self._session.scalars(stmt, _params(model, selector))).one_or_none()
+        connection = await self._session.connection()
+        row: Row[Any] | None = (
+            await connection.execute(stmt, _params(model, selector))
+        ).one_or_none()
+        return row
 
     async def find_by_number(self, model_id: int, version: int) -> VersionRow | None:
         stmt = select(VersionRow).where(
@@ -124,13 +137,14 @@ class VersionRepository(Repository):
             )
         ).one()
 
-    async def add(self, row: VersionRow, files: list[dict[str, Any]]) -> None:
-        self._session.add(row)
-        await self._session.flush()
+    async def add(self, values: dict[str, Any], files: list[dict[str, Any]]) -> int:
+        """Insert a version (``versions`` column names) and its manifest; the version's id."""
+        version_id: int = (await self._session.execute(INSERT_VERSION, values)).scalar_one()
         if files:
             await self._session.execute(
-                insert(FileRow), [{"version_id": row.id, **f} for f in files]
+                INSERT_FILES, [{"version_id": version_id, **f} for f in files]
             )
+        return version_id
 
     async def search(
         self, model_id: int, *, status: str | None, before: int | None, limit: int
@@ -165,10 +179,9 @@ class VersionRepository(Repository):
         return (await self._session.execute(stmt)).one_or_none()
 
     async def set_fields(self, version_id: int, **values: Any) -> None:
+        values.setdefault("updated_at", utcnow())
         await self._session.execute(
-            update(VersionRow)
-            .where(VersionRow.id == version_id)
-            .values(updated_at=utcnow(), **values)
+            update(_versions).where(_versions.c.id == version_id).values(**values)
         )
 
     async def delete(self, version_id: int) -> None:
@@ -184,5 +197,4 @@ class BlobRepository(Repository):
     async def stored(self, digests: set[str]) -> set[str]:
         if not digests:
             return set()
-        condition: ColumnElement[bool] = BlobRow.sha256.in_(digests)
-        return set(await self._session.scalars(select(BlobRow.sha256).where(condition)))
+        return set(await self._session.scalars(STORED, {"digests": list(digests)}))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from anyio import to_thread
+from sqlalchemy import Row
 
 from registry.db import utcnow
 from registry.errors import (
@@ -167,7 +169,7 @@ class CatalogService:
     async def _create_version(self, session: Any, name: str, body: VersionCreate) -> VersionOut:
         model_id, number = await ModelRepository(session).next_version(name)
         now = utcnow()
-        row = VersionRow(
+        version = _Version(
             model_id=model_id,
             version=number,
             status="pending",
@@ -182,10 +184,12 @@ class CatalogService:
             updated_at=now,
         )
         files = [f.model_dump() for f in body.files]
-        await VersionRepository(session).add(row, files)
+        values = {**vars(version), "metadata": body.metadata}
+        del values["metadata_"]
+        await VersionRepository(session).add(values, files)
         stored = await BlobRepository(session).stored({f.sha256 for f in body.files})
         rows = [
-            _FileDetail(row, f["path"], f["size"], f["sha256"], f["sha256"] in stored)
+            _FileDetail(version, f["path"], f["size"], f["sha256"], f["sha256"] in stored)
             for f in sorted(files, key=lambda f: f["path"])
         ]
         return version_out(self._ctx, name, rows)
@@ -243,8 +247,6 @@ class CatalogService:
                 raise VersionImmutable(
                     name, row.version, row.status, "only description and tags can change"
                 )
-            if "metadata" in changes:
-                changes["metadata_"] = changes.pop("metadata")
             await VersionRepository(session).set_fields(row.id, **changes)
             out = version_out(
                 self._ctx, name, await VersionRepository(session).detail(name, row.version)
@@ -270,12 +272,14 @@ class CatalogService:
             files = await versions.files(row.id)
             if missing := [f.path for f in files if f.stored is None]:
                 raise FilesMissing(name, row.version, missing)
-            await versions.set_fields(row.id, status="ready", ready_at=utcnow())
+            now = utcnow()
+            await versions.set_fields(row.id, status="ready", ready_at=now, updated_at=now)
             await self._event(
                 session, "version.ready", name, row.version, before="pending", after="ready"
             )
-            # ``row`` was refreshed by the UPDATE (ORM synchronize): no need to read it back.
-            details = [_FileDetail(row, f.path, f.size, f.sha256, True) for f in files]
+            # What the UPDATE wrote is known: no need to read the version back.
+            ready = _Version(**{**row._asdict(), "status": "ready", "updated_at": now})
+            details = [_FileDetail(ready, f.path, f.size, f.sha256, True) for f in files]
             return version_out(self._ctx, name, details)
 
     async def archive_version(self, name: str, selector: Selector) -> VersionOut:
@@ -337,7 +341,7 @@ class CatalogService:
 
     async def _get_version(
         self, session: Any, name: str, selector: Selector, *, lock: bool = False
-    ) -> VersionRow:
+    ) -> Row[Any]:
         row = await VersionRepository(session).find(name, selector, lock=lock)
         if row is None:
             await ModelRepository(session).get_id(name)
@@ -364,10 +368,14 @@ class CatalogService:
         )
 
 
+class _Version(SimpleNamespace):
+    """A version's ``VERSION_COLUMNS``, known without reading them back."""
+
+
 class _FileDetail:
     """Quacks like a ``VersionRepository.detail`` row, for a version not yet re-read."""
 
-    def __init__(self, v: VersionRow, path: str, size: int, sha256: str, stored: bool) -> None:
+    def __init__(self, v: Any, path: str, size: int, sha256: str, stored: bool) -> None:
         self.version, self.status, self.format = v.version, v.status, v.format
         self.description, self.tags, self.metadata_ = v.description, v.tags, v.metadata_
         self.signature, self.source, self.created_by = v.signature, v.source, v.created_by
