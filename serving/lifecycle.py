@@ -2,9 +2,11 @@
 
 `Lifecycle` receives every transition (`loading` → `warming` → `ready` → `draining` →
 `stopped`, or `failed` with a reason). Without `--register-url` it only logs; with it,
-`HttpAnnouncer` registers the endpoint, heartbeats and deregisters. The registry side of
-that exchange belongs to the deployments issue; the request shapes here follow DESIGN.md's
-`POST /endpoints`, `POST /endpoints/{id}/heartbeat`, `DELETE /endpoints/{id}`.
+`HttpAnnouncer` registers the endpoint, heartbeats and deregisters, as
+docs/deployments-contract.md ("Serving registration") has it: `POST {register_url}/endpoints`
+`{"url", "replica_id", "status", "reason"}` → `{"id"}`; `POST …/endpoints/{id}/heartbeat`
+`{"status", "reason"}` on every transition and heartbeat period; `DELETE …/endpoints/{id}`
+after draining. The control-plane side belongs to the deployments issue.
 """
 
 from __future__ import annotations
@@ -83,14 +85,14 @@ class HttpAnnouncer:
             self._send(*change)
 
     def _send(self, state: EndpointState, reason: str | None) -> None:
-        body = {**self._endpoint, "status": state.value, "reason": reason}
+        body = {"status": state.value, "reason": reason}
         if self._id is None:
-            answer = self._call("POST", "/api/v1/endpoints", body)
+            answer = self._call("POST", "/endpoints", {**self._endpoint, **body})
             self._id = str(answer["id"]) if answer and "id" in answer else None
         elif state is EndpointState.stopped:
-            self._call("DELETE", f"/api/v1/endpoints/{self._id}", None)
+            self._call("DELETE", f"/endpoints/{self._id}", None)
         else:
-            self._call("POST", f"/api/v1/endpoints/{self._id}/heartbeat", body)
+            self._call("POST", f"/endpoints/{self._id}/heartbeat", body)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
         data = orjson.dumps(body) if body is not None else None

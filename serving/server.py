@@ -68,8 +68,7 @@ def make_lifecycle(settings: ServingSettings) -> Lifecycle:
         return LoggingLifecycle()
     endpoint = {
         "url": settings.advertise_url or f"http://{settings.host}:{settings.port}",
-        "model": settings.name,
-        "version": settings.version,
+        "replica_id": settings.replica_id,
     }
     return HttpAnnouncer(settings.register_url, endpoint, settings.heartbeat_s)
 

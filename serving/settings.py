@@ -80,8 +80,11 @@ class ServingSettings(BaseSettings):
         30.0, gt=0, description="on SIGTERM, how long in-flight calls may take before exit"
     )
     register_url: str | None = Field(
-        None, description="control plane to announce this endpoint to (no-op when unset)"
+        None,
+        description="control plane API to announce this endpoint to, e.g. http://cp:8000/api/v1 "
+        "(no-op when unset)",
     )
+    replica_id: str | None = Field(None, description="replica slot this process fills (announced)")
     heartbeat_s: float = Field(10.0, gt=0, description="announcer heartbeat period")
     advertise_url: str | None = Field(
         None, description="URL announced to the control plane (default http://host:port)"

@@ -20,6 +20,7 @@ class ControlPlane(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Recorder)
         self.calls: list[tuple[str, str, str | None]] = []  # method, path, status
+        self.bodies: list[dict[str, object]] = []
 
     @property
     def url(self) -> str:
@@ -33,6 +34,7 @@ class Recorder(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else {}
         self.server.calls.append((self.command, self.path, body.get("status")))
+        self.server.bodies.append(body)
         answer = b'{"id": "e1"}'
         self.send_response(200)
         self.send_header("Content-Length", str(len(answer)))
@@ -58,17 +60,19 @@ def control_plane() -> Iterator[ControlPlane]:
 def test_endpoint_announces_states_heartbeats_and_deregisters(
     artifacts: dict[str, Artifact], start_server: StartServer, control_plane: ControlPlane
 ) -> None:
-    args = artifacts["mlp_pt2"].args() + [
-        "--register-url",
-        control_plane.url,
-        "--heartbeat-s",
-        "0.2",
-    ]
+    register = ["--register-url", control_plane.url + "/api/v1", "--replica-id", "r7"]
+    args = artifacts["mlp_pt2"].args() + register + ["--heartbeat-s", "0.2"]
     server = start_server(args, "announce").wait_ready()
     time.sleep(0.6)
     assert server.stop() == 0
     calls = control_plane.calls
     assert calls[0] == ("POST", "/api/v1/endpoints", "loading")
+    assert control_plane.bodies[0] == {
+        "url": f"http://127.0.0.1:{server.port}",
+        "replica_id": "r7",
+        "status": "loading",
+        "reason": None,
+    }
     states = [status for _, _, status in calls]
     assert states.index("warming") < states.index("ready") < states.index("draining")
     assert states.count("ready") >= 2, "no heartbeat while ready"
