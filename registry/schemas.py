@@ -235,3 +235,274 @@ class EventOut(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# --- Deployments, workers, endpoints (docs/deployments-contract.md) ---------------------
+
+DeploymentName = Annotated[str, StringConstraints(pattern=SLUG)]
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class DeploymentStatus(StrEnum):
+    pending = "pending"  # no replica of the current revision placed yet (see status_reason)
+    rolling_out = "rolling_out"
+    available = "available"
+    degraded = "degraded"
+    failed = "failed"  # the current revision failed; the previous one keeps serving
+    deleting = "deleting"
+
+
+class ReplicaState(StrEnum):
+    pending = "pending"
+    pulling = "pulling"
+    loading = "loading"
+    warming = "warming"
+    ready = "ready"
+    draining = "draining"
+    stopped = "stopped"
+    unhealthy = "unhealthy"
+    failed = "failed"
+
+
+class EndpointStatus(StrEnum):
+    pulling = "pulling"
+    loading = "loading"
+    warming = "warming"
+    ready = "ready"
+    draining = "draining"
+    unhealthy = "unhealthy"
+    stopped = "stopped"
+    failed = "failed"
+
+
+class Desired(StrEnum):
+    run = "run"
+    stop = "stop"
+
+
+class RevisionReason(StrEnum):
+    create = "create"
+    update = "update"
+    rollback = "rollback"
+    alias_moved = "alias-moved"
+
+
+class Batching(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_batch_size: int = Field(default=32, ge=1, le=65536)
+    max_delay_ms: float = Field(default=0.0, ge=0, le=60_000)
+
+
+def _check_device(device: Device, gpus: int) -> None:
+    if device is Device.cpu and gpus > 0:
+        raise ValueError("device 'cpu' takes no GPUs: set gpus to 0")
+    if device is Device.cuda and gpus == 0:
+        raise ValueError("device 'cuda' needs gpus >= 1")
+
+
+class DeploymentCreate(BaseModel):
+    """Deploy a pinned ``version`` or follow an ``alias`` (exactly one of the two)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: DeploymentName
+    model: ModelName
+    version: int | None = Field(default=None, ge=1)
+    alias: AliasName | None = None
+    replicas: int = Field(default=1, ge=1, le=256)
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs per replica; 0 runs on a CPU slot")
+    device: Device = Device.auto
+    batching: Batching = Field(default_factory=Batching)
+    allow_pickle: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> DeploymentCreate:
+        if (self.version is None) == (self.alias is None):
+            raise ValueError("give exactly one of 'version' and 'alias'")
+        _check_device(self.device, self.gpus)
+        return self
+
+
+class DeploymentUpdate(BaseModel):
+    """Any change of version, alias or settings makes a new revision (a rolling update)."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = Field(default=None, ge=1)
+    alias: AliasName | None = None
+    replicas: int | None = Field(default=None, ge=1, le=256)
+    gpus: int | None = Field(default=None, ge=0, le=64)
+    device: Device | None = None
+    batching: Batching | None = None
+    allow_pickle: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DeploymentUpdate:
+        if self.version is not None and self.alias is not None:
+            raise ValueError("give at most one of 'version' and 'alias'")
+        return self
+
+
+class DeploymentSpec(BaseModel):
+    """What a revision runs: the settings stored with it (``RevisionOut.settings``)."""
+
+    alias: str | None = None
+    replicas: int
+    gpus: int
+    device: Device
+    batching: Batching
+    allow_pickle: bool = False
+
+
+class ReplicaOut(BaseModel):
+    id: str
+    deployment: str
+    revision: int
+    version: int
+    index: int
+    desired: Desired
+    state: ReplicaState
+    reason: str | None
+    worker: str | None
+    gpu_ids: list[int]
+    lease_expires_at: datetime | None
+    restarts: int
+
+
+class Observed(BaseModel):
+    version: int | None = Field(description="the newest version some ready replica serves")
+    ready_replicas: int
+    replicas: list[ReplicaOut]
+
+
+class DeploymentOut(BaseModel):
+    name: str
+    model: str
+    version: int | None = Field(description="the version the current revision deploys")
+    alias: str | None = Field(description="the alias followed, if any")
+    replicas: int
+    gpus: int
+    device: Device
+    batching: Batching
+    allow_pickle: bool
+    revision: int
+    status: DeploymentStatus
+    status_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    observed: Observed
+
+
+class RevisionOut(BaseModel):
+    deployment: str
+    revision: int
+    version: int
+    settings: dict[str, Any]
+    reason: RevisionReason
+    created_at: datetime
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to_revision: int | None = Field(
+        default=None, ge=1, description="default: the revision before the current one"
+    )
+
+
+class EndpointRegister(BaseModel):
+    """Sent by a serving process when it starts (``--register-url``)."""
+
+    url: str = Field(pattern=r"^https?://", max_length=2048)
+    replica_id: str = Field(min_length=1, max_length=64)
+    status: EndpointStatus = EndpointStatus.loading
+    reason: str | None = Field(default=None, max_length=4096)
+
+
+class EndpointHeartbeat(BaseModel):
+    status: EndpointStatus
+    reason: str | None = Field(default=None, max_length=4096)
+
+
+class EndpointOut(BaseModel):
+    id: str
+    url: str
+    status: EndpointStatus
+    reason: str | None
+    deployment: str
+    revision: int
+    version: int
+    worker: str | None
+    replica_id: str | None
+    heartbeat_at: datetime
+
+
+class WorkerRegister(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    host: str = Field(default="", max_length=255)
+    address: str = Field(
+        default="127.0.0.1", max_length=255, description="where its serving processes listen"
+    )
+    gpus: list[int] = Field(default_factory=list, description="GPU ids it offers")
+    cpu_slots: int = Field(default=1, ge=0, le=4096, description="replicas it runs without GPU")
+
+    @model_validator(mode="after")
+    def _unique_gpus(self) -> WorkerRegister:
+        if len(set(self.gpus)) != len(self.gpus) or any(g < 0 for g in self.gpus):
+            raise ValueError("gpus must be distinct non-negative ids")
+        return self
+
+
+class WorkerOut(BaseModel):
+    id: str
+    name: str
+    host: str
+    address: str
+    gpus: list[int]
+    cpu_slots: int
+    registered_at: datetime
+    heartbeat_at: datetime
+    live: bool
+    lease_ttl_s: float
+    heartbeat_s: float
+
+
+class ReplicaReport(BaseModel):
+    replica_id: str
+    state: ReplicaState
+    reason: str | None = Field(default=None, max_length=4096)
+    restarts: int = Field(default=0, ge=0)
+
+
+class WorkerHeartbeat(BaseModel):
+    replicas: list[ReplicaReport] = Field(default_factory=list)
+
+
+class AssignmentFile(BaseModel):
+    path: str
+    size: int
+    sha256: str
+    url: str = Field(description="absolute download URL on the control plane")
+
+
+class Assignment(BaseModel):
+    replica_id: str
+    deployment: str
+    revision: int
+    desired: Desired
+    model: str
+    version: int
+    format: str | None
+    files: list[AssignmentFile]
+    signature: dict[str, Any] | None
+    device: Device
+    gpu_ids: list[int]
+    batching: Batching
+    allow_pickle: bool
+
+
+class Assignments(BaseModel):
+    assignments: list[Assignment]

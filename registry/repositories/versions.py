@@ -88,6 +88,7 @@ def _detail_statement(kind: str) -> Select[Any]:
 
 KINDS = ("number", "latest", "alias")
 DETAIL = {kind: _detail_statement(kind) for kind in KINDS}
+DETAIL_LOCKED = {kind: stmt.with_for_update(of=VersionRow) for kind, stmt in DETAIL.items()}
 FIND = {kind: _where_selected(select(*VERSION_COLUMNS), kind) for kind in KINDS}
 FIND_LOCKED = {kind: stmt.with_for_update(of=VersionRow) for kind, stmt in FIND.items()}
 
@@ -114,6 +115,12 @@ class VersionRepository(Repository):
     async def detail(self, model: str, selector: Selector) -> list[Row[Any]]:
         """The version and its manifest as rows (one per file); empty if none matches."""
         return await read_detail(await self._session.connection(), model, selector)
+
+    async def detail_locked(self, model: str, selector: Selector) -> list[Row[Any]]:
+        """``detail``, with the version row locked until the transaction ends."""
+        connection = await self._session.connection()
+        stmt = DETAIL_LOCKED[_kind(selector)]
+        return list((await connection.execute(stmt, _params(model, selector))).all())
 
     async def find(self, model: str, selector: Selector, *, lock: bool = False) -> Row[Any] | None:
         """The version's ``VERSION_COLUMNS`` (a row, not an ORM object), or ``None``."""

@@ -263,13 +263,17 @@ class CatalogService:
     async def finalize_version(self, name: str, selector: Selector) -> VersionOut:
         """All manifest blobs stored → ready. Idempotent on a ready version."""
         async with self._sessions.begin() as session:
-            row = await self._get_version(session, name, selector, lock=True)
+            # Version, manifest and blob presence in one locked read: one round trip.
             versions = VersionRepository(session)
+            if not (rows := await versions.detail_locked(name, selector)):
+                await ModelRepository(session).get_id(name)
+                raise VersionNotFound(name, str(selector))
+            row = rows[0]
             if row.status == "ready":
-                return version_out(self._ctx, name, await versions.detail(name, row.version))
+                return version_out(self._ctx, name, rows)
             if row.status != "pending":
                 raise VersionImmutable(name, row.version, row.status, "it cannot become ready")
-            files = await versions.files(row.id)
+            files = [r for r in rows if r.path is not None]
             if missing := [f.path for f in files if f.stored is None]:
                 raise FilesMissing(name, row.version, missing)
             now = utcnow()
@@ -278,9 +282,7 @@ class CatalogService:
                 session, "version.ready", name, row.version, before="pending", after="ready"
             )
             # What the UPDATE wrote is known: no need to read the version back.
-            ready = _Version(**{**row._asdict(), "status": "ready", "updated_at": now})
-            details = [_FileDetail(ready, f.path, f.size, f.sha256, True) for f in files]
-            return version_out(self._ctx, name, details)
+            return version_out(self._ctx, name, [_Ready(r, now) for r in rows])
 
     async def archive_version(self, name: str, selector: Selector) -> VersionOut:
         """Archived versions stay readable by number but are never ``latest``."""
@@ -370,6 +372,13 @@ class CatalogService:
 
 class _Version(SimpleNamespace):
     """A version's ``VERSION_COLUMNS``, known without reading them back."""
+
+
+class _Ready(SimpleNamespace):
+    """A ``detail`` row of a version just made ready."""
+
+    def __init__(self, row: Row[Any], now: datetime) -> None:
+        super().__init__(**{**row._asdict(), "status": "ready", "updated_at": now})
 
 
 class _FileDetail:
