@@ -166,3 +166,63 @@ class NoUploadInProgress(Conflict):
 
 class UnsupportedMediaType(RegistryError):
     code = "unsupported-media-type"
+
+
+class Unprocessable(RegistryError):
+    code = "invalid-settings"
+
+
+class DeploymentNotFound(NotFound):
+    code = "deployment-not-found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"deployment {name!r} does not exist")
+
+
+class DeploymentAlreadyExists(Conflict):
+    code = "deployment-already-exists"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"deployment {name!r} already exists")
+
+
+class RevisionNotFound(NotFound):
+    code = "revision-not-found"
+
+    def __init__(self, name: str, revision: int) -> None:
+        super().__init__(f"deployment {name!r} has no revision {revision}")
+
+
+class NoPreviousRevision(Conflict):
+    code = "deployment-has-no-history"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"deployment {name!r} has no previous revision")
+
+
+class DeploymentDeleting(Conflict):
+    code = "deployment-deleting"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"deployment {name!r} is being deleted")
+
+
+class WorkerNotFound(NotFound):
+    code = "worker-not-found"
+
+    def __init__(self, worker: str) -> None:
+        super().__init__(f"worker {worker!r} is not registered (or its lease lapsed)")
+
+
+class ReplicaNotFound(NotFound):
+    code = "replica-not-found"
+
+    def __init__(self, replica: str) -> None:
+        super().__init__(f"replica {replica!r} does not exist")
+
+
+class EndpointNotFound(NotFound):
+    code = "endpoint-not-found"
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(f"endpoint {endpoint!r} is not registered")

@@ -20,6 +20,7 @@ from registry.errors import (
     NotFound,
     RegistryError,
     TooLarge,
+    Unprocessable,
     UnsupportedMediaType,
 )
 from registry.schemas import Problem
@@ -36,6 +37,7 @@ STATUS: dict[type[RegistryError], int] = {
     Conflict: 409,
     TooLarge: 413,
     UnsupportedMediaType: 415,
+    Unprocessable: 422,
 }
 
 

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # a connection found dead invalidates the whole pool, so after an outage at most the
     # requests already holding a stale connection fail (503) and the next ones reconnect.
     db_pool_pre_ping: bool = False
+    # Deployments: a worker silent for lease_ttl_s loses its replicas to other workers.
+    lease_ttl_s: float = Field(default=15.0, gt=0)
+    heartbeat_s: float = Field(default=3.0, gt=0)
+    serve_cache_s: float = Field(default=0.5, ge=0, description="stable URL endpoint cache TTL")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -120,3 +120,97 @@ class EventRow(Base):
     after: Mapped[Any] = mapped_column(Json, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128))
     client: Mapped[str | None] = mapped_column(String(128))
+
+
+class DeploymentRow(Base):
+    """Desired state: a model's version (or an alias followed) on N replicas.
+
+    The current spec is the newest revision's; ``revision`` counts them (history only grows).
+    """
+
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    alias: Mapped[str | None] = mapped_column(String(63))
+    revision: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class RevisionRow(Base):
+    """One numbered spec of a deployment: the version and the settings it runs."""
+
+    __tablename__ = "deployment_revisions"
+    __table_args__ = (UniqueConstraint("deployment_id", "revision"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    revision: Mapped[int]
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    version: Mapped[int]
+    settings: Mapped[dict[str, Any]] = mapped_column(Json)
+    reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class WorkerRow(Base):
+    """A deployer process and its capacity."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    host: Mapped[str] = mapped_column(String(255))
+    address: Mapped[str] = mapped_column(String(255))
+    gpus: Mapped[list[int]] = mapped_column(Json)
+    cpu_slots: Mapped[int]
+    registered_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+
+
+class ReplicaRow(Base):
+    """One slot of a revision, leased by a worker while its lease lasts."""
+
+    __tablename__ = "replicas"
+    __table_args__ = (Index("ix_replicas_deployment_id_revision", "deployment_id", "revision"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    revision_id: Mapped[int] = mapped_column(
+        ForeignKey("deployment_revisions.id", ondelete="CASCADE"), index=True
+    )
+    revision: Mapped[int]
+    index: Mapped[int]
+    gpus: Mapped[int]
+    desired: Mapped[str] = mapped_column(String(8), default="run")
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str | None] = mapped_column(Text)
+    worker_id: Mapped[str | None] = mapped_column(
+        ForeignKey("workers.id", ondelete="SET NULL"), index=True
+    )
+    gpu_ids: Mapped[list[int]] = mapped_column(Json, default=list)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    restarts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class EndpointRow(Base):
+    """A running serving process, registered by itself for a replica."""
+
+    __tablename__ = "endpoints"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    replica_id: Mapped[str | None] = mapped_column(
+        ForeignKey("replicas.id", ondelete="SET NULL"), index=True
+    )
+    worker_id: Mapped[str | None] = mapped_column(ForeignKey("workers.id", ondelete="SET NULL"))
+    revision: Mapped[int]
+    version: Mapped[int]
+    url: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
