@@ -1,6 +1,7 @@
 """Registry read path and version-creation rate, against a real server on Postgres.
 
-    .venv/bin/python bench/registry_reads.py [--models 100] [--versions 50] [--duration 10]
+    .venv/bin/python -m bench.registry_reads [--models 100] [--versions 50] [--duration 10]
+        [--workers 2 | --workers 1,2,3] [--pool-size N]
 
 Seeds MODELS x VERSIONS ready versions through the REST API (each version's manifest names
 one already-stored file, then finalize; the first 500 are timed one after another), points
@@ -121,13 +122,31 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
+def measure_reads(url: str, lua: Path, duration: int, label: str) -> None:
+    # Unreported warm-up at the highest concurrency: every worker's pool fills and its
+    # statement caches are primed before anything is measured.
+    wrk(url, lua, 64, WARMUP_SECONDS)
+    for conns in (1, 16, 64):
+        r = wrk(url, lua, conns, duration)
+        print(
+            f"{label:>14} {conns:>11} {r['rps']:>9,.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+            f"{int(r['non2xx']):>8}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--models", type=int, default=100)
     ap.add_argument("--versions", type=int, default=50)
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    ap.add_argument("--workers", type=int, default=2, help="control-plane worker processes")
+    ap.add_argument(
+        "--workers",
+        default="2",
+        help="control-plane worker processes; a list (1,2,3) measures each in turn",
+    )
+    ap.add_argument("--pool-size", type=int, default=None, help="database pool per worker")
     args = ap.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
     require_wrk()
     with tempfile.TemporaryDirectory() as tmp, throwaway_postgres() as db:
         env = {
@@ -135,37 +154,36 @@ def main() -> None:
             "MODELPLANE_STORAGE_URL": f"{tmp}/artifacts",
             "MODELPLANE_HOME": tmp,
         }
-        cp = ControlPlane(env, workers=args.workers, log=Path(tmp) / "server.log")
-        try:
-            t0 = time.perf_counter()
-            rate = seed(cp.url, args.models, args.versions)
-            print(
-                f"seeded {args.models} models x {args.versions} versions in "
-                f"{time.perf_counter() - t0:.1f}s"
-            )
-            print(
-                f"sequential version creation (manifest + finalize): {rate:,.0f} versions/s "
-                f"(target >= 200)"
-            )
-            lua = Path(tmp) / "reads.lua"
-            lua.write_text(LUA % (args.models - 1))
-            print(
-                f"GET /api/v1/models/{{name}}/versions/@production, {args.workers} server "
-                f"workers, wrk -t1, {args.duration}s each"
-            )
-            # Unreported warm-up at the highest concurrency: every worker's pool fills and
-            # its statement caches are primed before anything is measured.
-            wrk(cp.url, lua, 64, WARMUP_SECONDS)
-            print(f"{'concurrency':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-            for conns in (1, 16, 64):
-                r = wrk(cp.url, lua, conns, args.duration)
-                print(
-                    f"{conns:>11} {r['rps']:>9,.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
-                    f"{int(r['non2xx']):>8}"
-                )
-            print("target at concurrency 64: >= 2,000 req/s with p99 < 100 ms")
-        finally:
-            cp.stop()
+        if args.pool_size is not None:
+            env["MODELPLANE_DB_POOL_SIZE"] = str(args.pool_size)
+        lua = Path(tmp) / "reads.lua"
+        lua.write_text(LUA % (args.models - 1))
+        for i, n in enumerate(workers):
+            cp = ControlPlane(env, workers=n, log=Path(tmp) / f"server-{n}.log")
+            try:
+                if i == 0:
+                    t0 = time.perf_counter()
+                    rate = seed(cp.url, args.models, args.versions)
+                    print(
+                        f"seeded {args.models} models x {args.versions} versions in "
+                        f"{time.perf_counter() - t0:.1f}s ({n} server workers)"
+                    )
+                    print(
+                        f"sequential version creation (manifest + finalize): {rate:,.0f} "
+                        f"versions/s (target >= 200)"
+                    )
+                    print(
+                        f"GET /api/v1/models/{{name}}/versions/@production, wrk -t1, "
+                        f"{args.duration}s each"
+                    )
+                    print(
+                        f"{'server':>14} {'concurrency':>11} {'req/s':>9} {'p50 ms':>8} "
+                        f"{'p99 ms':>8} {'non-2xx':>8}"
+                    )
+                measure_reads(cp.url, lua, args.duration, f"{n} workers")
+            finally:
+                cp.stop()
+        print("target at concurrency 64: >= 2,000 req/s with p99 < 100 ms")
 
 
 if __name__ == "__main__":
