@@ -1,0 +1,161 @@
+"""A content-addressed, size-bounded local cache of artifact files.
+
+Blobs live at `root/blobs/sha256/<hex>`: a file is downloaded once per machine whatever
+versions or deployments refer to it. A download streams into a temporary file in the same
+directory while hashing and is renamed into place only when its sha256 matches, so a blob
+present under its name is always whole and right. Replicas see their files through
+`root/replicas/<id>/<path>` hardlinks, which is the `--path` of their serving process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from deployer.contract import Assignment, FileRef
+
+log = logging.getLogger("deployer.cache")
+
+# Opens a file's download as an iterator of chunks; raises on HTTP errors.
+Fetch = Callable[[FileRef], Iterator[bytes]]
+
+SINGLE_FILE_FORMATS = frozenset({"torchscript", "torch_export", "pickle"})
+
+
+class CacheError(Exception):
+    """A file could not be brought into the cache (digest mismatch, no room, bad path)."""
+
+
+class DigestMismatch(CacheError):
+    def __init__(self, ref: FileRef, actual: str) -> None:
+        super().__init__(
+            f"sha256 mismatch for {ref.path}: expected {ref.sha256}, got {actual}; nothing kept"
+        )
+
+
+class BlobCache:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.blobs = root / "blobs" / "sha256"
+        self.replicas = root / "replicas"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.replicas.mkdir(parents=True, exist_ok=True)
+        self._sweep_temporaries()
+
+    def blob(self, digest: str) -> Path:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise CacheError(f"not a sha256 hex digest: {digest!r}")
+        return self.blobs / digest
+
+    def has(self, ref: FileRef) -> bool:
+        """True when the blob is cached whole; a size mismatch drops it (a truncated copy)."""
+        path = self.blob(ref.sha256)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return False
+        if size != ref.size:
+            log.warning("blob %s has %d bytes, expected %d: dropped", ref.sha256, size, ref.size)
+            path.unlink(missing_ok=True)
+            return False
+        os.utime(path)  # recently used: last to be evicted
+        return True
+
+    def ensure(self, ref: FileRef, fetch: Fetch, pinned: Iterable[str] = ()) -> tuple[Path, bool]:
+        """The blob of `ref`, downloaded unless cached; returns (path, downloaded)."""
+        if self.has(ref):
+            return self.blob(ref.sha256), False
+        self._make_room(ref.size, keep=set(pinned) | {ref.sha256})
+        target = self.blob(ref.sha256)
+        fd, temp_name = tempfile.mkstemp(prefix=".part-", dir=self.blobs)
+        temp = Path(temp_name)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as sink:
+                for chunk in fetch(ref):
+                    digest.update(chunk)
+                    sink.write(chunk)
+            if digest.hexdigest() != ref.sha256:
+                raise DigestMismatch(ref, digest.hexdigest())
+            os.replace(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+        return target, True
+
+    def materialise(self, assignment: Assignment) -> Path:
+        """`replicas/<id>/` with each file linked to its blob; returns the serving `--path`."""
+        directory = self.replicas / _safe_name(assignment.replica_id)
+        shutil.rmtree(directory, ignore_errors=True)
+        for ref in assignment.files:
+            link = (directory / ref.path).resolve()
+            if not link.is_relative_to(directory.resolve()):
+                raise CacheError(f"file path {ref.path!r} escapes the replica directory")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(self.blob(ref.sha256), link)
+            except OSError:
+                link.symlink_to(self.blob(ref.sha256))
+        return serving_path(directory, assignment)
+
+    def release(self, replica_id: str) -> None:
+        shutil.rmtree(self.replicas / _safe_name(replica_id), ignore_errors=True)
+
+    def used_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.blobs.iterdir() if not p.name.startswith("."))
+
+    def _make_room(self, size: int, keep: set[str]) -> None:
+        if size > self.max_bytes:
+            raise CacheError(
+                f"file of {size} bytes exceeds the cache limit of {self.max_bytes} bytes "
+                "(raise --cache-max-bytes)"
+            )
+        blobs = sorted(
+            (p for p in self.blobs.iterdir() if not p.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime,
+        )
+        used = sum(p.stat().st_size for p in blobs)
+        for path in blobs:
+            if used + size <= self.max_bytes:
+                break
+            if path.name in keep:
+                continue
+            used -= path.stat().st_size
+            log.info("evicting blob %s (%d bytes) to make room", path.name, path.stat().st_size)
+            path.unlink(missing_ok=True)
+        if used + size > self.max_bytes:
+            raise CacheError(
+                f"cache full: {size} bytes needed, {used} of {self.max_bytes} bytes held by "
+                "blobs of running replicas"
+            )
+        free = shutil.disk_usage(self.blobs).free
+        if size > free:
+            raise CacheError(f"disk full: {size} bytes needed, {free} bytes free in {self.blobs}")
+
+    def _sweep_temporaries(self) -> None:
+        """Partial downloads of a worker that died mid-transfer."""
+        for path in self.blobs.glob(".part-*"):
+            path.unlink(missing_ok=True)
+
+
+def serving_path(directory: Path, assignment: Assignment) -> Path:
+    """One file for the single-file formats, the directory for the others (safetensors)."""
+    if assignment.format in SINGLE_FILE_FORMATS and len(assignment.files) == 1:
+        return directory / assignment.files[0].path
+    return directory
+
+
+def sha256_args(assignment: Assignment) -> list[str]:
+    """`--sha256` values matching `serving_path`: HEX for one file, RELPATH=HEX per file."""
+    if assignment.format in SINGLE_FILE_FORMATS and len(assignment.files) == 1:
+        return [assignment.files[0].sha256]
+    return [f"{ref.path}={ref.sha256}" for ref in assignment.files]
+
+
+def _safe_name(replica_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in replica_id)

@@ -1,0 +1,351 @@
+"""Carries out `deployer.plan` actions: pulls into the cache, starts and signals processes.
+
+The executor owns one `Replica` record per replica this worker knows. `observe()` turns what
+happened since the last tick (a pull finished, a process exited or became ready) into each
+record's `ProcessState`, which is all `plan()` sees; `apply()` performs one action.
+Processes are started from the caller's thread only: `PR_SET_PDEATHSIG` ties a serving
+process to the thread that forked it, so a worker killed with -9 takes its processes down
+(they drain and deregister) instead of leaving orphans that keep claiming their slot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+
+from deployer.cache import BlobCache, CacheError, sha256_args
+from deployer.client import ControlPlane
+from deployer.contract import Assignment, ReplicaReport
+from deployer.plan import (
+    Action,
+    Fail,
+    Forget,
+    Kill,
+    Policy,
+    ProcessState,
+    Pull,
+    Restart,
+    Start,
+    Stop,
+)
+from deployer.settings import WorkerSettings
+
+log = logging.getLogger("deployer.executor")
+
+PROBE_TIMEOUT = httpx.Timeout(0.5)
+
+
+@dataclass
+class Replica:
+    assignment: Assignment
+    state: ProcessState = field(default_factory=ProcessState)
+    path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    port: int | None = None
+    log_path: Path | None = None
+    pull: Future[Path] | None = None
+    ready: bool = False
+    restarts: int = 0
+
+    def update(self, **changes: object) -> None:
+        self.state = dataclasses.replace(self.state, **changes)  # type: ignore[arg-type]
+
+
+class Executor:
+    def __init__(self, settings: WorkerSettings, control_plane: ControlPlane) -> None:
+        self.settings = settings
+        self.control_plane = control_plane
+        self.cache = BlobCache(settings.cache_dir, settings.cache_max_bytes)
+        self.logs = settings.cache_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.replicas: dict[str, Replica] = {}
+        self.policy = Policy(
+            max_restarts=settings.max_restarts, drain_timeout_s=settings.drain_timeout_s
+        )
+        self.serving_heartbeat_s = settings.serving_heartbeat_s or 5.0
+        self._pulls = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pull")
+        self._probe = httpx.Client(timeout=PROBE_TIMEOUT)
+        self._next_port = 0
+
+    # -- observation -------------------------------------------------------------------
+
+    def states(self) -> dict[str, ProcessState]:
+        return {rid: replica.state for rid, replica in self.replicas.items()}
+
+    def observe(self, now: float) -> None:
+        for replica in self.replicas.values():
+            self._observe_pull(replica, now)
+            self._observe_process(replica, now)
+
+    def _observe_pull(self, replica: Replica, now: float) -> None:
+        if replica.pull is None or not replica.pull.done():
+            return
+        future, replica.pull = replica.pull, None
+        rid = replica.assignment.replica_id
+        try:
+            replica.path = future.result()
+        except CacheError as exc:  # bad bytes or no room: retrying will not help
+            log.error("replica %s: pull failed: %s", rid, exc)
+            replica.update(pulling=False, failed_reason=str(exc))
+        except Exception as exc:  # the control plane or network: retried with backoff
+            log.warning("replica %s: pull failed, will retry: %s", rid, exc)
+            replica.update(
+                pulling=False,
+                exited_at=now,
+                crashes=replica.state.crashes + 1,
+                exit_reason=f"pull failed: {exc}",
+            )
+        else:
+            replica.update(pulling=False, pulled=True, exited_at=None)
+
+    def _observe_process(self, replica: Replica, now: float) -> None:
+        if replica.process is None:
+            return
+        code = replica.process.poll()
+        if code is None:
+            if replica.state.stopping_since is None and not replica.ready:
+                replica.ready = self._is_ready(replica)
+                if replica.ready:
+                    replica.update(crashes=0)
+            return
+        replica.process, replica.ready = None, False
+        rid = replica.assignment.replica_id
+        if replica.state.stopping_since is not None:
+            log.info("replica %s: stopped (%s)", rid, _exit_text(code, replica.log_path))
+            replica.update(pid=None, stopping_since=None)
+            return
+        reason = _exit_text(code, replica.log_path)
+        log.warning("replica %s: serving process %s", rid, reason)
+        replica.update(
+            pid=None, exited_at=now, exit_reason=reason, crashes=replica.state.crashes + 1
+        )
+
+    def _is_ready(self, replica: Replica) -> bool:
+        url = f"http://{self.settings.address}:{replica.port}/v2/health/ready"
+        try:
+            return self._probe.get(url).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def reports(self, now: float) -> list[ReplicaReport]:
+        return [self._report(r, now) for r in self.replicas.values()]
+
+    def _report(self, replica: Replica, now: float) -> ReplicaReport:
+        rid, state = replica.assignment.replica_id, replica.state
+        if state.failed_reason is not None:
+            status, reason = "failed", state.failed_reason
+        elif state.pulling:
+            status, reason = "pulling", None
+        elif state.stopping_since is not None:
+            status, reason = "draining", None
+        elif state.running:
+            status, reason = ("ready" if replica.ready else "loading"), None
+        elif state.exited_at is not None and replica.assignment.desired == "run":
+            wait = max(0.0, state.exited_at + self.policy.backoff(state.crashes) - now)
+            status, reason = "unhealthy", f"{state.exit_reason}; retrying in {wait:.0f}s"
+        elif replica.assignment.desired == "stop":
+            status, reason = "stopped", None
+        else:
+            status, reason = "pending", None
+        return ReplicaReport(replica_id=rid, state=status, reason=reason, restarts=replica.restarts)
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def remember(self, assignments: list[Assignment]) -> None:
+        """Keep each known replica's latest assignment (desired may flip to stop)."""
+        for assignment in assignments:
+            if (replica := self.replicas.get(assignment.replica_id)) is not None:
+                replica.assignment = assignment
+
+    def apply(self, action: Action, now: float) -> None:
+        match action:
+            case Pull(assignment):
+                self._pull(assignment)
+            case Start(assignment) | Restart(assignment):
+                self._start(self.replicas[assignment.replica_id], now)
+            case Stop(rid):
+                self._signal(self.replicas[rid], signal.SIGTERM)
+                self.replicas[rid].update(stopping_since=now)
+            case Kill(rid):
+                log.warning("replica %s: drain timed out; SIGKILL", rid)
+                self._signal(self.replicas[rid], signal.SIGKILL)
+            case Fail(rid, reason):
+                log.error("replica %s: failed: %s", rid, reason)
+                self.replicas[rid].update(failed_reason=reason)
+            case Forget(rid):
+                self.replicas.pop(rid)
+                self.cache.release(rid)
+
+    def fail(self, replica_id: str, reason: str) -> None:
+        if (replica := self.replicas.get(replica_id)) is not None:
+            replica.update(failed_reason=reason, pulling=False)
+
+    def _pull(self, assignment: Assignment) -> None:
+        replica = self.replicas.setdefault(assignment.replica_id, Replica(assignment))
+        replica.update(pulling=True)
+        pinned = {d for r in self.replicas.values() for d in r.assignment.digests}
+        replica.pull = self._pulls.submit(self._fetch, assignment, frozenset(pinned))
+
+    def _fetch(self, assignment: Assignment, pinned: frozenset[str]) -> Path:
+        started, downloaded = time.monotonic(), 0
+        for ref in assignment.files:
+            _, fresh = self.cache.ensure(ref, self.control_plane.download, pinned)
+            downloaded += ref.size if fresh else 0
+        path = self.cache.materialise(assignment)
+        log.info(
+            "replica %s: %s v%d pulled in %.2fs (%d bytes downloaded, rest cached)",
+            assignment.replica_id,
+            assignment.model,
+            assignment.version,
+            time.monotonic() - started,
+            downloaded,
+        )
+        return path
+
+    def _start(self, replica: Replica, now: float) -> None:
+        assignment = replica.assignment
+        assert replica.path is not None, "started before its pull finished"
+        replica.port = self._free_port()
+        replica.log_path = self.logs / f"{_safe(assignment.replica_id)}.log"
+        command = self.command(assignment, replica.path, replica.port)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_SERVING_")}
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in assignment.gpu_ids)
+        with replica.log_path.open("ab") as sink:
+            replica.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
+        if replica.state.exited_at is not None:
+            replica.restarts += 1
+        replica.ready = False
+        replica.update(pid=replica.process.pid, stopping_since=None)
+        log.info(
+            "replica %s: started %s v%d (pid %d, port %d, gpus %s)",
+            assignment.replica_id,
+            assignment.model,
+            assignment.version,
+            replica.process.pid,
+            replica.port,
+            assignment.gpu_ids or "none",
+        )
+
+    def command(self, assignment: Assignment, path: Path, port: int) -> list[str]:
+        address = self.settings.address
+        device = "cpu" if not assignment.gpu_ids and assignment.device == "auto" else None
+        args = [
+            sys.executable, "-m", "serving",
+            "--name", assignment.model,
+            "--version", str(assignment.version),
+            "--format", assignment.format or "torchscript",
+            "--path", str(path),
+            "--host", address,
+            "--port", str(port),
+            "--register-url", self.control_plane.api,
+            "--replica-id", assignment.replica_id,
+            "--advertise-url", f"http://{address}:{port}",
+            "--device", device or assignment.device,
+            "--max-batch-size", str(assignment.batching.max_batch_size),
+            "--max-delay-ms", str(assignment.batching.max_delay_ms),
+            "--heartbeat-s", str(self.serving_heartbeat_s),
+            "--drain-timeout-s", str(max(1.0, self.settings.drain_timeout_s * 0.8)),
+            "--log-level", self.settings.serving_log_level,
+        ]  # fmt: skip
+        for digest in sha256_args(assignment):
+            args += ["--sha256", digest]
+        if assignment.signature is not None:
+            args += ["--signature", orjson.dumps(assignment.signature).decode()]
+        if assignment.allow_pickle:
+            args.append("--allow-pickle")
+        return args
+
+    def _signal(self, replica: Replica, signum: signal.Signals) -> None:
+        if replica.process is not None and replica.process.poll() is None:
+            log.info(
+                "replica %s: %s to pid %d",
+                replica.assignment.replica_id,
+                signum.name,
+                replica.process.pid,
+            )
+            replica.process.send_signal(signum)
+
+    def _free_port(self) -> int:
+        """A port of the range no replica holds that binds now (rotating, to avoid reuse)."""
+        ports = self.settings.ports
+        taken = {r.port for r in self.replicas.values() if r.process is not None}
+        for step in range(len(ports)):
+            port = ports[(self._next_port + step) % len(ports)]
+            if port in taken:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind((self.settings.address, port))
+                except OSError:
+                    continue
+            self._next_port = (self._next_port + step + 1) % len(ports)
+            return port
+        raise RuntimeError(f"no free port in {self.settings.port_range}")
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def shutdown(self, timeout: float) -> None:
+        """SIGTERM every process, wait for the drains, SIGKILL what remains."""
+        running = [r for r in self.replicas.values() if r.process is not None]
+        for replica in running:
+            self._signal(replica, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for replica in running:
+            assert replica.process is not None
+            try:
+                replica.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._signal(replica, signal.SIGKILL)
+                replica.process.wait(5)
+        self._pulls.shutdown(wait=False, cancel_futures=True)
+        self._probe.close()
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the worker dies (Linux only)."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _exit_text(code: int, log_path: Path | None) -> str:
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    last = _last_line(log_path) if log_path is not None else ""
+    return f"{how}: {last}" if last else how
+
+
+def _last_line(path: Path, tail: int = 4096) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip()[:500] if lines else ""
+
+
+def _safe(replica_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in replica_id)

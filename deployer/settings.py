@@ -1,0 +1,61 @@
+"""The worker's one settings object: CLI flags and `MODELPLANE_WORKER_*` environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELPLANE_WORKER_", extra="ignore")
+
+    control_plane: str = Field(description="control plane base URL, e.g. http://cp:8000")
+    name: str = Field(default_factory=socket.gethostname, description="worker name")
+    address: str = Field("127.0.0.1", description="IP serving processes bind to and advertise")
+    gpus: str = Field(
+        "", description="GPU ids this worker may use: '0,1', 'auto' (torch.cuda), '' (none)"
+    )
+    cpu_slots: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=0, description="CPU replicas at once"
+    )
+    cache_dir: Path = Field(Path(".modelplane/cache"), description="content-addressed cache")
+    cache_max_bytes: int = Field(50 * 2**30, gt=0, description="cache size bound (LRU)")
+    port_range: str = Field("20000-29999", description="ports for serving processes, A-B")
+    poll_s: float = Field(0.25, gt=0, description="how often processes are observed")
+    drain_timeout_s: float = Field(30.0, gt=0, description="SIGTERM → SIGKILL for a replica")
+    max_restarts: int = Field(5, ge=0, description="restarts of a crashing replica before failed")
+    serving_heartbeat_s: float | None = Field(
+        None, gt=0, description="serving processes' heartbeat (default: the worker's)"
+    )
+    serving_log_level: str = Field("warning", description="serving processes' log level")
+
+    @field_validator("control_plane")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("port_range")
+    @classmethod
+    def _range(cls, value: str) -> str:
+        low, _, high = value.partition("-")
+        if not (low.isdigit() and high.isdigit() and 0 < int(low) <= int(high) < 65536):
+            raise ValueError(f"port range must be A-B with 0 < A <= B < 65536, got {value!r}")
+        return value
+
+    @property
+    def ports(self) -> range:
+        low, high = self.port_range.split("-")
+        return range(int(low), int(high) + 1)
+
+    def gpu_ids(self) -> list[int]:
+        """The GPU ids to offer; `auto` asks torch (imported only then: it is slow to load)."""
+        spec = self.gpus.strip()
+        if spec == "auto":
+            import torch
+
+            return list(range(torch.cuda.device_count()))
+        return [int(part) for part in spec.split(",") if part.strip()]

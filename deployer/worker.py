@@ -1,0 +1,112 @@
+"""The worker loop: register, heartbeat, plan, act; every error logged with its ids."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+from deployer.client import ControlPlane, WorkerLapsed
+from deployer.contract import Assignment, ReplicaReport, WorkerLease, WorkerRegistration
+from deployer.executor import Executor
+from deployer.plan import Action, plan
+from deployer.settings import WorkerSettings
+
+log = logging.getLogger("deployer.worker")
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.control_plane = ControlPlane(settings.control_plane)
+        self.executor = Executor(settings, self.control_plane)
+        self.lease: WorkerLease | None = None
+        self.assignments: list[Assignment] = []
+        self._last_reports: list[ReplicaReport] | None = None
+        self._next_heartbeat = 0.0
+
+    def registration(self) -> WorkerRegistration:
+        return WorkerRegistration(
+            name=self.settings.name,
+            host=socket.gethostname(),
+            address=self.settings.address,
+            gpus=self.settings.gpu_ids(),
+            cpu_slots=self.settings.cpu_slots,
+        )
+
+    def register(self, stop: threading.Event) -> None:
+        """Registers, retrying with backoff for as long as the control plane is away."""
+        body, delay = self.registration(), 0.5
+        while not stop.is_set():
+            try:
+                self.lease = self.control_plane.register(body)
+            except Exception as exc:
+                log.warning("registering with %s failed: %s", self.settings.control_plane, exc)
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            log.info(
+                "registered as worker %s (gpus %s, cpu slots %d, heartbeat %.1fs)",
+                self.lease.id,
+                body.gpus,
+                body.cpu_slots,
+                self.lease.heartbeat_s,
+            )
+            if self.settings.serving_heartbeat_s is None:
+                self.executor.serving_heartbeat_s = self.lease.heartbeat_s
+            self._next_heartbeat = 0.0
+            return
+
+    def run(self, stop: threading.Event) -> None:
+        self.register(stop)
+        try:
+            while not stop.is_set():
+                try:
+                    self.tick(time.monotonic())
+                except WorkerLapsed:
+                    log.warning("control plane forgot worker %s: registering again", self._id)
+                    self.register(stop)
+                except Exception:
+                    log.exception("worker %s: tick failed", self._id)
+                stop.wait(self.settings.poll_s)
+        finally:
+            log.info("stopping: draining %d replicas", len(self.executor.replicas))
+            self.executor.shutdown(self.settings.drain_timeout_s)
+            self.control_plane.close()
+
+    @property
+    def _id(self) -> str:
+        return self.lease.id if self.lease else "(unregistered)"
+
+    def tick(self, now: float) -> None:
+        self.executor.observe(now)
+        reports = self.executor.reports(now)
+        if now >= self._next_heartbeat or reports != self._last_reports:
+            self._heartbeat(reports, now)
+        for action in plan(self.assignments, self.executor.states(), now, self.executor.policy):
+            self._apply(action, now)
+
+    def _heartbeat(self, reports: list[ReplicaReport], now: float) -> None:
+        assert self.lease is not None
+        try:
+            self.assignments = self.control_plane.heartbeat(self.lease.id, reports)
+        except WorkerLapsed:
+            raise
+        except Exception as exc:  # keep running what we have; the lease may lapse
+            log.warning("worker %s: heartbeat failed: %s", self.lease.id, exc)
+            self._next_heartbeat = now + min(self.lease.heartbeat_s, 2.0)
+            return
+        self.executor.remember(self.assignments)
+        self._last_reports = reports
+        self._next_heartbeat = now + self.lease.heartbeat_s
+
+    def _apply(self, action: Action, now: float) -> None:
+        try:
+            self.executor.apply(action, now)
+        except Exception as exc:
+            rid = getattr(action, "replica_id", None) or getattr(
+                getattr(action, "assignment", None), "replica_id", "?"
+            )
+            log.exception("worker %s: %s for replica %s failed", self._id, action, rid)
+            self.executor.fail(str(rid), f"{type(action).__name__.lower()} failed: {exc}")

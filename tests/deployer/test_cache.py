@@ -1,0 +1,123 @@
+"""The content-addressed cache on a real directory, fed by an in-memory source of bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deployer.cache import BlobCache, CacheError, DigestMismatch, sha256_args
+from deployer.contract import Assignment, FileRef
+
+
+class Source:
+    """Serves bytes by URL in small chunks and counts the downloads."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.downloads = 0
+
+    def add(self, path: str, data: bytes, *, claimed: bytes | None = None) -> FileRef:
+        url = f"/files/{path}"
+        self.files[url] = data
+        digest = hashlib.sha256(data if claimed is None else claimed).hexdigest()
+        return FileRef(path=path, size=len(data), sha256=digest, url=url)
+
+    def fetch(self, ref: FileRef) -> Iterator[bytes]:
+        self.downloads += 1
+        data = self.files[ref.url]
+        for start in range(0, len(data), 7):
+            yield data[start : start + 7]
+
+
+def test_download_is_verified_and_renamed_into_place(tmp_path: Path) -> None:
+    cache, source = BlobCache(tmp_path, 1000), Source()
+    ref = source.add("model.pt", b"weights" * 10)
+    path, downloaded = cache.ensure(ref, source.fetch)
+    assert downloaded and path == tmp_path / "blobs" / "sha256" / ref.sha256
+    assert path.read_bytes() == b"weights" * 10
+    assert [p.name for p in cache.blobs.iterdir()] == [ref.sha256]
+
+
+def test_cached_blob_is_not_downloaded_again(tmp_path: Path) -> None:
+    cache, source = BlobCache(tmp_path, 1000), Source()
+    ref = source.add("model.pt", b"x" * 50)
+    cache.ensure(ref, source.fetch)
+    _, downloaded = cache.ensure(ref, source.fetch)
+    assert not downloaded and source.downloads == 1
+
+
+def test_truncated_blob_is_downloaded_again(tmp_path: Path) -> None:
+    cache, source = BlobCache(tmp_path, 1000), Source()
+    ref = source.add("model.pt", b"x" * 50)
+    path, _ = cache.ensure(ref, source.fetch)
+    path.write_bytes(b"x" * 10)
+    _, downloaded = cache.ensure(ref, source.fetch)
+    assert downloaded and path.stat().st_size == 50
+
+
+def test_digest_mismatch_names_both_digests_and_keeps_nothing(tmp_path: Path) -> None:
+    cache, source = BlobCache(tmp_path, 1000), Source()
+    ref = source.add("model.pt", b"tampered", claimed=b"original")
+    with pytest.raises(DigestMismatch) as caught:
+        cache.ensure(ref, source.fetch)
+    actual = hashlib.sha256(b"tampered").hexdigest()
+    assert ref.sha256 in str(caught.value) and actual in str(caught.value)
+    assert list(cache.blobs.iterdir()) == []
+
+
+def test_least_recently_used_unpinned_blobs_make_room(tmp_path: Path) -> None:
+    cache, source = BlobCache(tmp_path, 100), Source()
+    old = source.add("old.pt", b"o" * 40)
+    pinned = source.add("pinned.pt", b"p" * 40)
+    cache.ensure(pinned, source.fetch)
+    cache.ensure(old, source.fetch)
+    past = time.time() - 100
+    os.utime(cache.blob(pinned.sha256), (past, past))  # pinned is the oldest
+    new = source.add("new.pt", b"n" * 40)
+    cache.ensure(new, source.fetch, pinned={pinned.sha256})
+    assert sorted(p.name for p in cache.blobs.iterdir()) == sorted([pinned.sha256, new.sha256])
+
+
+def test_no_room_beside_pinned_blobs_is_a_clear_error(tmp_path: Path) -> None:
+    cache, source = BlobCache(tmp_path, 100), Source()
+    pinned = source.add("pinned.pt", b"p" * 70)
+    cache.ensure(pinned, source.fetch)
+    with pytest.raises(CacheError, match="cache full: 40 bytes needed, 70 of 100"):
+        cache.ensure(source.add("new.pt", b"n" * 40), source.fetch, pinned={pinned.sha256})
+    with pytest.raises(CacheError, match="exceeds the cache limit of 100 bytes"):
+        cache.ensure(source.add("huge.pt", b"h" * 101), source.fetch)
+
+
+def test_replica_directory_links_blobs(tmp_path: Path) -> None:
+    cache, source = BlobCache(tmp_path, 1000), Source()
+    graph, weights = source.add("graph.pt", b"g" * 9), source.add("sub/w.safetensors", b"w" * 5)
+    for ref in (graph, weights):
+        cache.ensure(ref, source.fetch)
+    one = _assignment("r1", "torchscript", [graph])
+    assert cache.materialise(one) == tmp_path / "replicas" / "r1" / "graph.pt"
+    assert sha256_args(one) == [graph.sha256]
+    both = _assignment("r2", "safetensors", [graph, weights])
+    directory = cache.materialise(both)
+    assert (directory / "sub" / "w.safetensors").read_bytes() == b"w" * 5
+    assert sha256_args(both) == [f"graph.pt={graph.sha256}", f"sub/w.safetensors={weights.sha256}"]
+    cache.release("r2")
+    assert not directory.exists() and cache.blob(weights.sha256).exists()
+
+
+def test_a_path_escaping_the_replica_directory_is_refused(tmp_path: Path) -> None:
+    cache, source = BlobCache(tmp_path, 1000), Source()
+    ref = source.add("../evil.pt", b"e")
+    cache.ensure(ref, source.fetch)
+    with pytest.raises(CacheError, match="escapes"):
+        cache.materialise(_assignment("r1", "torchscript", [ref]))
+
+
+def _assignment(rid: str, fmt: str, files: list[FileRef]) -> Assignment:
+    return Assignment(
+        replica_id=rid, deployment="d", revision=1, model="m", version=1, format=fmt, files=files
+    )
