@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -24,8 +27,12 @@ def up(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (default 8000).")] = None,
+    worker: Annotated[
+        bool, typer.Option(help="Run one deployer worker (cache under MODELPLANE_HOME/cache).")
+    ] = True,
 ) -> None:
-    """Run the embedded platform: SQLite + a local artifact folder, migrated and served."""
+    """Run the embedded platform: SQLite + a local artifact folder, migrated and served,
+    with one deployer worker that runs deployments on this machine."""
     from registry.migrate import upgrade_to_head
     from registry.server import serve
     from registry.settings import Settings
@@ -35,7 +42,33 @@ def up(
     Path(settings.home).mkdir(parents=True, exist_ok=True)
     upgrade_to_head(settings.database_url)
     _announce(settings.host, settings.port, settings.database_url, settings.storage_url)
-    serve(settings)
+    child = _start_worker(settings.host, settings.port, Path(settings.home)) if worker else None
+    try:
+        serve(settings)
+    finally:
+        if child is not None:
+            _stop_worker(child)
+
+
+def _start_worker(host: str, port: int, home: Path) -> subprocess.Popen[bytes]:
+    """`python -m deployer` pointed at this control plane, as a child process."""
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    command = [sys.executable, "-m", "deployer", "--control-plane", f"http://{reach}:{port}"]
+    command += ["--cache-dir", str(home.resolve() / "cache"), "--name", "embedded"]
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    console.print(f"  deployer worker: pid {child.pid}, cache {home / 'cache'}")
+    return child
+
+
+def _stop_worker(child: subprocess.Popen[bytes], timeout: float = 40.0) -> None:
+    """SIGTERM by PID: the worker drains its serving processes, then exits."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait(5)
 
 
 @app.command()
