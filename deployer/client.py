@@ -36,7 +36,8 @@ class ControlPlaneError(Exception):
 
 class ControlPlane:
     def __init__(self, base_url: str, *, retries: int = 4, backoff_s: float = 0.5) -> None:
-        self.api = base_url.rstrip("/") + "/api/v1"
+        self.root = base_url.rstrip("/")
+        self.api = self.root + "/api/v1"
         self._http = httpx.Client(base_url=self.api, timeout=TIMEOUT)
         self._retries = retries
         self._backoff_s = backoff_s
@@ -55,13 +56,19 @@ class ControlPlane:
 
     def download(self, ref: FileRef) -> Iterator[bytes]:
         """The file's bytes in chunks (absolute URLs and paths under the API both work)."""
-        with self._http.stream("GET", ref.url, timeout=DOWNLOAD_TIMEOUT) as response:
+        with self._http.stream("GET", self.file_url(ref), timeout=DOWNLOAD_TIMEOUT) as response:
             if response.status_code != 200:
                 response.read()
                 raise ControlPlaneError(
                     f"download of {ref.path} answered {response.status_code}: {response.text[:300]}"
                 )
             yield from response.iter_bytes(CHUNK)
+
+    def file_url(self, ref: FileRef) -> str:
+        """Absolute URLs as given; `/api/v1/...` from the root; anything else under the API."""
+        if "://" in ref.url:
+            return ref.url
+        return self.root + ref.url if ref.url.startswith("/") else f"{self.api}/{ref.url}"
 
     def _post(self, path: str, body: object) -> object:
         response = self._http.post(path, json=body)
