@@ -28,7 +28,7 @@ import orjson
 
 from deployer.cache import BlobCache, CacheError, sha256_args
 from deployer.client import ControlPlane
-from deployer.contract import Assignment, ReplicaReport
+from deployer.contract import Assignment, ReplicaReport, ReplicaState, digests
 from deployer.plan import (
     Action,
     Fail,
@@ -146,20 +146,23 @@ class Executor:
     def _report(self, replica: Replica, now: float) -> ReplicaReport:
         rid, state = replica.assignment.replica_id, replica.state
         if state.failed_reason is not None:
-            status, reason = "failed", state.failed_reason
+            status, reason = ReplicaState.failed, state.failed_reason
         elif state.pulling:
-            status, reason = "pulling", None
+            status, reason = ReplicaState.pulling, None
         elif state.stopping_since is not None:
-            status, reason = "draining", None
+            status, reason = ReplicaState.draining, None
         elif state.running:
-            status, reason = ("ready" if replica.ready else "loading"), None
+            status, reason = (ReplicaState.ready if replica.ready else ReplicaState.loading), None
         elif state.exited_at is not None and replica.assignment.desired == "run":
-            wait = max(0.0, state.exited_at + self.policy.backoff(state.crashes) - now)
-            status, reason = "unhealthy", f"{state.exit_reason}; retrying in {wait:.0f}s"
+            backoff = self.policy.backoff(state.crashes)  # not a countdown: reports stay equal
+            status, reason = (
+                ReplicaState.unhealthy,
+                f"{state.exit_reason}; retry after {backoff:.0f}s",
+            )
         elif replica.assignment.desired == "stop":
-            status, reason = "stopped", None
+            status, reason = ReplicaState.stopped, None
         else:
-            status, reason = "pending", None
+            status, reason = ReplicaState.pending, None
         return ReplicaReport(replica_id=rid, state=status, reason=reason, restarts=replica.restarts)
 
     # -- actions ---------------------------------------------------------------------------
@@ -196,7 +199,7 @@ class Executor:
     def _pull(self, assignment: Assignment) -> None:
         replica = self.replicas.setdefault(assignment.replica_id, Replica(assignment))
         replica.update(pulling=True)
-        pinned = {d for r in self.replicas.values() for d in r.assignment.digests}
+        pinned = {d for r in self.replicas.values() for d in digests(r.assignment)}
         replica.pull = self._pulls.submit(self._fetch, assignment, frozenset(pinned))
 
     def _fetch(self, assignment: Assignment, pinned: frozenset[str]) -> Path:

@@ -25,7 +25,7 @@ class Policy:
 
     def backoff(self, crashes: int) -> float:
         """Delay before the restart that follows the `crashes`-th crash: 1 s, 2 s, 4 s … 30 s."""
-        return min(self.backoff_cap_s, self.backoff_base_s * 2 ** max(0, crashes - 1))
+        return min(self.backoff_cap_s, self.backoff_base_s * 2.0 ** max(0, crashes - 1))
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,20 @@ def test_a_path_escaping_the_replica_directory_is_refused(tmp_path: Path) -> Non
 
 
 def _assignment(rid: str, fmt: str, files: list[FileRef]) -> Assignment:
-    return Assignment(
-        replica_id=rid, deployment="d", revision=1, model="m", version=1, format=fmt, files=files
+    return Assignment.model_validate(
+        {
+            "replica_id": rid,
+            "deployment": "d",
+            "revision": 1,
+            "desired": "run",
+            "model": "m",
+            "version": 1,
+            "format": fmt,
+            "files": [f.model_dump() for f in files],
+            "signature": None,
+            "device": "auto",
+            "gpu_ids": [],
+            "batching": {},
+            "allow_pickle": False,
+        }
     )

@@ -61,15 +61,22 @@ def executor(embedded: str, tmp_path: Path) -> Iterator[Executor]:
 def assignment(embedded: str, rid: str, model: str, data: bytes, version: int = 1) -> Assignment:
     url = f"/api/v1/models/{model}/versions/{version}/files/model.pt"
     ref = FileRef(path="model.pt", size=len(data), sha256=hashlib.sha256(data).hexdigest(), url=url)
-    return Assignment(
-        replica_id=rid,
-        deployment=model,
-        revision=1,
-        model=model,
-        version=version,
-        format="torchscript",
-        files=[ref],
-        signature=SIGNATURE,
+    return Assignment.model_validate(
+        {
+            "replica_id": rid,
+            "deployment": model,
+            "revision": 1,
+            "desired": "run",
+            "model": model,
+            "version": version,
+            "format": "torchscript",
+            "files": [ref.model_dump()],
+            "signature": SIGNATURE,
+            "device": "auto",
+            "gpu_ids": [],
+            "batching": {},
+            "allow_pickle": False,
+        }
     )
 
 

@@ -20,6 +20,11 @@ def assignment(rid: str = "r1", desired: str = "run") -> Assignment:
             "version": 1,
             "format": "torchscript",
             "files": [FileRef(path="model.pt", size=3, sha256=DIGEST, url="/f").model_dump()],
+            "signature": None,
+            "device": "auto",
+            "gpu_ids": [],
+            "batching": {},
+            "allow_pickle": False,
         }
     )
 
