@@ -1,16 +1,24 @@
 """Upload and download throughput: control plane (proxied and direct multipart) vs raw boto3.
 
-    .venv/bin/python bench/upload.py [--size-mib 1024]
+    BENCH_TMP=/tmp .venv/bin/python -m bench.upload [--size-mib 1024] [--rounds 3]
 
 Starts SeaweedFS and a control plane (`modelplane server`, SQLite + s3://) on loopback and
-moves one file of SIZE MiB (random bytes, a different file per path so deduplication can't
-skip work) three ways, printing MB/s and the ratio to (c):
+moves one file of SIZE MiB (random bytes, a different file per path and round so
+deduplication can't skip work) three ways, printing MB/s and the ratio to (c):
   (a) proxied: PUT .../files/{path} through the control plane; download via GET .../files/{path}
+      (one stream each way, as curl would)
   (b) direct: presigned multipart part URLs, parts PUT in parallel straight to the store,
-      then complete (the control plane reads the object back and hashes it); download via
-      ?redirect=true and parallel ranged GETs on the presigned URL
+      then complete (the control plane reads the object back, hashes it and copies it to
+      its content-addressed key); download via ?redirect=true and parallel ranged GETs on
+      the presigned URL. Timed with and without the complete step.
   (c) plain boto3 upload_file / download_file straight to the same SeaweedFS
 and the control plane's peak RSS growth during (a) and (b).
+
+The clients are as even as we can make them: (b) uses one pooled httpx.Client shared by
+PARALLEL threads, 8 MiB parts and 8 MiB ranges, as boto3's TransferConfig (8 MiB chunks,
+here PARALLEL threads, a connection pool). SeaweedFS gets a warm-up write first (it
+allocates volumes on the first writes); each round runs the three paths in a rotated order
+and the table shows medians, so one noisy moment on a shared machine moves one sample only.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from boto3.s3.transfer import TransferConfig
 from bench._common import ControlPlane, reset_peak_rss, rss_kib
 from tests.support.seaweed import SeaweedServer
 
-CHUNK = 8 << 20
+CHUNK = 8 << 20  # boto3's TransferConfig multipart_chunksize
 PARALLEL = 8  # boto3's TransferConfig default is 10 threads; both sides use 8 here
 
 

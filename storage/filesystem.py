@@ -199,8 +199,7 @@ class FileSystemArtifactStore:
         return io.BufferedReader(RangeReader(file, remaining, key), CHUNK)
 
     def chunks(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        stream = self.open(key, start, end)
-        return _read_all(stream, READ_CHUNK)
+        return Pieces(self.open(key, start, end), READ_CHUNK)
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -254,10 +253,21 @@ class FileSystemArtifactStore:
             raise StorageUnavailable(f"local artifact store {self.root} is missing or read-only")
 
 
-def _read_all(stream: BinaryIO, size: int) -> Iterator[bytes]:
-    with stream:
-        while chunk := stream.read(size):
-            yield chunk
+class Pieces(Iterator[bytes]):
+    """An open stream read ``size`` bytes at a time; ``close`` works before the first read
+    too (a generator that never started would leave the file to the garbage collector)."""
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        self._stream, self._size = stream, size
+
+    def __next__(self) -> bytes:
+        if chunk := self._stream.read(self._size):
+            return chunk
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _raise(exc: OSError) -> None:
