@@ -140,17 +140,18 @@ SIGNATURE = {
 }
 
 
-def torchscript_bytes(c: float, path: Path) -> bytes:
-    torch.jit.save(torch.jit.script(AddConst(c)), path)
+def torchscript_bytes(c: float, path: Path, tag: str = "") -> bytes:
+    """`tag` (an extra file in the archive) makes the bytes, hence the digest, unique."""
+    torch.jit.save(torch.jit.script(AddConst(c)), path, _extra_files={"tag": tag or path.name})
     return path.read_bytes()
 
 
-def torch_export_bytes(c: float, path: Path) -> bytes:
+def torch_export_bytes(c: float, path: Path, tag: str = "") -> bytes:
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.export.export(
         AddConst(c), (torch.zeros(2, 4),), dynamic_shapes={"x": {0: batch}}
     )
-    torch.export.save(program, path)
+    torch.export.save(program, path, extra_files={"tag": tag or path.name})
     return path.read_bytes()
 
 

@@ -1,0 +1,80 @@
+"""The deployments platform for end-to-end tests: a control plane on a throwaway Postgres
+database and the session's SeaweedFS, with short leases, and two deployer workers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.platform import ControlPlane, Worker
+from tests.pg import postgres_unavailable, throwaway_database
+from tests.support.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
+
+LEASE_TTL_S = 4.0
+HEARTBEAT_S = 1.0
+
+
+@dataclass
+class Platform:
+    cp: ControlPlane
+    workers: dict[str, Worker]
+    log_dir: Path
+    bucket: str
+    seaweed: SeaweedServer
+
+    def logs(self) -> str:
+        return "\n".join([self.cp.log(), *(w.log() for w in self.workers.values())])
+
+    def start_worker(self, name: str) -> Worker:
+        worker = Worker(
+            self.log_dir,
+            self.cp.url,
+            name,
+            cpu_slots="2",
+            drain_timeout_s="10",
+            port_range=_PORTS[name],
+            serving_heartbeat_s=str(HEARTBEAT_S),
+        )
+        self.workers[name] = worker
+        return worker
+
+
+_PORTS = {"w1": "41000-41499", "w2": "41500-41999", "w3": "42000-42499"}
+
+
+@pytest.fixture(scope="package")
+def plane(seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    if (why := postgres_unavailable()) is not None:
+        pytest.skip(why)
+    log_dir = tmp_path_factory.mktemp("deploy")
+    bucket = f"deploy-{uuid.uuid4().hex[:12]}"
+    seaweed.client().create_bucket(Bucket=bucket)
+    with throwaway_database("mp_e2e") as database_url:
+        cp = ControlPlane(
+            log_dir,
+            {
+                "MODELPLANE_DATABASE_URL": database_url,
+                "MODELPLANE_STORAGE_URL": f"s3://{bucket}/mp",
+                "MODELPLANE_S3_ENDPOINT_URL": seaweed.endpoint_url,
+                "MODELPLANE_S3_REGION": REGION,
+                "MODELPLANE_S3_ACCESS_KEY_ID": ACCESS_KEY_ID,
+                "MODELPLANE_S3_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+                "MODELPLANE_LEASE_TTL_S": str(LEASE_TTL_S),
+                "MODELPLANE_HEARTBEAT_S": str(HEARTBEAT_S),
+                "MODELPLANE_SERVE_CACHE_S": "0.2",
+            },
+        )
+        platform = Platform(cp, {}, log_dir, bucket, seaweed)
+        try:
+            cp.wait_ready()
+            platform.start_worker("w1")
+            platform.start_worker("w2")
+            yield platform
+        finally:
+            for worker in platform.workers.values():
+                worker.stop()
+            cp.stop()
