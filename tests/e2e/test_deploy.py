@@ -35,6 +35,8 @@ from tests.e2e.platform import (
     wait_for,
 )
 
+pytestmark = pytest.mark.timeout(120)
+
 
 def push_two_versions(plane: Platform, model: str, tmp_path: Path) -> None:
     """v1: TorchScript y = x + 1; v2: torch.export y = x + 2."""
