@@ -10,7 +10,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.problems import install_problem_handlers, use_problem_media_type
-from registry.routes import aliases, events, files, health, models, versions
+from registry.routes import (
+    aliases,
+    deployments,
+    endpoints,
+    events,
+    files,
+    health,
+    models,
+    versions,
+    workers,
+)
 from registry.settings import Settings
 from storage import open_store
 from storage.base import ArtifactStore
@@ -69,7 +79,7 @@ def create_app(
     app.state.store = store if store is not None else store_from_settings(settings)
     install_problem_handlers(app)
     use_problem_media_type(app)
-    for module in (models, versions, files, aliases, events):
+    for module in (models, versions, files, aliases, events, deployments, endpoints, workers):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
     return app

@@ -13,7 +13,9 @@ from registry.schemas import SLUG, check_path
 from registry.services.aliases import AliasService
 from registry.services.catalog import CatalogService
 from registry.services.common import Context, Selector, parse_selector
+from registry.services.deployments import DeploymentService
 from registry.services.files import FileService
+from registry.services.fleet import FleetService
 
 
 def context_of(request: Request) -> Context:
@@ -64,3 +66,16 @@ ModelNamePath = Annotated[str, Path(pattern=SLUG, description="the model's name"
 AliasPath = Annotated[str, Path(pattern=SLUG, description="the alias name, e.g. `production`")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]
+
+
+async def get_deployments(request: Request) -> DeploymentService:
+    return DeploymentService(context_of(request))
+
+
+async def get_fleet(request: Request) -> FleetService:
+    return FleetService(context_of(request))
+
+
+DeploymentDep = Annotated[DeploymentService, Depends(get_deployments)]
+FleetDep = Annotated[FleetService, Depends(get_fleet)]
+DeploymentNamePath = Annotated[str, Path(pattern=SLUG, description="the deployment's name")]

@@ -12,6 +12,7 @@ from registry.repositories.models import ModelRepository
 from registry.repositories.versions import VersionRepository
 from registry.schemas import AliasMove, AliasOut, Page
 from registry.services.common import Context, reading, to_page
+from registry.services.deployments import follow_alias
 from registry.tables import AliasHistoryRow
 
 
@@ -47,6 +48,10 @@ async def move_alias(
         await aliases.record_move(model_id, alias, before, version, ctx.actor.name)
         await EventRepository(session).add(
             ctx.actor, action, model=model, target=f"alias:{alias}", before=before, after=version
+        )
+        # deployments following the alias roll out in the same transaction as the move
+        await follow_alias(
+            ctx, session, model, model_id, alias, version, rollback=action == "alias.rolled_back"
         )
     return _alias_out(model, await aliases.find(model_id, alias))
 

@@ -1,0 +1,145 @@
+"""SQL over workers, endpoints, and what an assignment needs to know of a version."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from registry.repositories.base import Repository
+from registry.tables import (
+    DeploymentRow,
+    EndpointRow,
+    FileRow,
+    ModelRow,
+    RevisionRow,
+    VersionRow,
+    WorkerRow,
+)
+
+ENDPOINT_COLUMNS = (EndpointRow, DeploymentRow.name.label("deployment"))
+
+
+class WorkerRepository(Repository):
+    async def add(self, row: WorkerRow) -> WorkerRow:
+        self._session.add(row)
+        await self._session.flush()
+        return row
+
+    async def find(self, worker_id: str, *, lock: bool = False) -> WorkerRow | None:
+        stmt = select(WorkerRow).where(WorkerRow.id == worker_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self._session.scalars(stmt)).one_or_none()
+
+    async def live(self, since: datetime) -> list[WorkerRow]:
+        stmt = select(WorkerRow).where(WorkerRow.heartbeat_at >= since)
+        return list(await self._session.scalars(stmt.order_by(WorkerRow.registered_at)))
+
+    async def search(self, *, after: str | None, limit: int) -> list[WorkerRow]:
+        stmt = select(WorkerRow).order_by(WorkerRow.id).limit(limit)
+        if after is not None:
+            stmt = stmt.where(WorkerRow.id > after)
+        return list(await self._session.scalars(stmt))
+
+    async def forget_before(self, cutoff: datetime) -> None:
+        """Drop workers silent since ``cutoff`` (their replicas' worker becomes NULL)."""
+        await self._session.execute(delete(WorkerRow).where(WorkerRow.heartbeat_at < cutoff))
+
+
+class EndpointRepository(Repository):
+    async def add(self, row: EndpointRow) -> EndpointRow:
+        self._session.add(row)
+        await self._session.flush()
+        return row
+
+    async def find(self, endpoint_id: str) -> EndpointRow | None:
+        return await self._session.get(EndpointRow, endpoint_id)
+
+    async def of_replica(self, replica_id: str) -> list[EndpointRow]:
+        stmt = select(EndpointRow).where(EndpointRow.replica_id == replica_id)
+        return list(await self._session.scalars(stmt))
+
+    async def of_replicas(self, ids: Iterable[str]) -> dict[str, EndpointRow]:
+        wanted = set(ids)
+        if not wanted:
+            return {}
+        stmt = select(EndpointRow).where(EndpointRow.replica_id.in_(wanted))
+        return {e.replica_id: e for e in await self._session.scalars(stmt) if e.replica_id}
+
+    async def of_deployment(self, deployment_id: int) -> list[tuple[EndpointRow, str]]:
+        stmt = (
+            select(*ENDPOINT_COLUMNS)
+            .join(DeploymentRow, DeploymentRow.id == EndpointRow.deployment_id)
+            .where(EndpointRow.deployment_id == deployment_id)
+            .order_by(EndpointRow.revision, EndpointRow.created_at)
+        )
+        return [(r[0], r[1]) for r in (await self._session.execute(stmt)).all()]
+
+    async def delete(self, ids: Iterable[str]) -> None:
+        wanted = list(ids)
+        if wanted:
+            await self._session.execute(
+                delete(EndpointRow)
+                .where(EndpointRow.id.in_(wanted))
+                .execution_options(synchronize_session=False)
+            )
+
+
+async def ready_urls(connection: Any, deployment: str, since: datetime) -> list[str] | None:
+    """The URLs of a deployment's ready, heartbeating endpoints; ``None`` if no such
+    deployment. One round trip: the stable URL calls it on every cache refresh."""
+    stmt = (
+        select(DeploymentRow.id, EndpointRow.url, EndpointRow.status, EndpointRow.heartbeat_at)
+        .outerjoin(EndpointRow, EndpointRow.deployment_id == DeploymentRow.id)
+        .where(DeploymentRow.name == deployment)
+        .order_by(EndpointRow.created_at)
+    )
+    rows = (await connection.execute(stmt)).all()
+    if not rows:
+        return None
+    return [r.url for r in rows if r.status == "ready" and r.heartbeat_at >= since]
+
+
+async def version_files(session: Any, version_ids: Iterable[int]) -> dict[int, list[Any]]:
+    """Per version id: its manifest rows (path, size, sha256)."""
+    wanted = set(version_ids)
+    if not wanted:
+        return {}
+    stmt = (
+        select(FileRow.version_id, FileRow.path, FileRow.size, FileRow.sha256)
+        .where(FileRow.version_id.in_(wanted))
+        .order_by(FileRow.version_id, FileRow.path)
+    )
+    out: dict[int, list[Any]] = {v: [] for v in wanted}
+    for row in (await session.execute(stmt)).all():
+        out[row.version_id].append(row)
+    return out
+
+
+async def revision_details(session: Any, revision_ids: Iterable[int]) -> dict[int, Any]:
+    """Per revision id: deployment name, model name, version number, format, signature and
+    settings, as an assignment needs them."""
+    wanted = set(revision_ids)
+    if not wanted:
+        return {}
+    stmt = (
+        select(
+            RevisionRow.id,
+            RevisionRow.revision,
+            RevisionRow.version_id,
+            RevisionRow.version,
+            RevisionRow.settings,
+            DeploymentRow.name.label("deployment"),
+            ModelRow.name.label("model"),
+            VersionRow.format,
+            VersionRow.signature,
+        )
+        .join(DeploymentRow, DeploymentRow.id == RevisionRow.deployment_id)
+        .join(VersionRow, VersionRow.id == RevisionRow.version_id)
+        .join(ModelRow, ModelRow.id == VersionRow.model_id)
+        .where(RevisionRow.id.in_(wanted))
+    )
+    return {r.id: r for r in (await session.execute(stmt)).all()}

@@ -1,0 +1,330 @@
+"""The fleet: deployer workers (heartbeats, leases, claims, assignments) and the endpoints
+their serving processes register. Every report ends in the rollout rule, under the
+deployment's row lock."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from registry.db import utcnow
+from registry.errors import EndpointNotFound, ReplicaNotFound, WorkerNotFound
+from registry.repositories.base import decode_cursor
+from registry.repositories.deployments import DeploymentRepository, ReplicaRepository, new_id
+from registry.repositories.events import EventRepository
+from registry.repositories.fleet import EndpointRepository, WorkerRepository
+from registry.schemas import (
+    Assignments,
+    EndpointHeartbeat,
+    EndpointOut,
+    EndpointRegister,
+    Page,
+    ReplicaReport,
+    WorkerHeartbeat,
+    WorkerOut,
+    WorkerRegister,
+)
+from registry.services.assignments import assignments_for
+from registry.services.common import Context, reading, to_page
+from registry.services.deployment_views import endpoint_out
+from registry.services.rollout import held, reconcile
+from registry.tables import DeploymentRow, EndpointRow, ReplicaRow, WorkerRow
+
+# States only a running serving process knows; its endpoint's word beats the worker's.
+PROCESS_STATES = frozenset({"loading", "warming", "ready", "unhealthy", "draining"})
+
+
+class Capacity:
+    """What a worker has left: free GPU ids and CPU slots."""
+
+    def __init__(self, worker: WorkerRow, mine: list[ReplicaRow]) -> None:
+        used = {g for r in mine for g in r.gpu_ids}
+        self.gpus = [g for g in worker.gpus if g not in used]
+        self.cpu = worker.cpu_slots - sum(1 for r in mine if r.gpus == 0)
+
+    def take(self, gpus: int) -> list[int] | None:
+        """GPU ids for a replica (``[]`` for a CPU slot), or ``None`` if it does not fit."""
+        if gpus == 0:
+            if self.cpu <= 0:
+                return None
+            self.cpu -= 1
+            return []
+        if len(self.gpus) < gpus:
+            return None
+        taken, self.gpus = self.gpus[:gpus], self.gpus[gpus:]
+        return taken
+
+
+class FleetService:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._sessions = ctx.sessions
+        self._ttl = timedelta(seconds=ctx.settings.lease_ttl_s)
+
+    def _worker_out(self, row: WorkerRow, now: datetime) -> WorkerOut:
+        return WorkerOut(
+            id=row.id,
+            name=row.name,
+            host=row.host,
+            address=row.address,
+            gpus=row.gpus,
+            cpu_slots=row.cpu_slots,
+            registered_at=row.registered_at,
+            heartbeat_at=row.heartbeat_at,
+            live=row.heartbeat_at + self._ttl > now,
+            lease_ttl_s=self._ctx.settings.lease_ttl_s,
+            heartbeat_s=self._ctx.settings.heartbeat_s,
+        )
+
+    async def register_worker(self, body: WorkerRegister) -> WorkerOut:
+        async with self._sessions.begin() as session:
+            now = utcnow()
+            row = await WorkerRepository(session).add(
+                WorkerRow(id=new_id(), registered_at=now, heartbeat_at=now, **body.model_dump())
+            )
+            await EventRepository(session).add(
+                self._ctx.actor,
+                "worker.registered",
+                model=None,
+                target=f"worker:{row.id}",
+                after=body.model_dump(mode="json"),
+            )
+            return self._worker_out(row, now)
+
+    async def list_workers(self, *, cursor: str | None, limit: int) -> Page[WorkerOut]:
+        after = decode_cursor(cursor, str)
+        now = utcnow()
+        async with reading(self._sessions) as session:
+            rows = await WorkerRepository(session).search(after=after, limit=limit + 1)
+            return to_page(rows, limit, lambda r: r.id, lambda r: self._worker_out(r, now))
+
+    async def heartbeat(self, worker_id: str, body: WorkerHeartbeat, base_url: str) -> Assignments:
+        """Renew the worker and its leases, take its reports, claim what fits, reconcile
+        the deployments touched, and answer every replica leased to it."""
+        async with self._sessions.begin() as session:
+            now = utcnow()
+            worker = await self._live_worker(session, worker_id, now, lock=True)
+            worker.heartbeat_at = now
+            locked = await self._lock_deployments(session, worker_id, now)
+            replicas = await ReplicaRepository(session).of_deployments(locked)
+            mine = [r for r in replicas if r.worker_id == worker_id]
+            await self._take_reports(session, locked, mine, body.replicas, now)
+            for replica in mine:
+                replica.lease_expires_at = now + self._ttl
+            await self._claim(session, locked, worker, replicas, mine, now)
+            for deployment, model in locked.values():
+                await reconcile(session, self._ctx.actor, deployment, model)
+            return await assignments_for(session, worker_id, base_url)
+
+    async def get_assignments(self, worker_id: str, base_url: str) -> Assignments:
+        async with reading(self._sessions) as session:
+            await self._live_worker(session, worker_id, utcnow())
+            return await assignments_for(session, worker_id, base_url)
+
+    async def _live_worker(
+        self, session: AsyncSession, worker_id: str, now: datetime, *, lock: bool = False
+    ) -> WorkerRow:
+        worker = await WorkerRepository(session).find(worker_id, lock=lock)
+        if worker is None or worker.heartbeat_at + self._ttl <= now:
+            raise WorkerNotFound(worker_id)
+        return worker
+
+    async def _lock_deployments(
+        self, session: AsyncSession, worker_id: str, now: datetime
+    ) -> dict[int, tuple[DeploymentRow, str]]:
+        """The worker's deployments (waiting for their locks, in id order), then those
+        with free replicas that nobody else is locking (skipped, never waited for)."""
+        deployments, replicas = DeploymentRepository(session), ReplicaRepository(session)
+        ids = await replicas.deployments_of_worker(worker_id)
+        locked = {d.id: (d, m) for d, m in await deployments.lock(ids)}
+        free = set(await replicas.free_deployments(now)) - set(locked)
+        locked.update({d.id: (d, m) for d, m in await deployments.lock(free)})
+        return locked
+
+    async def _take_reports(
+        self,
+        session: AsyncSession,
+        locked: dict[int, tuple[DeploymentRow, str]],
+        mine: list[ReplicaRow],
+        reports: list[ReplicaReport],
+        now: datetime,
+    ) -> None:
+        by_id = {r.id: r for r in mine}
+        endpoints = await EndpointRepository(session).of_replicas(by_id)
+        for report in reports:
+            if (replica := by_id.get(report.replica_id)) is None:
+                continue  # not (or no longer) this worker's: absent from its assignments
+            state = report.state.value
+            endpoint = endpoints.get(replica.id)
+            if (
+                state in PROCESS_STATES
+                and endpoint is not None
+                and endpoint.status in PROCESS_STATES
+            ):
+                state = endpoint.status
+            replica.restarts = report.restarts
+            _, model = locked[replica.deployment_id]
+            await set_state(self._ctx, session, replica, model, state, report.reason, now)
+
+    async def _claim(
+        self,
+        session: AsyncSession,
+        locked: dict[int, tuple[DeploymentRow, str]],
+        worker: WorkerRow,
+        replicas: list[ReplicaRow],
+        mine: list[ReplicaRow],
+        now: datetime,
+    ) -> None:
+        room = Capacity(worker, mine)
+        free = [
+            r
+            for r in replicas
+            if r.desired == "run"
+            and not held(r, now)
+            and locked[r.deployment_id][0].status != "deleting"
+        ]
+        events, endpoints = EventRepository(session), EndpointRepository(session)
+        for replica in sorted(free, key=lambda r: (r.created_at, r.deployment_id, r.index)):
+            if (gpu_ids := room.take(replica.gpus)) is None:
+                continue
+            before = replica.worker_id
+            replica.worker_id, replica.gpu_ids = worker.id, gpu_ids
+            replica.lease_expires_at, replica.updated_at = now + self._ttl, now
+            replica.state, replica.reason, replica.restarts = "pending", None, 0
+            # an earlier holder's process is presumed gone with its lease
+            await endpoints.delete(e.id for e in await endpoints.of_replica(replica.id))
+            deployment, model = locked[replica.deployment_id]
+            await events.add(
+                self._ctx.actor,
+                "replica.claimed",
+                model=model,
+                target=f"deployment:{deployment.name}",
+                before={"worker": before} if before else None,
+                after={"replica": replica.id, "worker": worker.id, "gpu_ids": gpu_ids},
+            )
+
+    async def register_endpoint(self, body: EndpointRegister) -> EndpointOut:
+        async with self._sessions.begin() as session:
+            replicas = ReplicaRepository(session)
+            if (found := await replicas.find(body.replica_id)) is None:
+                raise ReplicaNotFound(body.replica_id)
+            [(deployment, model)] = await DeploymentRepository(session).lock([found.deployment_id])
+            [replica] = [
+                r for r in await replicas.of_deployments([deployment.id]) if r.id == found.id
+            ]
+            endpoints = EndpointRepository(session)
+            await endpoints.delete(e.id for e in await endpoints.of_replica(replica.id))
+            revisions = await DeploymentRepository(session).revisions_by_id([replica.revision_id])
+            now = utcnow()
+            row = await endpoints.add(
+                EndpointRow(
+                    id=new_id(),
+                    deployment_id=deployment.id,
+                    replica_id=replica.id,
+                    worker_id=replica.worker_id,
+                    revision=replica.revision,
+                    version=revisions[replica.revision_id].version,
+                    url=body.url.rstrip("/"),
+                    status=body.status.value,
+                    reason=body.reason,
+                    created_at=now,
+                    heartbeat_at=now,
+                )
+            )
+            await EventRepository(session).add(
+                self._ctx.actor,
+                "endpoint.registered",
+                model=model,
+                target=f"deployment:{deployment.name}",
+                after={
+                    "endpoint": row.id,
+                    "url": row.url,
+                    "replica": replica.id,
+                    "status": row.status,
+                },
+            )
+            await set_state(self._ctx, session, replica, model, row.status, row.reason, now)
+            await reconcile(session, self._ctx.actor, deployment, model)
+            return endpoint_out(row, deployment.name)
+
+    async def endpoint_heartbeat(self, endpoint_id: str, body: EndpointHeartbeat) -> EndpointOut:
+        async with self._sessions.begin() as session:
+            row, deployment, model = await self._locked_endpoint(session, endpoint_id)
+            now = utcnow()
+            row.heartbeat_at = now
+            if (body.status.value, body.reason) != (row.status, row.reason):
+                before = row.status
+                row.status, row.reason = body.status.value, body.reason
+                await EventRepository(session).add(
+                    self._ctx.actor,
+                    "endpoint.status_changed",
+                    model=model,
+                    target=f"deployment:{deployment.name}",
+                    before=before,
+                    after={"endpoint": row.id, "status": row.status, "reason": row.reason},
+                )
+                await self._mirror(session, row, model, row.status, now)
+                await reconcile(session, self._ctx.actor, deployment, model)
+            return endpoint_out(row, deployment.name)
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        async with self._sessions.begin() as session:
+            row, deployment, model = await self._locked_endpoint(session, endpoint_id)
+            await EndpointRepository(session).delete([row.id])
+            await EventRepository(session).add(
+                self._ctx.actor,
+                "endpoint.deregistered",
+                model=model,
+                target=f"deployment:{deployment.name}",
+                before={"endpoint": row.id, "url": row.url, "status": row.status},
+            )
+            status = "failed" if row.status == "failed" else "stopped"
+            await self._mirror(session, row, model, status, utcnow())
+            await reconcile(session, self._ctx.actor, deployment, model)
+
+    async def _locked_endpoint(
+        self, session: AsyncSession, endpoint_id: str
+    ) -> tuple[EndpointRow, DeploymentRow, str]:
+        endpoints = EndpointRepository(session)
+        if (found := await endpoints.find(endpoint_id)) is None:
+            raise EndpointNotFound(endpoint_id)
+        [(deployment, model)] = await DeploymentRepository(session).lock([found.deployment_id])
+        await session.refresh(found)
+        return found, deployment, model
+
+    async def _mirror(
+        self, session: AsyncSession, row: EndpointRow, model: str, status: str, now: datetime
+    ) -> None:
+        """An endpoint's status is its replica's state, while that replica is still held
+        by the endpoint's worker."""
+        if row.replica_id is None:
+            return
+        replica = await ReplicaRepository(session).find(row.replica_id)
+        if replica is not None and replica.worker_id == row.worker_id:
+            await set_state(self._ctx, session, replica, model, status, row.reason, now)
+
+
+async def set_state(
+    ctx: Context,
+    session: AsyncSession,
+    replica: ReplicaRow,
+    model: str,
+    state: str,
+    reason: str | None,
+    now: datetime,
+) -> None:
+    """Record a replica's state; a change is an event."""
+    if (state, reason) == (replica.state, replica.reason):
+        return
+    before = replica.state
+    replica.state, replica.reason, replica.updated_at = state, reason, now
+    if before != state:
+        await EventRepository(session).add(
+            ctx.actor,
+            "replica.state_changed",
+            model=model,
+            target=f"replica:{replica.id}",
+            before=before,
+            after={"state": state, "reason": reason, "revision": replica.revision},
+        )
