@@ -29,9 +29,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(default=1, ge=1)
-    # A steady pool: overflow connections are opened and closed per burst, which costs
-    # more under load than waiting a moment for a pooled one.
-    db_pool_size: int = Field(default=16, ge=1)
+    # A steady pool, per worker process: overflow connections are opened and closed per
+    # burst, which costs more under load than waiting a moment for a pooled one. 32 covers
+    # a worker's share of 64 concurrent requests with 2 workers (64 of Postgres' default
+    # 100 connections; lower it when running more workers or replicas).
+    db_pool_size: int = Field(default=32, ge=1)
     db_max_overflow: int = Field(default=0, ge=0)
     # Pre-ping costs three round trips per checkout on asyncpg (BEGIN; ping; ROLLBACK). Off:
     # a connection found dead invalidates the whole pool, so after an outage at most the
