@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe and heartbeat
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -80,10 +80,16 @@ class Worker:
         return self.lease.id if self.lease else "(unregistered)"
 
     def tick(self, now: float) -> None:
+        """Act on what is known, tell the control plane (now if anything changed), act on
+        its answer: a finished pull starts its process without waiting for a round trip."""
         self.executor.observe(now)
+        self._act(now)
         reports = self.executor.reports(now)
         if now >= self._next_heartbeat or reports != self._last_reports:
             self._heartbeat(reports, now)
+            self._act(now)
+
+    def _act(self, now: float) -> None:
         for action in plan(self.assignments, self.executor.states(), now, self.executor.policy):
             self._apply(action, now)
 

@@ -89,11 +89,7 @@ def test_deploy_infer_update_rollback_delete(plane: Platform, tmp_path: Path) ->
     assert caller.failures == [], caller.failures[:5]
     assert caller.seen[2.0] > 0 and caller.seen[3.0] > 0, caller.seen
     revisions = api(plane, "GET", "/deployments/adder/revisions").json()["items"]
-    assert [(r["revision"], r["version"], r["reason"]) for r in revisions][-3:] == [
-        (1, 1, "create"),
-        (2, 2, "update"),
-        (3, 1, "rollback"),
-    ] or sorted((r["revision"], r["version"], r["reason"]) for r in revisions) == [
+    assert sorted((r["revision"], r["version"], r["reason"]) for r in revisions) == [
         (1, 1, "create"),
         (2, 2, "update"),
         (3, 1, "rollback"),
