@@ -1,0 +1,241 @@
+"""Workers and endpoints over HTTP: registration, heartbeats, claims within capacity, lease
+lapses, and the rollout they drive. The test is the worker (and the serving process): it
+speaks the real protocol of docs/deployments-contract.md."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest_asyncio
+
+from registry.db import SessionFactory
+from registry.settings import Settings
+from storage import FileSystemArtifactStore
+from tests.registry.conftest import client_for
+from tests.registry.deploying import (  # noqa: F401  (fixtures)
+    database_url,
+    deploy,
+    deployable,
+    events_of,
+    get_deployment,
+    heartbeat,
+    pg_template,
+    register_worker,
+    replicas_of,
+)
+from tests.registry.helpers import API, assert_problem, sha
+
+LEASE_S = 0.4
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def short_lease(
+    settings: Settings, sessions: SessionFactory, fs_artifacts: FileSystemArtifactStore
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on the same database whose control plane gives leases of ``LEASE_S``."""
+    quick = settings.model_copy(update={"lease_ttl_s": LEASE_S, "heartbeat_s": 0.1})
+    async with client_for(quick, sessions, fs_artifacts) as c:
+        yield c
+
+
+async def test_worker_registers_and_claims_within_its_cpu_slots(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model)
+    await deploy(client, model, name="web", version=v1, replicas=2)
+    registered = await client.post(
+        f"{API}/workers", json={"name": "a", "host": "h", "address": "10.0.0.1", "cpu_slots": 1}
+    )
+    assert registered.status_code == 201
+    worker = registered.json()
+    assert (worker["lease_ttl_s"], worker["heartbeat_s"], worker["live"]) == (15.0, 3.0, True)
+    [assignment] = await heartbeat(client, worker["id"])
+    assert assignment["deployment"] == "web" and assignment["desired"] == "run"
+    assert (assignment["model"], assignment["version"], assignment["revision"]) == (model, v1, 1)
+    assert assignment["format"] == "torchscript" and assignment["gpu_ids"] == []
+    assert assignment["device"] == "auto" and assignment["allow_pickle"] is False
+    [file] = assignment["files"]
+    assert file["sha256"] == sha(b"weights") and file["size"] == 7
+    assert file["url"] == f"http://registry.test{API}/models/{model}/versions/{v1}/files/model.pt"
+    download = await client.get(file["url"])
+    assert download.status_code == 200 and download.content == b"weights"
+    again = await client.get(f"{API}/workers/{worker['id']}/assignments")
+    assert again.json()["assignments"] == [assignment]
+    assert len(await heartbeat(client, worker["id"])) == 1  # full: no second claim
+    other = await register_worker(client, cpu_slots=4)
+    [second] = await heartbeat(client, other)
+    assert second["replica_id"] != assignment["replica_id"]
+    deployment = await get_deployment(client, "web")
+    assert deployment["status"] == "rolling_out"
+    assert {r["worker"] for r in replicas_of(deployment)} == {worker["id"], other}
+    workers = (await client.get(f"{API}/workers")).json()["items"]
+    assert {w["id"] for w in workers} == {worker["id"], other}
+
+
+async def test_gpu_replicas_take_distinct_gpus_and_too_many_gpus_stay_pending(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model)
+    await deploy(client, model, name="big", version=v1, gpus=4, device="cuda")
+    await deploy(client, model, name="pair", version=v1, gpus=2, replicas=2)
+    worker = await register_worker(client, gpus=[0, 1, 2], cpu_slots=0)
+    [assignment] = await heartbeat(client, worker)
+    assert assignment["deployment"] == "pair" and assignment["gpu_ids"] == [0, 1]
+    big = await get_deployment(client, "big")
+    assert big["status"] == "pending"
+    assert big["status_reason"] == "no worker has 4 GPUs (the largest has 3)"
+    pair = await get_deployment(client, "pair")
+    assert pair["status_reason"] == "waiting for a worker with 2 free GPUs"
+    second = await register_worker(client, gpus=[0, 1], cpu_slots=0)
+    [other] = await heartbeat(client, second)
+    assert other["deployment"] == "pair" and other["gpu_ids"] == [0, 1]
+    assert (await get_deployment(client, "pair"))["status_reason"] is None
+
+
+async def test_unknown_worker_must_register_again(client: httpx.AsyncClient) -> None:
+    r = await client.post(f"{API}/workers/nobody/heartbeat", json={"replicas": []})
+    assert_problem(r, 404, "worker-not-found")
+    assert_problem(await client.get(f"{API}/workers/nobody/assignments"), 404)
+    bad = await client.post(f"{API}/workers", json={"name": "w", "gpus": [0, 0]})
+    assert_problem(bad, 422)
+
+
+async def test_a_lapsed_lease_goes_to_another_worker(
+    short_lease: httpx.AsyncClient, model: str
+) -> None:
+    client = short_lease
+    v1 = await deployable(client, model)
+    await deploy(client, model, name="web", version=v1)
+    first = await register_worker(client)
+    [claimed] = await heartbeat(client, first)
+    second = await register_worker(client)
+    assert await heartbeat(client, second) == []  # held by the first
+    for _ in range(20):  # the second keeps heartbeating, the first is silent
+        await asyncio.sleep(LEASE_S / 4)
+        if taken := await heartbeat(client, second):
+            break
+    assert [a["replica_id"] for a in taken] == [claimed["replica_id"]]
+    lapsed = await client.post(f"{API}/workers/{first}/heartbeat", json={"replicas": []})
+    assert_problem(lapsed, 404, "worker-not-found")
+    claims = [e for e in await events_of(client, model) if e["action"] == "replica.claimed"]
+    assert [c["after"]["worker"] for c in claims] == [first, second]
+    assert claims[1]["before"] == {"worker": first}
+
+
+async def test_rollout_stops_an_old_replica_per_ready_new_one(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model, b"1")
+    v2 = await deployable(client, model, b"2")
+    await deploy(client, model, name="web", version=v1, replicas=2)
+    worker = await register_worker(client, cpu_slots=4)
+    old = [a["replica_id"] for a in await heartbeat(client, worker)]
+    await heartbeat(client, worker, {old[0]: "pulling", old[1]: "loading"})
+    assert (await get_deployment(client, "web"))["status"] == "rolling_out"
+    await heartbeat(client, worker, dict.fromkeys(old, "ready"))
+    web = await get_deployment(client, "web")
+    assert web["status"] == "available" and web["observed"]["ready_replicas"] == 2
+    assert web["observed"]["version"] == v1
+
+    await client.patch(f"{API}/deployments/web", json={"version": v2})
+    assignments = await heartbeat(client, worker, dict.fromkeys(old, "ready"))
+    new = [a["replica_id"] for a in assignments if a["revision"] == 2]
+    assert len(new) == 2 and all(a["desired"] == "run" for a in assignments)
+    await heartbeat(client, worker, {**dict.fromkeys(old, "ready"), new[0]: "ready"})
+    desired = {a["replica_id"]: a["desired"] for a in await heartbeat(client, worker)}
+    assert sorted(desired[r] for r in old) == ["run", "stop"]  # one for one
+    web = await get_deployment(client, "web")
+    assert web["status"] == "rolling_out" and web["observed"]["version"] == v2
+
+    await heartbeat(client, worker, {new[1]: "ready"})
+    desired = {a["replica_id"]: a["desired"] for a in await heartbeat(client, worker)}
+    assert [desired[r] for r in old] == ["stop", "stop"]
+    assert [desired[r] for r in new] == ["run", "run"]
+    assert (await get_deployment(client, "web"))["status"] == "available"
+    left = await heartbeat(client, worker, dict.fromkeys(old, "stopped"))
+    assert sorted(a["replica_id"] for a in left) == sorted(new)  # stopped ones are forgotten
+    actions = [e["action"] for e in await events_of(client, model)]
+    assert actions.count("deployment.rollout_finished") == 2
+    assert actions.count("replica.stop_requested") == 2
+
+
+async def test_a_failed_new_revision_keeps_the_old_one_serving(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model, b"1")
+    v2 = await deployable(client, model, b"2")
+    await deploy(client, model, name="web", version=v1)
+    worker = await register_worker(client, cpu_slots=2)
+    [old] = [a["replica_id"] for a in await heartbeat(client, worker)]
+    await heartbeat(client, worker, {old: "ready"})
+    await client.patch(f"{API}/deployments/web", json={"version": v2})
+    [new] = [a["replica_id"] for a in await heartbeat(client, worker) if a["revision"] == 2]
+    reason = "sha256 mismatch for model.pt"
+    assignments = await heartbeat(client, worker, {old: "ready", new: ("failed", reason)})
+    assert {a["replica_id"]: a["desired"] for a in assignments} == {old: "run", new: "run"}
+    web = await get_deployment(client, "web")
+    assert web["status"] == "failed" and reason in web["status_reason"]
+    assert web["observed"]["version"] == v1
+    [failed] = replicas_of(web, 2)
+    assert (failed["state"], failed["reason"]) == ("failed", reason)
+    events = await events_of(client, model)
+    [event] = [e for e in events if e["action"] == "deployment.failed"]
+    assert event["after"]["revision"] == 2 and reason in event["after"]["reason"]
+    back = (await client.post(f"{API}/deployments/web/rollback")).json()
+    assert (back["revision"], back["version"]) == (3, v1)
+
+
+async def test_endpoints_report_the_replica_state(client: httpx.AsyncClient, model: str) -> None:
+    v1 = await deployable(client, model)
+    await deploy(client, model, name="web", version=v1)
+    worker = await register_worker(client)
+    [assignment] = await heartbeat(client, worker)
+    replica = assignment["replica_id"]
+    body = {"url": "http://127.0.0.1:9/", "replica_id": replica, "status": "loading"}
+    registered = await client.post(f"{API}/endpoints", json=body)
+    assert registered.status_code == 201, registered.text
+    endpoint = registered.json()
+    assert endpoint["url"] == "http://127.0.0.1:9" and endpoint["worker"] == worker
+    assert (endpoint["deployment"], endpoint["revision"], endpoint["version"]) == ("web", 1, v1)
+    beat = await client.post(
+        f"{API}/endpoints/{endpoint['id']}/heartbeat", json={"status": "ready"}
+    )
+    assert beat.status_code == 200 and beat.json()["status"] == "ready"
+    web = await get_deployment(client, "web")
+    assert web["status"] == "available" and replicas_of(web)[0]["state"] == "ready"
+    await heartbeat(client, worker, {replica: "loading"})  # a stale worker view: endpoint wins
+    assert replicas_of(await get_deployment(client, "web"))[0]["state"] == "ready"
+    [listed] = (await client.get(f"{API}/deployments/web/endpoints")).json()["items"]
+    assert listed["id"] == endpoint["id"] and listed["status"] == "ready"
+    assert (await client.delete(f"{API}/endpoints/{endpoint['id']}")).status_code == 204
+    assert replicas_of(await get_deployment(client, "web"))[0]["state"] == "stopped"
+    assert_problem(await client.delete(f"{API}/endpoints/{endpoint['id']}"), 404)
+    missing = await client.post(f"{API}/endpoints", json={**body, "replica_id": "nope"})
+    assert_problem(missing, 404, "replica-not-found")
+    actions = [e["action"] for e in await events_of(client, model)]
+    assert {"endpoint.registered", "endpoint.status_changed", "endpoint.deregistered"} <= set(
+        actions
+    )
+
+
+async def test_delete_drains_then_forgets_the_deployment(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model)
+    await deploy(client, model, name="web", version=v1)
+    worker = await register_worker(client)
+    [assignment] = await heartbeat(client, worker)
+    replica = assignment["replica_id"]
+    await heartbeat(client, worker, {replica: "ready"})
+    deleting = await client.delete(f"{API}/deployments/web")
+    assert deleting.status_code == 202 and deleting.json()["status"] == "deleting"
+    assert_problem(await client.patch(f"{API}/deployments/web", json={"replicas": 2}), 409)
+    [stop] = await heartbeat(client, worker, {replica: "draining"})
+    assert stop["desired"] == "stop"
+    assert (await get_deployment(client, "web"))["status"] == "deleting"
+    assert await heartbeat(client, worker, {replica: "stopped"}) == []
+    assert_problem(await client.get(f"{API}/deployments/web"), 404)
+    actions = [e["action"] for e in await events_of(client, model)]
+    assert actions[-1] == "deployment.deleted"
