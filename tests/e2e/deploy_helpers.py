@@ -96,12 +96,12 @@ class Caller(threading.Thread):
         self.url, self.model = url, model
         self.seen: Counter[float] = Counter()
         self.failures: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X[0]}]}
         with httpx.Client(timeout=10) as http:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 try:
                     answer = http.post(f"{self.url}/v2/models/{self.model}/infer", json=body)
                     if answer.status_code == 200:
@@ -113,5 +113,5 @@ class Caller(threading.Thread):
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(15)
