@@ -1,0 +1,203 @@
+"""The stable URL: ``/serve/{deployment}/v2/...`` forwarded to the deployment's ready endpoints.
+
+A raw ASGI app (no FastAPI routing, validation or dependency injection on the hot path),
+mounted at ``/serve`` by ``create_app``. Each call goes to the next ready endpoint, round
+robin, over pooled keep-alive connections; a refused connection, a dropped one, or a 503
+(a draining endpoint) is retried on the next endpoint, so a rollout loses no call. Which
+endpoints are ready is read from the database at most once per ``serve_cache_s`` per
+deployment (one query, concurrent callers share it) and forgotten as soon as a forward fails.
+Answers of its own are the inference protocol's ``{"error": ...}`` bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from registry.db import SessionFactory, utcnow
+from registry.repositories.fleet import ready_urls
+from registry.services.common import reading_connection
+from registry.settings import Settings
+
+log = logging.getLogger("modelplane.serve")
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the client library sets itself.
+_DROP_REQUEST = frozenset(
+    {b"host", b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+     b"transfer-encoding", b"upgrade", b"content-length"}
+)  # fmt: skip
+_DROP_RESPONSE = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
+)
+_JSON = [(b"content-type", b"application/json")]
+MAX_CACHED = 10_000
+
+
+@dataclass
+class _Entry:
+    urls: list[str] | None  # None: no such deployment
+    expires: float
+    turn: itertools.count[int] = field(default_factory=itertools.count)
+
+
+class StableUrl:
+    """ASGI app serving ``/{deployment}/v2/...`` (mounted under ``/serve``)."""
+
+    def __init__(self, sessions: SessionFactory, settings: Settings) -> None:
+        self._sessions = sessions
+        self._ttl = settings.serve_cache_s
+        self._stale_after = timedelta(seconds=settings.lease_ttl_s)
+        self._cache: dict[str, _Entry] = {}
+        self._loading: dict[str, asyncio.Future[_Entry]] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=3),
+                auto_decompress=False,  # bytes pass through as the endpoint encoded them
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            )
+        return self._http
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        name, _, rest = _route_path(scope).lstrip("/").partition("/")
+        entry = await self._entry(name) if name else None
+        if entry is None or entry.urls is None:
+            await _error(send, 404, f"deployment {name!r} does not exist")
+            return
+        path = "/" + rest
+        if path in ("/v2/health/ready", "/v2/health/live") and scope["method"] == "GET":
+            ok = bool(entry.urls) or path.endswith("live")
+            await send({"type": "http.response.start", "status": 200 if ok else 503, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = await _read_body(receive)
+        target = quote(path, safe="/:@!$&'()*+,;=-._~%")
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        await self._forward(scope, send, name, entry, target, body)
+
+    async def _forward(
+        self, scope: Scope, send: Send, name: str, entry: _Entry, target: str, body: bytes
+    ) -> None:
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if k.lower() not in _DROP_REQUEST
+        ]
+        last: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
+        for attempt in range(2):  # the second pass on a freshly read endpoint list
+            urls = entry.urls or []
+            start = next(entry.turn)
+            for i in range(len(urls)):
+                url = urls[(start + i) % len(urls)] + target
+                try:
+                    answer = await self._call(scope["method"], url, headers, body)
+                except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                    log.info("forward to %s failed (%r); trying the next endpoint", url, exc)
+                    self._cache.pop(name, None)
+                    continue
+                if answer[0] != 503:
+                    await _respond(send, *answer)
+                    return
+                last = answer
+                self._cache.pop(name, None)
+            if attempt == 0:
+                fresh = await self._entry(name)
+                if fresh is None or not fresh.urls or fresh.urls == urls:
+                    break
+                entry = fresh
+        if last is not None:
+            await _respond(send, *last)
+            return
+        await _error(send, 503, f"deployment {name!r} has no ready endpoint", retry=True)
+
+    async def _call(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        async with self._client().request(method, url, headers=headers, data=body) as response:
+            data = await response.read()
+            out = [
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in response.headers.items()
+                if k.lower() not in _DROP_RESPONSE
+            ]
+            return response.status, out, data
+
+    async def _entry(self, name: str) -> _Entry | None:
+        entry = self._cache.get(name)
+        if entry is not None and entry.expires > time.monotonic():
+            return entry
+        loading = self._loading.get(name)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(name, entry))
+            self._loading[name] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(name, None))
+        try:
+            return await asyncio.shield(loading)
+        except Exception as exc:  # the database is away: serve what we knew, if anything
+            log.warning("endpoints of %r unreadable: %r", name, exc)
+            return entry
+
+    async def _load(self, name: str, old: _Entry | None) -> _Entry:
+        since = utcnow() - self._stale_after
+        async with reading_connection(self._sessions) as connection:
+            urls = await ready_urls(connection, name, since)
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        entry = _Entry(urls, time.monotonic() + self._ttl)
+        if old is not None:
+            entry.turn = old.turn  # keep rotating where we were
+        self._cache[name] = entry
+        return entry
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _error(send: Send, status: int, message: str, *, retry: bool = False) -> None:
+    body = orjson.dumps({"error": message})
+    headers: list[Any] = [*_JSON, (b"content-length", str(len(body)).encode())]
+    if retry:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
