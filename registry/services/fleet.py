@@ -157,12 +157,8 @@ class FleetService:
                 continue  # not (or no longer) this worker's: absent from its assignments
             state = report.state.value
             endpoint = endpoints.get(replica.id)
-            if (
-                state in PROCESS_STATES
-                and endpoint is not None
-                and endpoint.status in PROCESS_STATES
-            ):
-                state = endpoint.status
+            if state in PROCESS_STATES:
+                state = _process_state(state, endpoint)
             replica.restarts = report.restarts
             _, model = locked[replica.deployment_id]
             await set_state(self._ctx, session, replica, model, state, report.reason, now)
@@ -303,6 +299,15 @@ class FleetService:
         replica = await ReplicaRepository(session).find(row.replica_id)
         if replica is not None and replica.worker_id == row.worker_id:
             await set_state(self._ctx, session, replica, model, status, row.reason, now)
+
+
+def _process_state(reported: str, endpoint: EndpointRow | None) -> str:
+    """A worker's view of a running process yields to its endpoint's; and a replica is not
+    `ready` before its endpoint says so (the stable URL would have nowhere to send calls
+    while the old revision already drains)."""
+    if endpoint is not None and endpoint.status in PROCESS_STATES:
+        return endpoint.status
+    return "warming" if reported == "ready" else reported
 
 
 async def set_state(

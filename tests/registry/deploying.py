@@ -111,3 +111,12 @@ async def events_of(client: httpx.AsyncClient, model: str) -> list[dict[str, Any
     page = (await client.get(f"{API}/events", params={"model": model, "limit": 1000})).json()
     items: list[dict[str, Any]] = page["items"]
     return items
+
+
+async def announce(client: httpx.AsyncClient, replica: str, status: str = "ready") -> str:
+    """What a serving process does as it starts: register its endpoint; the endpoint id."""
+    body = {"url": f"http://127.0.0.1:9/{replica}", "replica_id": replica, "status": status}
+    response = await client.post(f"{API}/endpoints", json=body)
+    assert response.status_code == 201, response.text
+    endpoint: str = response.json()["id"]
+    return endpoint

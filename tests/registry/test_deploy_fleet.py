@@ -15,6 +15,7 @@ from registry.settings import Settings
 from storage import FileSystemArtifactStore
 from tests.registry.conftest import client_for
 from tests.registry.deploying import (  # noqa: F401  (fixtures)
+    announce,
     database_url,
     deploy,
     deployable,
@@ -132,9 +133,13 @@ async def test_rollout_stops_an_old_replica_per_ready_new_one(
     await deploy(client, model, name="web", version=v1, replicas=2)
     worker = await register_worker(client, cpu_slots=4)
     old = [a["replica_id"] for a in await heartbeat(client, worker)]
-    await heartbeat(client, worker, {old[0]: "pulling", old[1]: "loading"})
-    assert (await get_deployment(client, "web"))["status"] == "rolling_out"
-    await heartbeat(client, worker, dict.fromkeys(old, "ready"))
+    await heartbeat(client, worker, {old[0]: "pulling", old[1]: "ready"})
+    web = await get_deployment(client, "web")
+    assert web["status"] == "rolling_out"
+    # a worker's "ready" waits for the endpoint: the stable URL needs somewhere to send calls
+    assert [r["state"] for r in replicas_of(web)] == ["pulling", "warming"]
+    for replica in old:
+        await announce(client, replica)
     web = await get_deployment(client, "web")
     assert web["status"] == "available" and web["observed"]["ready_replicas"] == 2
     assert web["observed"]["version"] == v1
@@ -143,13 +148,13 @@ async def test_rollout_stops_an_old_replica_per_ready_new_one(
     assignments = await heartbeat(client, worker, dict.fromkeys(old, "ready"))
     new = [a["replica_id"] for a in assignments if a["revision"] == 2]
     assert len(new) == 2 and all(a["desired"] == "run" for a in assignments)
-    await heartbeat(client, worker, {**dict.fromkeys(old, "ready"), new[0]: "ready"})
+    await announce(client, new[0])
     desired = {a["replica_id"]: a["desired"] for a in await heartbeat(client, worker)}
     assert sorted(desired[r] for r in old) == ["run", "stop"]  # one for one
     web = await get_deployment(client, "web")
     assert web["status"] == "rolling_out" and web["observed"]["version"] == v2
 
-    await heartbeat(client, worker, {new[1]: "ready"})
+    await announce(client, new[1])
     desired = {a["replica_id"]: a["desired"] for a in await heartbeat(client, worker)}
     assert [desired[r] for r in old] == ["stop", "stop"]
     assert [desired[r] for r in new] == ["run", "run"]
@@ -169,7 +174,7 @@ async def test_a_failed_new_revision_keeps_the_old_one_serving(
     await deploy(client, model, name="web", version=v1)
     worker = await register_worker(client, cpu_slots=2)
     [old] = [a["replica_id"] for a in await heartbeat(client, worker)]
-    await heartbeat(client, worker, {old: "ready"})
+    await announce(client, old)
     await client.patch(f"{API}/deployments/web", json={"version": v2})
     [new] = [a["replica_id"] for a in await heartbeat(client, worker) if a["revision"] == 2]
     reason = "sha256 mismatch for model.pt"
@@ -228,7 +233,7 @@ async def test_delete_drains_then_forgets_the_deployment(
     worker = await register_worker(client)
     [assignment] = await heartbeat(client, worker)
     replica = assignment["replica_id"]
-    await heartbeat(client, worker, {replica: "ready"})
+    await announce(client, replica)
     deleting = await client.delete(f"{API}/deployments/web")
     assert deleting.status_code == 202 and deleting.json()["status"] == "deleting"
     assert_problem(await client.patch(f"{API}/deployments/web", json={"replicas": 2}), 409)
@@ -239,3 +244,20 @@ async def test_delete_drains_then_forgets_the_deployment(
     assert_problem(await client.get(f"{API}/deployments/web"), 404)
     actions = [e["action"] for e in await events_of(client, model)]
     assert actions[-1] == "deployment.deleted"
+
+
+async def test_concurrent_heartbeats_claim_each_replica_once(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model)
+    await deploy(client, model, name="web", version=v1, replicas=3)
+    workers = [await register_worker(client) for _ in range(5)]
+    for _ in range(10):  # a deployment locked by one heartbeat is skipped by the others
+        answers = await asyncio.gather(*(heartbeat(client, w) for w in workers))
+        claimed = [a["replica_id"] for answer in answers for a in answer]
+        assert len(claimed) == len(set(claimed))
+        if len(claimed) == 3:
+            break
+    assert len(claimed) == 3
+    web = await get_deployment(client, "web")
+    assert sorted(r["worker"] in workers for r in replicas_of(web)) == [True] * 3
