@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import socket
@@ -18,6 +19,7 @@ from registry.settings import Settings
 
 # Worker processes rebuild the app from this (spawned workers share no memory with us).
 SETTINGS_ENV = "MODELPLANE_SERVE_SETTINGS_JSON"
+M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
 
 
 class NoDelayHttpToolsProtocol(HttpToolsProtocol):
@@ -37,8 +39,23 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
 
 
+def return_big_buffers_to_the_os() -> None:
+    """Serve allocations of 1 MiB and more from their own mappings, freed at once (glibc).
+
+    Uploads and downloads churn through 8 MiB buffers on many threads. glibc's default
+    raises its mmap threshold to the largest block freed (up to 32 MiB), after which such
+    buffers come from per-thread arenas that keep the memory: measured, the control
+    plane's RSS ratcheted up ~40 MB per 512 MiB moved and peaked >100 MB above its base;
+    with a fixed threshold it returns to its base after each transfer. No-op off glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 2**20)
+
+
 def app_from_environment() -> FastVersionReads:
     """The uvicorn app factory (runs in each worker): the app behind its hot-read front."""
+    return_big_buffers_to_the_os()
     raw = os.environ.get(SETTINGS_ENV)
     settings = Settings.model_validate_json(raw) if raw else Settings()
     app = FastVersionReads(create_app(settings))

@@ -45,7 +45,7 @@ from registry.services.common import Context, reading
 from registry.tables import UploadRow
 from storage.base import BlobWriter, DigestMismatch, DirectUploadStore, StoredObject, blob_key
 
-BUFFER = 8 * 2**20  # bytes gathered before one hop to a worker thread
+BUFFER = 2 * 2**20  # bytes gathered before one hop to a worker thread
 
 
 @dataclass
