@@ -39,7 +39,8 @@ def ready_endpoints(plane: Platform, name: str, version: int | None = None) -> l
 
 
 def wait_serving(plane: Platform, name: str, version: int, timeout: float = 45) -> dict[str, Any]:
-    """Until the deployment is `available` on `version` with one ready endpoint of it."""
+    """Until the deployment is `available` on `version`, with a ready endpoint of it, and
+    a call through the stable URL is answered by that version."""
 
     def settled() -> dict[str, Any] | None:
         body = deployment(plane, name)
@@ -49,11 +50,19 @@ def wait_serving(plane: Platform, name: str, version: int, timeout: float = 45) 
             body["status"] == "available"
             and all(r["version"] == version and r["state"] == "ready" for r in live)
             and ready_endpoints(plane, name, version)
+            and _answers(f"{plane.cp.url}/serve/{name}", name, version)
         ):
             return body
         return None
 
     return wait_for(f"{name} serving v{version}", settled, timeout, plane.logs)
+
+
+def _answers(url: str, model: str, version: int) -> bool:
+    """The test models add their version number: v1 answers x + 1, v2 x + 2."""
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X[0]}]}
+    answer = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=10)
+    return answer.status_code == 200 and answer.json()["outputs"][0]["data"][0] == 1 + version
 
 
 def infer_json(url: str, model: str) -> list[float]:
