@@ -86,6 +86,6 @@ def create_app(
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
     # first in the route list: the stable URL's calls skip matching every API route
-    stable = StableUrl(sessions, settings)
+    stable = app.state.stable = StableUrl(sessions, settings)
     app.router.routes.insert(0, Mount("/serve", app=stable, name="serve"))
     return app

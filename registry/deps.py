@@ -69,11 +69,11 @@ Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous 
 
 
 async def get_deployments(request: Request) -> DeploymentService:
-    return DeploymentService(context_of(request))
+    return DeploymentService(context_of(request), request.app.state.stable.forget)
 
 
 async def get_fleet(request: Request) -> FleetService:
-    return FleetService(context_of(request))
+    return FleetService(context_of(request), request.app.state.stable.forget)
 
 
 DeploymentDep = Annotated[DeploymentService, Depends(get_deployments)]

@@ -61,6 +61,11 @@ class StableUrl:
         self._loading: dict[str, asyncio.Future[_Entry]] = {}
         self._http: aiohttp.ClientSession | None = None
 
+    def forget(self, deployment: str) -> None:
+        """Read the deployment's endpoints afresh on its next call (this process changed
+        them; other control-plane processes catch up within ``serve_cache_s``)."""
+        self._cache.pop(deployment, None)
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()

@@ -14,6 +14,7 @@ from registry.tables import (
     EndpointRow,
     FileRow,
     ModelRow,
+    ReplicaRow,
     RevisionRow,
     VersionRow,
     WorkerRow,
@@ -90,17 +91,27 @@ class EndpointRepository(Repository):
 
 async def ready_urls(connection: Any, deployment: str, since: datetime) -> list[str] | None:
     """The URLs of a deployment's ready, heartbeating endpoints; ``None`` if no such
-    deployment. One round trip: the stable URL calls it on every cache refresh."""
+    deployment. Endpoints of replicas asked to stop are left out while others are ready
+    (they are about to drain). One round trip: the stable URL runs it on each refresh."""
     stmt = (
-        select(DeploymentRow.id, EndpointRow.url, EndpointRow.status, EndpointRow.heartbeat_at)
+        select(
+            DeploymentRow.id,
+            EndpointRow.url,
+            EndpointRow.status,
+            EndpointRow.heartbeat_at,
+            ReplicaRow.desired,
+        )
         .outerjoin(EndpointRow, EndpointRow.deployment_id == DeploymentRow.id)
+        .outerjoin(ReplicaRow, ReplicaRow.id == EndpointRow.replica_id)
         .where(DeploymentRow.name == deployment)
         .order_by(EndpointRow.created_at)
     )
     rows = (await connection.execute(stmt)).all()
     if not rows:
         return None
-    return [r.url for r in rows if r.status == "ready" and r.heartbeat_at >= since]
+    ready = [r for r in rows if r.status == "ready" and r.heartbeat_at >= since]
+    wanted = [r.url for r in ready if r.desired != "stop"]
+    return wanted or [r.url for r in ready]
 
 
 async def version_files(session: Any, version_ids: Iterable[int]) -> dict[int, list[Any]]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeAlias
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.errors import (
@@ -41,6 +44,12 @@ from registry.services.deployment_views import (
 )
 from registry.services.rollout import reconcile
 from registry.tables import DeploymentRow, VersionRow
+
+Changed: TypeAlias = Callable[[str], None]
+
+
+def ignore(_: str) -> None:
+    pass
 
 
 async def resolve_version(
@@ -129,9 +138,10 @@ def _merged(current: DeploymentSpec, body: DeploymentUpdate) -> DeploymentSpec:
 
 
 class DeploymentService:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, changed: Changed = ignore) -> None:
         self._ctx = ctx
         self._sessions = ctx.sessions
+        self._changed = changed  # told (after commit) which deployment changed
 
     async def create_deployment(self, body: DeploymentCreate) -> DeploymentOut:
         """Deployment, revision 1 and its replicas; placement follows on worker heartbeats."""
@@ -153,7 +163,9 @@ class DeploymentService:
             await start_revision(
                 self._ctx, session, deployment, body.model, version, spec, RevisionReason.create
             )
-            return await deployment_out(self._ctx, session, deployment, body.model)
+            out = await deployment_out(self._ctx, session, deployment, body.model)
+        self._changed(body.name)  # the stable URL may remember it as unknown
+        return out
 
     async def get_deployment(self, name: str) -> DeploymentOut:
         async with reading(self._sessions) as session:
@@ -224,9 +236,10 @@ class DeploymentService:
                     before=deployment.status,
                 )
                 deployment.status, deployment.status_reason = "deleting", "deleted by request"
-            if not await reconcile(session, self._ctx.actor, deployment, model):
-                return None
-            return await deployment_out(self._ctx, session, deployment, model)
+            gone = not await reconcile(session, self._ctx.actor, deployment, model)
+            out = None if gone else await deployment_out(self._ctx, session, deployment, model)
+        self._changed(name)
+        return out
 
     async def list_revisions(
         self, name: str, *, cursor: str | None, limit: int

@@ -28,6 +28,7 @@ from registry.schemas import (
 from registry.services.assignments import assignments_for
 from registry.services.common import Context, reading, to_page
 from registry.services.deployment_views import endpoint_out
+from registry.services.deployments import Changed, ignore
 from registry.services.rollout import held, reconcile
 from registry.tables import DeploymentRow, EndpointRow, ReplicaRow, WorkerRow
 
@@ -57,8 +58,9 @@ class Capacity:
 
 
 class FleetService:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, changed: Changed = ignore) -> None:
         self._ctx = ctx
+        self._changed = changed  # told (after commit) which deployments' endpoints changed
         self._sessions = ctx.sessions
         self._ttl = timedelta(seconds=ctx.settings.lease_ttl_s)
 
@@ -115,7 +117,11 @@ class FleetService:
             await self._claim(session, locked, worker, replicas, mine, now)
             for deployment, model in locked.values():
                 await reconcile(session, self._ctx.actor, deployment, model)
-            return await assignments_for(session, worker_id, base_url)
+            touched = [d.name for d, _ in locked.values()]
+            answer = await assignments_for(session, worker_id, base_url)
+        for name in touched:
+            self._changed(name)
+        return answer
 
     async def get_assignments(self, worker_id: str, base_url: str) -> Assignments:
         async with reading(self._sessions) as session:
@@ -242,7 +248,9 @@ class FleetService:
             )
             await set_state(self._ctx, session, replica, model, row.status, row.reason, now)
             await reconcile(session, self._ctx.actor, deployment, model)
-            return endpoint_out(row, deployment.name)
+            out = endpoint_out(row, deployment.name)
+        self._changed(out.deployment)
+        return out
 
     async def endpoint_heartbeat(self, endpoint_id: str, body: EndpointHeartbeat) -> EndpointOut:
         async with self._sessions.begin() as session:
@@ -262,7 +270,13 @@ class FleetService:
                 )
                 await self._mirror(session, row, model, row.status, now)
                 await reconcile(session, self._ctx.actor, deployment, model)
-            return endpoint_out(row, deployment.name)
+                changed = True
+            else:
+                changed = False
+            out = endpoint_out(row, deployment.name)
+        if changed:
+            self._changed(out.deployment)
+        return out
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         async with self._sessions.begin() as session:
@@ -278,6 +292,8 @@ class FleetService:
             status = "failed" if row.status == "failed" else "stopped"
             await self._mirror(session, row, model, status, utcnow())
             await reconcile(session, self._ctx.actor, deployment, model)
+            name = deployment.name
+        self._changed(name)
 
     async def _locked_endpoint(
         self, session: AsyncSession, endpoint_id: str
