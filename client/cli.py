@@ -51,11 +51,15 @@ def up(
 
 
 def _start_worker(host: str, port: int, home: Path) -> subprocess.Popen[bytes]:
-    """`python -m deployer` pointed at this control plane, as a child process."""
+    """`python -m deployer` pointed at this control plane, as a child process. It gets
+    SIGTERM when `up` exits however it does (uvicorn re-raises SIGTERM after its shutdown,
+    which skips `finally`)."""
     reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     command = [sys.executable, "-m", "deployer", "--control-plane", f"http://{reach}:{port}"]
     command += ["--cache-dir", str(home.resolve() / "cache"), "--name", "embedded"]
-    child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    from deployer.children import die_with_parent
+
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     console.print(f"  deployer worker: pid {child.pid}, cache {home / 'cache'}")
     return child
 

@@ -24,6 +24,7 @@ FLAGS = (
     "cache_max_bytes",
     "port_range",
     "poll_s",
+    "claim_s",
     "drain_timeout_s",
     "max_restarts",
     "serving_heartbeat_s",

@@ -10,7 +10,6 @@ process to the thread that forked it, so a worker killed with -9 takes its proce
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import logging
 import os
@@ -27,6 +26,7 @@ import httpx
 import orjson
 
 from deployer.cache import BlobCache, CacheError, sha256_args
+from deployer.children import die_with_parent
 from deployer.client import ControlPlane
 from deployer.contract import Assignment, ReplicaReport, ReplicaState, digests
 from deployer.plan import (
@@ -79,6 +79,7 @@ class Executor:
         self._pulls = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pull")
         self._probe = httpx.Client(timeout=PROBE_TIMEOUT)
         self._next_port = 0
+        self._spare: Spare | None = None
 
     # -- observation -------------------------------------------------------------------
 
@@ -89,6 +90,21 @@ class Executor:
         for replica in self.replicas.values():
             self._observe_pull(replica, now)
             self._observe_process(replica, now)
+        self._keep_spare()
+
+    def _keep_spare(self) -> None:
+        """One warm spare, started while no replica is loading (not to slow its start)."""
+        if not self.settings.warm_spare:
+            return
+        if self._spare is not None and self._spare.process.poll() is not None:
+            log.warning(
+                "warm spare exited: %s",
+                _exit_text(self._spare.process.returncode, self._spare.log_path),
+            )
+            self._spare = None
+        loading = any(r.process is not None and not r.ready for r in self.replicas.values())
+        if self._spare is None and not loading:
+            self._spare = Spare.start(self.logs)
 
     def _observe_pull(self, replica: Replica, now: float) -> None:
         if replica.pull is None or not replica.pull.done():
@@ -222,31 +238,39 @@ class Executor:
         assignment = replica.assignment
         assert replica.path is not None, "started before its pull finished"
         replica.port = self._free_port()
-        replica.log_path = self.logs / f"{_safe(assignment.replica_id)}.log"
         command = self.command(assignment, replica.path, replica.port)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_SERVING_")}
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in assignment.gpu_ids)
-        with replica.log_path.open("ab") as sink:
-            replica.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=_die_with_parent,
-            )
+        gpus = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in assignment.gpu_ids)}
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.process.poll() is None:
+            job = orjson.dumps({"argv": command[3:], "env": gpus}) + b"\n"
+            assert spare.process.stdin is not None
+            spare.process.stdin.write(job)
+            spare.process.stdin.close()
+            replica.process, replica.log_path = spare.process, spare.log_path
+        else:
+            replica.log_path = self.logs / f"{_safe(assignment.replica_id)}.log"
+            with replica.log_path.open("ab") as sink:
+                replica.process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    env={**_child_env(), **gpus},
+                    preexec_fn=die_with_parent,
+                )
         if replica.state.exited_at is not None:
             replica.restarts += 1
         replica.ready = False
         replica.update(pid=replica.process.pid, stopping_since=None)
         log.info(
-            "replica %s: started %s v%d (pid %d, port %d, gpus %s)",
+            "replica %s: started %s v%d (pid %d, port %d, gpus %s, log %s)",
             assignment.replica_id,
             assignment.model,
             assignment.version,
             replica.process.pid,
             replica.port,
             assignment.gpu_ids or "none",
+            replica.log_path,
         )
 
     def command(self, assignment: Assignment, path: Path, port: int) -> list[str]:
@@ -320,18 +344,45 @@ class Executor:
             except subprocess.TimeoutExpired:
                 self._signal(replica, signal.SIGKILL)
                 replica.process.wait(5)
+        if self._spare is not None:
+            self._spare.stop()
         self._pulls.shutdown(wait=False, cancel_futures=True)
         self._probe.close()
 
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+@dataclass
+class Spare:
+    """A `python -m deployer.spare` waiting on stdin for the argv of its serving process."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(cls, logs: Path) -> Spare:
+        log_path = logs / f"serving-{time.time_ns()}.log"
+        with log_path.open("ab") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "deployer.spare"],
+                stdin=subprocess.PIPE,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=_child_env(),
+                preexec_fn=die_with_parent,
+            )
+        return cls(process, log_path)
+
+    def stop(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()  # no job: it exits
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the worker dies (Linux only)."""
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _child_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_SERVING_")}
 
 
 def _exit_text(code: int, log_path: Path | None) -> str:

@@ -26,6 +26,17 @@ class WorkerSettings(BaseSettings):
     cache_max_bytes: int = Field(50 * 2**30, gt=0, description="cache size bound (LRU)")
     port_range: str = Field("20000-29999", description="ports for serving processes, A-B")
     poll_s: float = Field(0.25, gt=0, description="how often processes are observed")
+    claim_s: float = Field(
+        0.5,
+        gt=0,
+        description="with free capacity, heartbeat (which claims new replicas) at least this "
+        "often, not only every heartbeat_s of the control plane",
+    )
+    warm_spare: bool = Field(
+        True,
+        description="keep one interpreter with torch and serving imported, waiting to become "
+        "the next serving process (saves the imports, seconds, on every start)",
+    )
     drain_timeout_s: float = Field(30.0, gt=0, description="SIGTERM → SIGKILL for a replica")
     max_restarts: int = Field(5, ge=0, description="restarts of a crashing replica before failed")
     serving_heartbeat_s: float | None = Field(

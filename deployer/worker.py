@@ -25,6 +25,8 @@ class Worker:
         self.assignments: list[Assignment] = []
         self._last_reports: list[ReplicaReport] | None = None
         self._next_heartbeat = 0.0
+        self._last_heartbeat = 0.0
+        self._gpus: list[int] = []
 
     def registration(self) -> WorkerRegistration:
         return WorkerRegistration(
@@ -38,6 +40,7 @@ class Worker:
     def register(self, stop: threading.Event) -> None:
         """Registers, retrying with backoff for as long as the control plane is away."""
         body, delay = self.registration(), 0.5
+        self._gpus = body.gpus
         while not stop.is_set():
             try:
                 self.lease = self.control_plane.register(body)
@@ -85,9 +88,21 @@ class Worker:
         self.executor.observe(now)
         self._act(now)
         reports = self.executor.reports(now)
-        if now >= self._next_heartbeat or reports != self._last_reports:
+        claim = self._free_capacity() and now >= self._last_heartbeat + self.settings.claim_s
+        if claim or now >= self._next_heartbeat or reports != self._last_reports:
             self._heartbeat(reports, now)
             self._act(now)
+
+    def _free_capacity(self) -> bool:
+        """Room for one more replica: the control plane would give us one on a heartbeat."""
+        wanted = [
+            r.assignment
+            for r in self.executor.replicas.values()
+            if r.assignment.desired == "run" and r.state.failed_reason is None
+        ]
+        cpu = sum(1 for a in wanted if not a.gpu_ids)
+        gpus = sum(len(a.gpu_ids) for a in wanted)
+        return cpu < self.settings.cpu_slots or gpus < len(self._gpus)
 
     def _act(self, now: float) -> None:
         for action in plan(self.assignments, self.executor.states(), now, self.executor.policy):
@@ -105,6 +120,7 @@ class Worker:
             return
         self.executor.remember(self.assignments)
         self._last_reports = reports
+        self._last_heartbeat = now
         self._next_heartbeat = now + self.lease.heartbeat_s
 
     def _apply(self, action: Action, now: float) -> None:
