@@ -34,7 +34,7 @@ from storage.filesystem import CHUNK, copy_to_file
 
 log = logging.getLogger(__name__)
 
-# 8 MiB parts, as boto3's TransferConfig: with 3 in flight a proxied upload holds ~50 MB.
+# 8 MiB parts, as boto3's TransferConfig: a proxied upload holds (3 in flight + 1) x 8 MiB.
 DEFAULT_PART_SIZE = 8 * 2**20
 MIN_PART_SIZE = 5 * 2**20
 PARTS_IN_FLIGHT = 3
