@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.routing import Mount
 
 from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.problems import install_problem_handlers, use_problem_media_type
@@ -22,7 +21,7 @@ from registry.routes import (
     versions,
     workers,
 )
-from registry.serve import StableUrl
+from registry.serve import ServeFront, StableUrl
 from registry.settings import Settings
 from storage import open_store
 from storage.base import ArtifactStore
@@ -85,7 +84,7 @@ def create_app(
     for module in (models, versions, files, aliases, events, deployments, endpoints, workers):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
-    # first in the route list: the stable URL's calls skip matching every API route
+    # /serve/... calls skip FastAPI's routing and its inner middleware entirely
     stable = app.state.stable = StableUrl(sessions, settings)
-    app.router.routes.insert(0, Mount("/serve", app=stable, name="serve"))
+    app.add_middleware(ServeFront, stable=stable)
     return app

@@ -1,12 +1,13 @@
 """The stable URL: ``/serve/{deployment}/v2/...`` forwarded to the deployment's ready endpoints.
 
 A raw ASGI app (no FastAPI routing, validation or dependency injection on the hot path),
-mounted at ``/serve`` by ``create_app``. Each call goes to the next ready endpoint, round
-robin, over pooled keep-alive connections; a refused connection, a dropped one, or a 503
-(a draining endpoint) is retried on the next endpoint, so a rollout loses no call. Which
-endpoints are ready is read from the database at most once per ``serve_cache_s`` per
-deployment (one query, concurrent callers share it) and forgotten as soon as a forward fails.
-Answers of its own are the inference protocol's ``{"error": ...}`` bodies.
+put in front of the API by ``create_app`` (``ServeFront``). Each call goes to the next
+ready endpoint, round robin, over pooled keep-alive connections; a refused connection, a
+dropped one, or a 503 (a draining endpoint) is retried on the next endpoint, so a rollout
+loses no call. Which endpoints are ready is read from the database at most once per
+``serve_cache_s`` per deployment (one query, concurrent callers share it), and read afresh
+when a forward fails or this process changes the deployment's endpoints. Answers of its
+own are the inference protocol's ``{"error": ...}`` bodies.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from registry.db import SessionFactory, utcnow
 from registry.repositories.fleet import ready_urls
@@ -41,6 +42,7 @@ _DROP_RESPONSE = frozenset(
 )
 _JSON = [(b"content-type", b"application/json")]
 MAX_CACHED = 10_000
+PREFIX = "/serve/"
 
 
 @dataclass
@@ -51,7 +53,7 @@ class _Entry:
 
 
 class StableUrl:
-    """ASGI app serving ``/{deployment}/v2/...`` (mounted under ``/serve``)."""
+    """ASGI app serving ``/{deployment}/v2/...`` (under ``root_path`` ``/serve``)."""
 
     def __init__(self, sessions: SessionFactory, settings: Settings) -> None:
         self._sessions = sessions
@@ -174,6 +176,20 @@ class StableUrl:
             entry.turn = old.turn  # keep rotating where we were
         self._cache[name] = entry
         return entry
+
+
+class ServeFront:
+    """ASGI middleware: ``/serve/...`` goes to the stable URL, anything else to the app."""
+
+    def __init__(self, app: ASGIApp, stable: StableUrl) -> None:
+        self.app = app
+        self.stable = stable
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+            await self.stable({**scope, "root_path": PREFIX.rstrip("/")}, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _route_path(scope: Scope) -> str:
