@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -104,6 +104,13 @@ def _on_unavailable(request: Request, exc: Exception) -> Response:
 
 
 def _on_db_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, IntegrityError):  # e.g. a version a deployment revision refers to
+        return problem(
+            409,
+            "still-referenced",
+            "the change conflicts with what refers to it (a deployment, a revision)",
+            instance=request.url.path,
+        )
     # Connection-level failures are the database being away; anything else is our bug.
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated

@@ -189,3 +189,16 @@ async def test_deployment_changes_are_events(client: httpx.AsyncClient, model: s
         "deployment.deleted",
     ]
     assert events[2]["after"] == {"revision": 2, "version": v2, "reason": "update"}
+
+
+async def test_a_deployed_model_or_version_cannot_be_deleted(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model)
+    await deploy(client, model, name="web", version=v1)
+    assert_problem(await client.delete(f"{API}/models/{model}"), 409, "still-referenced")
+    version = f"{API}/models/{model}/versions/{v1}"
+    assert_problem(await client.delete(version), 409, "still-referenced")
+    assert (await client.get(version)).status_code == 200
+    await client.delete(f"{API}/deployments/web")
+    assert (await client.delete(f"{API}/models/{model}")).status_code == 204
