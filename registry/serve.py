@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import quote
 
 import aiohttp
@@ -42,6 +42,8 @@ _DROP_RESPONSE = frozenset(
 )
 _JSON = [(b"content-type", b"application/json")]
 MAX_CACHED = 10_000
+MAX_BODY = 256 * 2**20  # bodies are held whole (a call may be retried elsewhere)
+Answer: TypeAlias = tuple[int, list[tuple[bytes, bytes]], bytes]
 PREFIX = "/serve/"
 
 
@@ -77,7 +79,7 @@ class StableUrl:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=3),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=600),
                 auto_decompress=False,  # bytes pass through as the endpoint encoded them
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             )
@@ -94,10 +96,11 @@ class StableUrl:
         path = "/" + rest
         if path in ("/v2/health/ready", "/v2/health/live") and scope["method"] == "GET":
             ok = bool(entry.urls) or path.endswith("live")
-            await send({"type": "http.response.start", "status": 200 if ok else 503, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            await _respond(send, 200 if ok else 503, [], b"")
             return
-        body = await _read_body(receive)
+        if (body := await _read_body(receive)) is None:
+            await _error(send, 413, f"request bodies are at most {MAX_BODY} bytes")
+            return
         target = quote(path, safe="/:@!$&'()*+,;=-._~%")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
@@ -111,16 +114,13 @@ class StableUrl:
             for k, v in scope["headers"]
             if k.lower() not in _DROP_REQUEST
         ]
-        last: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
+        last: Answer | None = None
         for attempt in range(2):  # the second pass on a freshly read endpoint list
             urls = entry.urls or []
             start = next(entry.turn)
             for i in range(len(urls)):
                 url = urls[(start + i) % len(urls)] + target
-                try:
-                    answer = await self._call(scope["method"], url, headers, body)
-                except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                    log.info("forward to %s failed (%r); trying the next endpoint", url, exc)
+                if (answer := await self._try(scope["method"], url, headers, body)) is None:
                     self._cache.pop(name, None)
                     continue
                 if answer[0] != 503:
@@ -138,9 +138,26 @@ class StableUrl:
             return
         await _error(send, 503, f"deployment {name!r} has no ready endpoint", retry=True)
 
+    async def _try(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+    ) -> Answer | None:
+        """The endpoint's answer, or ``None`` if it cannot be reached. A pooled connection
+        the endpoint closed while idle gets one more try on a new connection."""
+        for again in (True, False):
+            try:
+                return await self._call(method, url, headers, body)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if again and not isinstance(exc, aiohttp.ClientConnectorError):
+                    continue
+                log.info("forward to %s failed (%r); trying the next endpoint", url, exc)
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                log.info("forward to %s failed (%r); trying the next endpoint", url, exc)
+            return None
+        return None
+
     async def _call(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> Answer:
         async with self._client().request(method, url, headers=headers, data=body) as response:
             data = await response.read()
             out = [
@@ -198,11 +215,17 @@ def _route_path(scope: Scope) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body; ``None`` past ``MAX_BODY``."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 

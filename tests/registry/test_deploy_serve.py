@@ -95,7 +95,8 @@ def test_stable_url_forwards_to_ready_endpoints(plane: Plane, tmp_path: Path) ->
     model, name = f"m-{uuid.uuid4().hex[:8]}", "mlp"
     path, module = publish_mlp(plane, tmp_path, model)
     stable = f"{plane.url}/serve/{name}"
-    assert httpx.get(f"{plane.url}/serve/ghost/v2/health/ready").status_code == 404
+    ghost = httpx.get(f"{plane.url}/serve/ghost/v2/health/ready")
+    assert ghost.status_code == 404 and "ghost" in ghost.json()["error"]
     body = {"name": name, "model": model, "version": 1, "replicas": 2}
     plane.call("POST", "/deployments", 201, json=body)
     unready = httpx.get(f"{stable}/v2/models/{name}")
