@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    Worker(settings).run(stop)
+    Worker(settings, stop).run(stop)
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -35,12 +35,20 @@ class ControlPlaneError(Exception):
 
 
 class ControlPlane:
-    def __init__(self, base_url: str, *, retries: int = 4, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.root = base_url.rstrip("/")
         self.api = self.root + "/api/v1"
         self._http = httpx.Client(base_url=self.api, timeout=TIMEOUT)
         self._retries = retries
         self._backoff_s = backoff_s
+        self._stop = stop or threading.Event()  # set: no more waiting between retries
 
     def close(self) -> None:
         self._http.close()
@@ -89,9 +97,10 @@ class ControlPlane:
             try:
                 return call()
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                if attempt == self._retries:
+                if attempt == self._retries or self._stop.is_set():
                     raise
                 log.warning("control plane unreachable (%s); retrying in %.1fs", exc, delay)
-                time.sleep(delay)
+                if self._stop.wait(delay):
+                    raise
                 delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")

@@ -17,9 +17,9 @@ log = logging.getLogger("deployer.worker")
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, stop: threading.Event | None = None) -> None:
         self.settings = settings
-        self.control_plane = ControlPlane(settings.control_plane)
+        self.control_plane = ControlPlane(settings.control_plane, stop=stop)
         self.executor = Executor(settings, self.control_plane)
         self.lease: WorkerLease | None = None
         self.assignments: list[Assignment] = []

@@ -23,27 +23,9 @@ from deployer.plan import Pull, Restart, Start, Stop, plan
 from deployer.settings import WorkerSettings
 from tests.e2e.platform import (
     SIGNATURE,
-    Process,
-    base_env,
-    free_port,
     push_version,
     torchscript_bytes,
-    wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("embedded")
-    port = free_port()
-    args = ["-m", "client", "up", "--no-worker", "--home", str(home), "--port", str(port)]
-    cp = Process(args, home / "up.log", base_env())
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for("control plane", lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, cp.log)
-        yield url
-    finally:
-        cp.stop()
 
 
 @pytest.fixture

@@ -123,3 +123,26 @@ def test_up_one_shot_curl_upload_downloads_identical_bytes(
         }
     ]
     assert (home / "artifacts").is_dir()
+
+
+def test_up_runs_a_worker_that_serves_a_deployment(
+    platform: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The embedded platform (SQLite, folder artifacts) deploys with its own worker."""
+    from tests.e2e.platform import SIGNATURE, push_version, torchscript_bytes, wait_for
+
+    url, home = platform
+    data = torchscript_bytes(1.0, tmp_path / "plus1.pt")
+    push_version(url, "plus1", {"model.pt": data}, "torchscript", signature=SIGNATURE)
+    body = {"name": "plus1", "model": "plus1", "version": 1}
+    assert httpx.post(f"{url}/api/v1/deployments", json=body).status_code == 201
+    call = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+
+    def answered() -> list[float] | None:
+        answer = httpx.post(f"{url}/serve/plus1/v2/models/plus1/infer", json=call, timeout=5)
+        return answer.json()["outputs"][0]["data"] if answer.status_code == 200 else None
+
+    log = lambda: (home / "up.log").read_text()  # noqa: E731
+    assert wait_for("plus1 through /serve", answered, 45, log) == [2, 3, 4, 5]
+    assert (home / "cache" / "blobs" / "sha256").is_dir()
+    assert httpx.delete(f"{url}/api/v1/deployments/plus1").status_code in (202, 204)
