@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from registry.db import utcnow
@@ -173,14 +173,17 @@ class ReplicaRepository(Repository):
 
     async def free_deployments(self, now: datetime, *, limit: int = 256) -> list[int]:
         """Deployments with a replica to run that nobody holds (never claimed, or the lease
-        lapsed). Locked rows are skipped: someone else is placing or reconciling them."""
+        lapsed), and those being deleted (to sweep up after workers that died). Locked rows
+        are skipped: someone else is placing or reconciling them."""
+        unheld = or_(ReplicaRow.worker_id.is_(None), ReplicaRow.lease_expires_at < now)
         stmt = (
             select(DeploymentRow.id)
             .join(ReplicaRow, ReplicaRow.deployment_id == DeploymentRow.id)
             .where(
-                ReplicaRow.desired == "run",
-                DeploymentRow.status != "deleting",
-                or_(ReplicaRow.worker_id.is_(None), ReplicaRow.lease_expires_at < now),
+                or_(
+                    and_(ReplicaRow.desired == "run", DeploymentRow.status != "deleting", unheld),
+                    and_(DeploymentRow.status == "deleting", unheld),
+                )
             )
             .order_by(DeploymentRow.id)
             .limit(limit)

@@ -261,3 +261,22 @@ async def test_concurrent_heartbeats_claim_each_replica_once(
     assert len(claimed) == 3
     web = await get_deployment(client, "web")
     assert sorted(r["worker"] in workers for r in replicas_of(web)) == [True] * 3
+
+
+async def test_a_deployment_deleted_while_its_worker_died_is_swept_by_another(
+    short_lease: httpx.AsyncClient, model: str
+) -> None:
+    client = short_lease
+    v1 = await deployable(client, model)
+    await deploy(client, model, name="web", version=v1)
+    dying = await register_worker(client)
+    [assignment] = await heartbeat(client, dying)
+    await announce(client, assignment["replica_id"])
+    assert (await client.delete(f"{API}/deployments/web")).status_code == 202
+    survivor = await register_worker(client)
+    for _ in range(20):  # the dying worker never heartbeats again
+        await asyncio.sleep(LEASE_S / 4)
+        assert await heartbeat(client, survivor) == []
+        if (await client.get(f"{API}/deployments/web")).status_code == 404:
+            break
+    assert_problem(await client.get(f"{API}/deployments/web"), 404)
