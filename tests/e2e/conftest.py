@@ -38,6 +38,7 @@ class Platform:
             drain_timeout_s="10",
             port_range=_PORTS[name],
             serving_heartbeat_s=str(HEARTBEAT_S),
+            max_restarts="1",  # a crash loop fails after one restart, not after a minute
         )
         self.workers[name] = worker
         return worker

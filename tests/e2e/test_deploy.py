@@ -158,6 +158,34 @@ def test_bytes_that_do_not_match_fail_the_rollout_and_old_keeps_serving(
     assert api(plane, "DELETE", "/deployments/tamper").status_code in (202, 204)
 
 
+def test_a_version_that_cannot_load_fails_after_restarts_and_old_keeps_serving(
+    plane: Platform, tmp_path: Path
+) -> None:
+    v1 = torchscript_bytes(1.0, tmp_path / "broken-1.pt")
+    push_version(plane.cp.url, "broken", {"model.pt": v1}, "torchscript", signature=SIGNATURE)
+    push_version(plane.cp.url, "broken", {"model.pt": b"not a TorchScript archive"}, "torchscript")
+    deploy(plane, "broken", 1)
+    caller = Caller(f"{plane.cp.url}/serve/broken", "broken")
+    caller.start()
+    try:
+        answer = api(plane, "PATCH", "/deployments/broken", json={"version": 2})
+        assert answer.status_code == 200, answer.text
+
+        def failed() -> dict[str, object] | None:
+            body = deployment(plane, "broken")
+            return body if body["status"] == "failed" else None
+
+        body = wait_for("broken failed", failed, 45, plane.logs)
+    finally:
+        caller.stop()
+    reason = str(body["status_reason"])
+    # The serving process announces `failed` with its error before it exits; the worker's own
+    # account ("crashed 2 times; last: exited with code 1: …") follows its restarts.
+    assert "cannot load" in reason or "exited with code 1" in reason, body
+    assert caller.failures == [] and set(caller.seen) == {2.0}, (caller.failures[:5], caller.seen)
+    assert api(plane, "DELETE", "/deployments/broken").status_code in (202, 204)
+
+
 def test_kill9_worker_hands_its_replicas_to_the_other(plane: Platform, tmp_path: Path) -> None:
     push_two_versions(plane, "orphan", tmp_path)
     deploy(plane, "orphan", 1)
