@@ -25,6 +25,7 @@ FLAGS = (
     "port_range",
     "poll_s",
     "claim_s",
+    "warm_spare",
     "drain_timeout_s",
     "max_restarts",
     "serving_heartbeat_s",

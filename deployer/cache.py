@@ -138,9 +138,12 @@ class BlobCache:
             raise CacheError(f"disk full: {size} bytes needed, {free} bytes free in {self.blobs}")
 
     def _sweep_temporaries(self) -> None:
-        """Partial downloads of a worker that died mid-transfer."""
+        """Partial downloads and replica directories of a worker that died: a new worker
+        process runs no replica yet (its predecessor's processes died with it)."""
         for path in self.blobs.glob(".part-*"):
             path.unlink(missing_ok=True)
+        for path in self.replicas.iterdir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def serving_path(directory: Path, assignment: Assignment) -> Path:

@@ -135,3 +135,16 @@ def _assignment(rid: str, fmt: str, files: list[FileRef]) -> Assignment:
             "allow_pickle": False,
         }
     )
+
+
+def test_a_new_worker_sweeps_partial_downloads_and_old_replica_directories(
+    tmp_path: Path,
+) -> None:
+    cache, source = BlobCache(tmp_path, 1000), Source()
+    ref = source.add("model.pt", b"m" * 10)
+    cache.ensure(ref, source.fetch)
+    cache.materialise(_assignment("old", "torchscript", [ref]))
+    (cache.blobs / ".part-crashed").write_bytes(b"half")
+    again = BlobCache(tmp_path, 1000)
+    assert list(again.replicas.iterdir()) == []
+    assert [p.name for p in again.blobs.iterdir()] == [ref.sha256]
