@@ -32,7 +32,9 @@ class WorkerRepository(Repository):
     async def find(self, worker_id: str, *, lock: bool = False) -> WorkerRow | None:
         stmt = select(WorkerRow).where(WorkerRow.id == worker_id)
         if lock:
-            stmt = stmt.with_for_update()
+            # NO KEY UPDATE: rows that refer to the worker (endpoints, replicas) may still be
+            # written by transactions holding deployment locks this one may wait for
+            stmt = stmt.with_for_update(key_share=True)
         return (await self._session.scalars(stmt)).one_or_none()
 
     async def live(self, since: datetime) -> list[WorkerRow]:

@@ -280,3 +280,53 @@ async def test_a_deployment_deleted_while_its_worker_died_is_swept_by_another(
         if (await client.get(f"{API}/deployments/web")).status_code == 404:
             break
     assert_problem(await client.get(f"{API}/deployments/web"), 404)
+
+
+async def test_concurrent_protocol_traffic_never_fails(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    """Heartbeats, endpoint reports and updates at once: locks are taken in one order, so
+    nothing deadlocks (Postgres) and nothing is claimed twice."""
+    v1 = await deployable(client, model, b"1")
+    v2 = await deployable(client, model, b"2")
+    for name in ("a", "b"):
+        await deploy(client, model, name=name, version=v1, replicas=2)
+    workers = [await register_worker(client, cpu_slots=3) for _ in range(3)]
+    announced: dict[str, str] = {}
+
+    async def worker_round(worker: str) -> None:
+        response = await client.post(f"{API}/workers/{worker}/heartbeat", json={"replicas": []})
+        assert response.status_code == 200, response.text
+        for a in response.json()["assignments"]:
+            if a["desired"] == "run" and a["replica_id"] not in announced:
+                body = {
+                    "url": "http://127.0.0.1:9",
+                    "replica_id": a["replica_id"],
+                    "status": "ready",
+                }
+                answer = await client.post(f"{API}/endpoints", json=body)
+                assert answer.status_code == 201, answer.text
+                announced[a["replica_id"]] = answer.json()["id"]
+
+    async def endpoints_round() -> None:
+        for endpoint in list(announced.values()):
+            beat = await client.post(
+                f"{API}/endpoints/{endpoint}/heartbeat", json={"status": "ready"}
+            )
+            assert beat.status_code in (200, 404), beat.text
+
+    for round_ in range(6):
+        version = v2 if round_ % 2 else v1
+        patches = [
+            client.patch(f"{API}/deployments/{name}", json={"version": version})
+            for name in ("a", "b")
+        ]
+        answers = await asyncio.gather(
+            *(worker_round(w) for w in workers), endpoints_round(), *patches
+        )
+        for answer in answers[-2:]:
+            assert answer.status_code == 200, answer.text
+    for name in ("a", "b"):
+        replicas = replicas_of(await get_deployment(client, name))
+        held = [r for r in replicas if r["worker"] is not None]
+        assert len({r["id"] for r in held}) == len(held)
