@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from registry.db import utcnow
@@ -162,14 +162,6 @@ class ReplicaRepository(Repository):
     async def deployments_of_worker(self, worker_id: str) -> set[int]:
         stmt = select(ReplicaRow.deployment_id).where(ReplicaRow.worker_id == worker_id)
         return set(await self._session.scalars(stmt))
-
-    async def renew(self, worker_id: str, until: datetime) -> None:
-        await self._session.execute(
-            update(ReplicaRow)
-            .where(ReplicaRow.worker_id == worker_id)
-            .values(lease_expires_at=until)
-            .execution_options(synchronize_session="fetch")
-        )
 
     async def free_deployments(self, now: datetime, *, limit: int = 256) -> list[int]:
         """Deployments with a replica to run that nobody holds (never claimed, or the lease

@@ -47,10 +47,6 @@ class WorkerRepository(Repository):
             stmt = stmt.where(WorkerRow.id > after)
         return list(await self._session.scalars(stmt))
 
-    async def forget_before(self, cutoff: datetime) -> None:
-        """Drop workers silent since ``cutoff`` (their replicas' worker becomes NULL)."""
-        await self._session.execute(delete(WorkerRow).where(WorkerRow.heartbeat_at < cutoff))
-
 
 class EndpointRepository(Repository):
     async def add(self, row: EndpointRow) -> EndpointRow:
