@@ -117,10 +117,13 @@ class ArtifactStore(Protocol):
         """A readable stream of bytes ``start`` .. ``end`` (inclusive, ``None``: to the end).
         Raises ``ArtifactNotFound`` if absent."""
 
-    def chunks(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def chunks(
+        self, key: str, start: int = 0, end: int | None = None, *, piece_size: int | None = None
+    ) -> Iterator[bytes]:
         """Bytes ``start`` .. ``end`` (inclusive) in order, in big pieces (a few MiB), for
         streaming a download. Raises ``ArtifactNotFound`` now, not on the first ``next``.
-        S3 fetches the next few ranges in parallel while the caller consumes one."""
+        S3 fetches the next few ranges in parallel while the caller consumes one.
+        ``piece_size`` overrides the store's default piece size."""
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and modification time, or ``None`` if absent."""

@@ -198,8 +198,10 @@ class FileSystemArtifactStore:
         remaining = None if end is None else max(0, end + 1 - start)
         return io.BufferedReader(RangeReader(file, remaining, key), CHUNK)
 
-    def chunks(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        return Pieces(self.open(key, start, end), READ_CHUNK)
+    def chunks(
+        self, key: str, start: int = 0, end: int | None = None, *, piece_size: int | None = None
+    ) -> Iterator[bytes]:
+        return Pieces(self.open(key, start, end), piece_size or READ_CHUNK)
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:

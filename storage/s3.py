@@ -124,13 +124,15 @@ class S3ArtifactStore:
             self.fail(exc, "HeadObject", key)
         return ObjectInfo(key=key, size=head["ContentLength"], modified=head["LastModified"])
 
-    def chunks(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def chunks(
+        self, key: str, start: int = 0, end: int | None = None, *, piece_size: int | None = None
+    ) -> Iterator[bytes]:
         check_range(start, end)
         info = self.stat(key)
         if info is None:
             raise ArtifactNotFound(key)
         last = info.size - 1 if end is None else min(end, info.size - 1)
-        return self.read_ahead(key, start, last, STREAM_AHEAD)
+        return self.read_ahead(key, start, last, STREAM_AHEAD, piece_size or RANGE)
 
     def download(self, key: str, dest: Path) -> None:
         copy_to_file(self.chunks(key), dest)
@@ -249,12 +251,14 @@ class S3ArtifactStore:
             size += len(chunk)
         return digest.hexdigest(), size
 
-    def read_ahead(self, key: str, start: int, end: int, depth: int) -> Iterator[bytes]:
-        """Bytes ``start`` .. ``end`` in order, ``RANGE``-sized pieces, while ranged GETs for
+    def read_ahead(
+        self, key: str, start: int, end: int, depth: int, piece: int = RANGE
+    ) -> Iterator[bytes]:
+        """Bytes ``start`` .. ``end`` in order, ``piece``-sized pieces, while ranged GETs for
         the next ``depth`` run in parallel: one stream alone rarely fills the link or the
         store, and memory stays at most ``depth`` + 1 pieces."""
         ranges = deque(
-            (offset, min(offset + RANGE, end + 1) - 1) for offset in range(start, end + 1, RANGE)
+            (offset, min(offset + piece, end + 1) - 1) for offset in range(start, end + 1, piece)
         )
         with ThreadPoolExecutor(depth, thread_name_prefix="s3-read") as pool:
             ahead: deque[Future[bytes]] = deque()
