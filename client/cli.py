@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from registry.settings import Settings
 
 app = typer.Typer(
     name="modelplane",
@@ -18,6 +22,15 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+
+
+def _register_keys() -> None:
+    from client.keys_cli import keys_app
+
+    app.add_typer(keys_app)
+
+
+_register_keys()
 
 
 @app.command()
@@ -42,7 +55,9 @@ def up(
     Path(settings.home).mkdir(parents=True, exist_ok=True)
     upgrade_to_head(settings.database_url)
     _announce(settings.host, settings.port, settings.database_url, settings.storage_url)
-    child = _start_worker(settings.host, settings.port, Path(settings.home)) if worker else None
+    token = _up_credentials(settings) if settings.auth_enabled else None
+    home_dir = Path(settings.home)
+    child = _start_worker(settings.host, settings.port, home_dir, token) if worker else None
     try:
         serve(settings)
     finally:
@@ -50,16 +65,30 @@ def up(
             _stop_worker(child)
 
 
-def _start_worker(host: str, port: int, home: Path) -> subprocess.Popen[bytes]:
+def _reach(host: str, port: int) -> str:
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{reach}:{port}"
+
+
+def _up_credentials(settings: Settings) -> str:
+    """The admin key (saved to $MODELPLANE_HOME/credentials.json, printed on first start) and
+    the embedded worker's key; returns the worker's token."""
+    from client.keys_cli import ensure_up_credentials
+
+    url = _reach(settings.host, settings.port)
+    return ensure_up_credentials(settings.database_url, Path(settings.home), url)
+
+
+def _start_worker(host: str, port: int, home: Path, token: str | None) -> subprocess.Popen[bytes]:
     """`python -m deployer` pointed at this control plane, as a child process. It gets
     SIGTERM when `up` exits however it does (uvicorn re-raises SIGTERM after its shutdown,
-    which skips `finally`)."""
-    reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    command = [sys.executable, "-m", "deployer", "--control-plane", f"http://{reach}:{port}"]
+    which skips `finally`). Its API key goes in MODELPLANE_WORKER_TOKEN."""
+    command = [sys.executable, "-m", "deployer", "--control-plane", _reach(host, port)]
     command += ["--cache-dir", str(home.resolve() / "cache"), "--name", "embedded"]
     from deployer.children import die_with_parent
 
-    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    env = {**os.environ, **({"MODELPLANE_WORKER_TOKEN": token} if token else {})}
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent)
     console.print(f"  deployer worker: pid {child.pid}, cache {home / 'cache'}")
     return child
 

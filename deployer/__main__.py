@@ -16,6 +16,7 @@ from deployer.worker import Worker
 
 FLAGS = (
     "control_plane",
+    "token",
     "name",
     "address",
     "gpus",
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in FLAGS:
         field = WorkerSettings.model_fields[name]
         env = f"MODELPLANE_WORKER_{name.upper()}"
+        if name == "token":
+            env += " or MODELPLANE_TOKEN"
         parser.add_argument(
             "--" + name.replace("_", "-"),
             metavar=name.upper(),

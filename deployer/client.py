@@ -39,6 +39,7 @@ class ControlPlane:
         self,
         base_url: str,
         *,
+        token: str | None = None,
         retries: int = 4,
         backoff_s: float = 0.5,
         stop: threading.Event | None = None,
@@ -46,6 +47,9 @@ class ControlPlane:
         self.root = base_url.rstrip("/")
         self.api = self.root + "/api/v1"
         self._http = httpx.Client(base_url=self.api, timeout=TIMEOUT)
+        self.token = token
+        # sent to the control plane only, never to another host (a presigned store URL)
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._retries = retries
         self._backoff_s = backoff_s
         self._stop = stop or threading.Event()  # set: no more waiting between retries
@@ -64,7 +68,9 @@ class ControlPlane:
 
     def download(self, ref: FileRef) -> Iterator[bytes]:
         """The file's bytes in chunks (absolute URLs and paths under the API both work)."""
-        with self._http.stream("GET", self.file_url(ref), timeout=DOWNLOAD_TIMEOUT) as response:
+        url = self.file_url(ref)
+        headers = self._auth if url.startswith(self.root + "/") else {}
+        with self._http.stream("GET", url, headers=headers, timeout=DOWNLOAD_TIMEOUT) as response:
             if response.status_code != 200:
                 response.read()
                 raise ControlPlaneError(
@@ -79,7 +85,7 @@ class ControlPlane:
         return self.root + ref.url if ref.url.startswith("/") else f"{self.api}/{ref.url}"
 
     def _post(self, path: str, body: object) -> object:
-        response = self._http.post(path, json=body)
+        response = self._http.post(path, json=body, headers=self._auth)
         if response.status_code == 404 and path.startswith("/workers/"):
             raise WorkerLapsed(path)
         if response.status_code >= 500:

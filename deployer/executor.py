@@ -104,7 +104,7 @@ class Executor:
             self._spare = None
         loading = any(r.process is not None and not r.ready for r in self.replicas.values())
         if self._spare is None and not loading:
-            self._spare = Spare.start(self.logs)
+            self._spare = Spare.start(self.logs, self._child_env())
 
     def _observe_pull(self, replica: Replica, now: float) -> None:
         if replica.pull is None or not replica.pull.done():
@@ -255,7 +255,7 @@ class Executor:
                     stdin=subprocess.DEVNULL,
                     stdout=sink,
                     stderr=subprocess.STDOUT,
-                    env={**_child_env(), **gpus},
+                    env={**self._child_env(), **gpus},
                     preexec_fn=die_with_parent,
                 )
         if replica.state.exited_at is not None:
@@ -272,6 +272,14 @@ class Executor:
             assignment.gpu_ids or "none",
             replica.log_path,
         )
+
+    def _child_env(self) -> dict[str, str]:
+        """Serving processes' environment: ours, minus serving settings meant for us, plus
+        the worker's API key (an environment variable, not a flag: flags show in ps)."""
+        env = _child_env()
+        if self.control_plane.token:
+            env[TOKEN_ENV] = self.control_plane.token
+        return env
 
     def command(self, assignment: Assignment, path: Path, port: int) -> list[str]:
         address = self.settings.address
@@ -358,7 +366,7 @@ class Spare:
     log_path: Path
 
     @classmethod
-    def start(cls, logs: Path) -> Spare:
+    def start(cls, logs: Path, env: dict[str, str]) -> Spare:
         log_path = logs / f"serving-{time.time_ns()}.log"
         with log_path.open("ab") as sink:
             process = subprocess.Popen(
@@ -366,7 +374,7 @@ class Spare:
                 stdin=subprocess.PIPE,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
-                env=_child_env(),
+                env=env,
                 preexec_fn=die_with_parent,
             )
         return cls(process, log_path)
@@ -379,6 +387,9 @@ class Spare:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+
+
+TOKEN_ENV = "MODELPLANE_TOKEN"
 
 
 def _child_env() -> dict[str, str]:

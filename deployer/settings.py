@@ -6,14 +6,24 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MODELPLANE_WORKER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MODELPLANE_WORKER_", extra="ignore", populate_by_name=True
+    )
 
     control_plane: str = Field(description="control plane base URL, e.g. http://cp:8000")
+    token: str | None = Field(
+        None,
+        validation_alias=AliasChoices("MODELPLANE_WORKER_TOKEN", "MODELPLANE_TOKEN"),
+        description="API key with the worker scope, sent as 'Authorization: Bearer'; also "
+        "handed to serving processes (env MODELPLANE_TOKEN). Prefer the environment to the "
+        "flag: flags show in ps",
+        repr=False,
+    )
     name: str = Field(default_factory=socket.gethostname, description="worker name")
     address: str = Field("127.0.0.1", description="IP serving processes bind to and advertise")
     gpus: str = Field(

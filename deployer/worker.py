@@ -19,7 +19,7 @@ log = logging.getLogger("deployer.worker")
 class Worker:
     def __init__(self, settings: WorkerSettings, stop: threading.Event | None = None) -> None:
         self.settings = settings
-        self.control_plane = ControlPlane(settings.control_plane, stop=stop)
+        self.control_plane = ControlPlane(settings.control_plane, token=settings.token, stop=stop)
         self.executor = Executor(settings, self.control_plane)
         self.lease: WorkerLease | None = None
         self.assignments: list[Assignment] = []

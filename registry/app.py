@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from registry.auth import Authenticate, authorize
 from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.problems import install_problem_handlers, use_problem_media_type
 from registry.routes import (
@@ -17,6 +18,7 @@ from registry.routes import (
     events,
     files,
     health,
+    keys,
     models,
     versions,
     workers,
@@ -75,16 +77,19 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operation id = function name
+        dependencies=[Depends(authorize)],  # every route: the scopes POLICY gives it
     )
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.store = store if store is not None else store_from_settings(settings)
     install_problem_handlers(app)
     use_problem_media_type(app)
-    for module in (models, versions, files, aliases, events, deployments, endpoints, workers):
+    for module in (models, versions, files, aliases, events, deployments, endpoints, workers, keys):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
     # /serve/... calls skip FastAPI's routing and its inner middleware entirely
     stable = app.state.stable = StableUrl(sessions, settings)
     app.add_middleware(ServeFront, stable=stable)
+    # outermost: request ids for every call, API keys before any body is read
+    app.add_middleware(Authenticate, sessions=sessions, settings=settings)
     return app

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
+from registry.auth import principal_of, request_id_of
 from registry.errors import InvalidPath
 from registry.repositories.events import Actor
 from registry.schemas import SLUG, check_path
@@ -16,18 +16,21 @@ from registry.services.common import Context, Selector, parse_selector
 from registry.services.deployments import DeploymentService
 from registry.services.files import FileService
 from registry.services.fleet import FleetService
+from registry.services.keys import KeyService
 
 
 def context_of(request: Request) -> Context:
     """Services share this per-request context (a plain call: one dependency level less
     on every request, which the hot reads notice)."""
     state = request.app.state
+    principal = principal_of(request.scope)
     actor = Actor(
-        name="anonymous",
-        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+        name=principal.name,
+        request_id=request_id_of(request.scope),
         client=request.client.host if request.client else None,
+        key_id=principal.key_id,
     )
-    return Context(state.sessions, state.store, state.settings, actor)
+    return Context(state.sessions, state.store, state.settings, actor, principal)
 
 
 async def get_catalog(request: Request) -> CatalogService:
@@ -79,3 +82,11 @@ async def get_fleet(request: Request) -> FleetService:
 DeploymentDep = Annotated[DeploymentService, Depends(get_deployments)]
 FleetDep = Annotated[FleetService, Depends(get_fleet)]
 DeploymentNamePath = Annotated[str, Path(pattern=SLUG, description="the deployment's name")]
+
+
+async def get_keys(request: Request) -> KeyService:
+    ctx = context_of(request)
+    return KeyService(ctx.sessions, ctx.actor, ctx.principal)
+
+
+KeyDep = Annotated[KeyService, Depends(get_keys)]

@@ -15,6 +15,18 @@ class RegistryError(Exception):
         self.extra = extra
 
 
+class Unauthenticated(RegistryError):
+    """No valid API key (401)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(RegistryError):
+    """A valid key without the scope or model reach the call needs (403)."""
+
+    code = "forbidden"
+
+
 class BadRequest(RegistryError):
     code = "bad-request"
 
@@ -226,3 +238,10 @@ class EndpointNotFound(NotFound):
 
     def __init__(self, endpoint: str) -> None:
         super().__init__(f"endpoint {endpoint!r} is not registered")
+
+
+class KeyNotFound(NotFound):
+    code = "key-not-found"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"no API key {key_id!r}")

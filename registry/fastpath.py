@@ -5,25 +5,30 @@ of the control plane's traffic. Through FastAPI it pays route matching, dependen
 injection, the middleware stack and response re-validation: about half of each request's
 CPU. Here a found version is answered directly, with the same service call and the same
 serializer as the documented route (``routes/versions.py``), so the bytes are identical.
-Anything else (other routes, a bad name or selector, no such version, a database error)
-goes to the FastAPI app untouched, so every error is still its problem+json answer.
+Anything else (other routes, a bad name or selector, no such version, a database error,
+a missing, invalid or insufficient API key) goes to the FastAPI app untouched, so every
+error is still its problem+json answer (and a denied call its audit event).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import uuid
 
 from fastapi import FastAPI
 from pydantic import TypeAdapter
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from registry.app import API_PREFIX
+from registry.auth import header, incoming_request_id
 from registry.errors import InvalidSelector
 from registry.repositories.events import Actor
-from registry.schemas import SLUG, VersionOut
+from registry.schemas import SLUG, Scope, VersionOut
 from registry.services.catalog import CatalogService
 from registry.services.common import Context, parse_selector
+from registry.services.keys import authenticate, bearer_token
 
 log = logging.getLogger("modelplane.registry")
 
@@ -42,20 +47,39 @@ class FastVersionReads:
         # Reads record no events, so one context (anonymous actor, no request id) serves all.
         s = app.state
         self._context = Context(s.sessions, s.store, s.settings, Actor())
+        self._auth = bool(s.settings.auth_enabled)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
             and scope["method"] == "GET"
             and not scope.get("root_path")
             and (match := _VERSION_PATH.match(scope["path"]))
+            and (await self._allowed(scope, match.group(1)))
             and (body := await self._answer(*match.groups())) is not None
         ):
-            headers = [*_HEADERS, (b"content-length", str(len(body)).encode())]
+            rid = incoming_request_id(scope) or uuid.uuid4().hex
+            headers = [
+                *_HEADERS,
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", rid.encode()),
+            ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
+
+    async def _allowed(self, scope: AsgiScope, name: str) -> bool:
+        """The key may read this model (checked against the database on every call, as the
+        app does); any doubt defers to the app, which answers the 401/403."""
+        if not self._auth:
+            return True
+        try:
+            token = bearer_token(header(scope, b"authorization"))
+            principal = await authenticate(self._context.sessions, token)
+        except Exception:
+            return False
+        return principal.has(Scope.read) and principal.reaches(name)
 
     async def _answer(self, name: str, raw_selector: str) -> bytes | None:
         if not _NAME.match(name):

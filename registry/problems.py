@@ -17,9 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from registry.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     NotFound,
     RegistryError,
     TooLarge,
+    Unauthenticated,
     Unprocessable,
     UnsupportedMediaType,
 )
@@ -33,6 +35,8 @@ RETRY_AFTER = "5"
 STATUS: dict[type[RegistryError], int] = {
     RegistryError: 400,
     BadRequest: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
@@ -65,7 +69,10 @@ def problem(
 def _on_registry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
     status = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
-    return problem(status, exc.code, str(exc), instance=request.url.path, **exc.extra)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return problem(
+        status, exc.code, str(exc), instance=request.url.path, headers=headers, **exc.extra
+    )
 
 
 def _on_validation_error(request: Request, exc: Exception) -> Response:
@@ -117,6 +124,11 @@ def _on_db_error(request: Request, exc: Exception) -> Response:
     ):
         return _on_unavailable(request, exc)
     return _on_unexpected(request, exc)
+
+
+def db_problem(request: Request, exc: Exception) -> Response:
+    """A database failure outside FastAPI's handlers (the authentication middleware)."""
+    return _on_db_error(request, exc)
 
 
 def _on_artifact_missing(request: Request, exc: Exception) -> Response:

@@ -230,6 +230,9 @@ class EventOut(BaseModel):
     after: Any
     request_id: str | None
     client: str | None
+    actor_key_id: str | None = Field(
+        default=None, description="the API key that made the change or was denied"
+    )
 
 
 class Health(BaseModel):
@@ -506,3 +509,64 @@ class Assignment(BaseModel):
 
 class Assignments(BaseModel):
     assignments: list[Assignment]
+
+
+# --- API keys (security) -------------------------------------------------------------------
+
+
+class Scope(StrEnum):
+    """What a key may do. `admin` may do everything; `write`, `deploy` and `promote` may
+    also read; `worker` is only for deployer workers and serving processes."""
+
+    read = "read"
+    write = "write"
+    deploy = "deploy"
+    promote = "promote"
+    admin = "admin"
+    worker = "worker"
+
+
+ModelGlob = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9._*?\[\]!-]{1,63}$")
+]  # fnmatch syntax over model names, e.g. `team-a-*`
+KeyLabel = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: KeyLabel
+    scopes: list[Scope] = Field(min_length=1, max_length=6)
+    owner: KeyLabel | None = Field(
+        default=None, description="who the key is for (default: the creating key's name)"
+    )
+    model_globs: list[ModelGlob] = Field(
+        default_factory=list,
+        max_length=32,
+        description="restrict the key to models whose name matches one of these globs",
+    )
+    expires_at: datetime | None = Field(default=None, description="no expiry when absent")
+
+    @model_validator(mode="after")
+    def _aware(self) -> KeyCreate:
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a timezone (e.g. 2027-01-01T00:00:00Z)")
+        return self
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    owner: str
+    prefix: str = Field(description="the token's first characters, to tell keys apart")
+    scopes: list[Scope]
+    model_globs: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    token: str = Field(description="the secret, shown this once: `Authorization: Bearer mp_…`")

@@ -35,7 +35,8 @@ log = logging.getLogger("modelplane.serve")
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the client library sets itself.
 _DROP_REQUEST = frozenset(
     {b"host", b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-     b"transfer-encoding", b"upgrade", b"content-length"}
+     b"transfer-encoding", b"upgrade", b"content-length",
+     b"authorization"}  # the caller's API key is for the control plane, not the endpoint
 )  # fmt: skip
 _DROP_RESPONSE = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}

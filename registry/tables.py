@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from registry.db import Base, BigId, Json, UtcDateTime, utcnow
@@ -89,6 +98,8 @@ class AliasRow(Base):
     name: Mapped[str] = mapped_column(String(63))
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # Moving (or deleting) a protected alias needs the `promote` or `admin` scope.
+    protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class AliasHistoryRow(Base):
@@ -120,6 +131,7 @@ class EventRow(Base):
     after: Mapped[Any] = mapped_column(Json, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128))
     client: Mapped[str | None] = mapped_column(String(128))
+    actor_key_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class DeploymentRow(Base):
@@ -214,3 +226,24 @@ class EndpointRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class ApiKeyRow(Base):
+    """An API key: only the sha256 of its token is kept; ``prefix`` finds the row.
+
+    ``model_globs`` empty means every model; otherwise the key reaches only models whose
+    name matches one of the globs (``team-a-*``).
+    """
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    owner: Mapped[str] = mapped_column(String(128))
+    scopes: Mapped[list[str]] = mapped_column(Json)
+    model_globs: Mapped[list[str]] = mapped_column(Json, default=list)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -52,8 +52,16 @@ class HttpAnnouncer:
     """Announces the endpoint to a control plane from one background thread, in order;
     between changes it heartbeats. Failures are logged, never fatal."""
 
-    def __init__(self, register_url: str, endpoint: dict[str, Any], heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        register_url: str,
+        endpoint: dict[str, Any],
+        heartbeat_s: float,
+        *,
+        token: str | None = None,
+    ) -> None:
         self._base = register_url.rstrip("/")
+        self._token = token
         self._endpoint = endpoint
         self._heartbeat_s = heartbeat_s
         self._state = EndpointState.loading
@@ -98,6 +106,8 @@ class HttpAnnouncer:
         data = orjson.dumps(body) if body is not None else None
         request = urllib.request.Request(self._base + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
+        if self._token:
+            request.add_header("Authorization", f"Bearer {self._token}")
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 raw = response.read()

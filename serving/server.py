@@ -70,7 +70,9 @@ def make_lifecycle(settings: ServingSettings) -> Lifecycle:
         "url": settings.advertise_url or f"http://{settings.host}:{settings.port}",
         "replica_id": settings.replica_id,
     }
-    return HttpAnnouncer(settings.register_url, endpoint, settings.heartbeat_s)
+    return HttpAnnouncer(
+        settings.register_url, endpoint, settings.heartbeat_s, token=settings.token
+    )
 
 
 def bind(settings: ServingSettings, reuse_port: bool) -> socket.socket:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,7 +31,9 @@ class Executor(StrEnum):
 class ServingSettings(BaseSettings):
     """Everything one serving process needs; built once in `serving.__main__`."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELPLANE_SERVING_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MODELPLANE_SERVING_", extra="ignore", populate_by_name=True
+    )
 
     name: str = Field(description="model name served under /v2/models/{name}")
     format: ModelFormat = Field(description="artifact format")
@@ -85,6 +87,13 @@ class ServingSettings(BaseSettings):
         "(no-op when unset)",
     )
     replica_id: str | None = Field(None, description="replica slot this process fills (announced)")
+    token: str | None = Field(
+        None,
+        validation_alias=AliasChoices("MODELPLANE_SERVING_TOKEN", "MODELPLANE_TOKEN"),
+        description="API key (worker scope) the announcer sends as 'Authorization: Bearer' "
+        "(environment only: MODELPLANE_TOKEN, as the deployer worker sets it)",
+        repr=False,
+    )
     heartbeat_s: float = Field(10.0, gt=0, description="announcer heartbeat period")
     advertise_url: str | None = Field(
         None, description="URL announced to the control plane (default http://host:port)"

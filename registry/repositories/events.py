@@ -23,6 +23,7 @@ class Actor:
     name: str = "anonymous"
     request_id: str | None = None
     client: str | None = None
+    key_id: str | None = None
 
 
 class EventRepository(Repository):
@@ -48,6 +49,7 @@ class EventRepository(Repository):
                 "after": after,
                 "request_id": actor.request_id,
                 "client": actor.client,
+                "actor_key_id": actor.key_id,
             },
         )
 

@@ -89,6 +89,7 @@ def event_out(row: EventRow) -> EventOut:
         after=row.after,
         request_id=row.request_id,
         client=row.client,
+        actor_key_id=row.actor_key_id,
     )
 
 

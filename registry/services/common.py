@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from registry.db import SessionFactory
 from registry.errors import InvalidSelector
+from registry.principal import ANONYMOUS, Principal
 from registry.repositories.base import encode_cursor
 from registry.repositories.events import Actor
 from registry.repositories.versions import Selector
@@ -45,6 +46,7 @@ class Context:
     store: ArtifactStore
     settings: Settings
     actor: Actor
+    principal: Principal = ANONYMOUS  # the caller's key (every scope when auth is off)
 
     @property
     def direct(self) -> DirectUploadStore | None:

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from deployer.client import ControlPlane, WorkerLapsed
+from deployer.client import ControlPlane, ControlPlaneError, WorkerLapsed
 from deployer.contract import ReplicaReport, WorkerRegistration
 from tests.e2e.platform import free_port
 
@@ -31,8 +31,14 @@ def test_a_stopping_worker_does_not_wait_between_retries() -> None:
     assert time.monotonic() - started < 2
 
 
-def test_register_heartbeat_and_lapse(embedded: str) -> None:
-    client = ControlPlane(embedded)
+def test_without_a_worker_key_the_control_plane_refuses(embedded: str) -> None:
+    body = WorkerRegistration(name="t", host="h", address="127.0.0.1", gpus=[], cpu_slots=1)
+    with pytest.raises(ControlPlaneError, match="401"):
+        ControlPlane(embedded, retries=0).register(body)
+
+
+def test_register_heartbeat_and_lapse(embedded: str, worker_token: str) -> None:
+    client = ControlPlane(embedded, token=worker_token)
     body = WorkerRegistration(name="t", host="h", address="127.0.0.1", gpus=[], cpu_slots=1)
     lease = client.register(body)
     assert lease.heartbeat_s > 0 and lease.lease_ttl_s > 0

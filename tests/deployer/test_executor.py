@@ -29,11 +29,11 @@ from tests.e2e.platform import (
 
 
 @pytest.fixture
-def executor(embedded: str, tmp_path: Path) -> Iterator[Executor]:
+def executor(embedded: str, worker_token: str, tmp_path: Path) -> Iterator[Executor]:
     settings = WorkerSettings(
         control_plane=embedded, cache_dir=tmp_path / "cache", drain_timeout_s=10, cpu_slots=1
     )
-    executor = Executor(settings, ControlPlane(embedded))
+    executor = Executor(settings, ControlPlane(embedded, token=worker_token))
     try:
         yield executor
     finally:
@@ -88,10 +88,10 @@ def infer(executor: Executor, rid: str, model: str) -> list[float]:
 
 
 def test_pull_start_kill9_restart_and_drain(
-    executor: Executor, embedded: str, tmp_path: Path
+    executor: Executor, embedded: str, admin_token: str, tmp_path: Path
 ) -> None:
     data = torchscript_bytes(1.0, tmp_path / "m.pt")
-    push_version(embedded, "plus1", {"model.pt": data}, "torchscript")
+    push_version(embedded, "plus1", {"model.pt": data}, "torchscript", admin_token)
     a = assignment(embedded, "r1", "plus1", data)
     executor.apply(Pull(a), time.monotonic())
     assert report(executor, "r1")[0] == "pulling"
@@ -119,9 +119,11 @@ def test_pull_start_kill9_restart_and_drain(
     drive(executor, lambda: not executor.replicas["r1"].state.running, timeout=20)
 
 
-def test_cache_hit_pulls_nothing(executor: Executor, embedded: str, tmp_path: Path) -> None:
+def test_cache_hit_pulls_nothing(
+    executor: Executor, embedded: str, admin_token: str, tmp_path: Path
+) -> None:
     data = torchscript_bytes(3.0, tmp_path / "m.pt")
-    push_version(embedded, "plus3", {"model.pt": data}, "torchscript")
+    push_version(embedded, "plus3", {"model.pt": data}, "torchscript", admin_token)
     first, second = (assignment(embedded, rid, "plus3", data) for rid in ("c1", "c2"))
     executor.apply(Pull(first), time.monotonic())
     drive(executor, lambda: executor.replicas["c1"].state.pulled)
@@ -133,10 +135,10 @@ def test_cache_hit_pulls_nothing(executor: Executor, embedded: str, tmp_path: Pa
 
 
 def test_bytes_that_do_not_match_fail_the_replica(
-    executor: Executor, embedded: str, tmp_path: Path
+    executor: Executor, embedded: str, admin_token: str, tmp_path: Path
 ) -> None:
     data = torchscript_bytes(2.0, tmp_path / "m.pt")
-    push_version(embedded, "plus2", {"model.pt": data}, "torchscript")
+    push_version(embedded, "plus2", {"model.pt": data}, "torchscript", admin_token)
     claimed = "0" * 64
     good = assignment(embedded, "bad", "plus2", data)
     bad = good.model_copy(update={"files": [good.files[0].model_copy(update={"sha256": claimed})]})

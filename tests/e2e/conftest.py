@@ -1,5 +1,7 @@
 """The deployments platform for end-to-end tests: a control plane on a throwaway Postgres
-database and the session's SeaweedFS, with short leases, and two deployer workers."""
+database and the session's SeaweedFS, with short leases, and two deployer workers; auth is
+on (the default): workers and their serving processes use a minted worker key, the tests
+an admin key."""
 
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ class Platform:
     bucket: str
     seaweed: SeaweedServer
 
+    @property
+    def token(self) -> str | None:
+        return self.cp.token
+
     def logs(self) -> str:
         return "\n".join([self.cp.log(), *(w.log() for w in self.workers.values())])
 
@@ -34,6 +40,7 @@ class Platform:
             self.log_dir,
             self.cp.url,
             name,
+            self.cp.worker_token,
             cpu_slots="2",
             drain_timeout_s="10",
             port_range=_PORTS[name],
@@ -71,7 +78,7 @@ def plane(seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -> I
         )
         platform = Platform(cp, {}, log_dir, bucket, seaweed)
         try:
-            cp.wait_ready()
+            cp.wait_ready().mint_keys()
             platform.start_worker("w1")
             platform.start_worker("w2")
             yield platform

@@ -13,13 +13,15 @@ import numpy as np
 import tritonclient.http as triton
 
 from tests.e2e.conftest import Platform
-from tests.e2e.platform import wait_for
+from tests.e2e.platform import auth, wait_for
 
 X = [[1.0, 2.0, 3.0, 4.0]]
 
 
 def api(plane: Platform, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{plane.cp.api}{path}", timeout=10, **kwargs)
+    return httpx.request(
+        method, f"{plane.cp.api}{path}", timeout=10, headers=auth(plane.token), **kwargs
+    )
 
 
 def deployment(plane: Platform, name: str) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def wait_serving(plane: Platform, name: str, version: int, timeout: float = 45) 
             body["status"] == "available"
             and all(r["version"] == version and r["state"] == "ready" for r in live)
             and ready_endpoints(plane, name, version)
-            and _answers(f"{plane.cp.url}/serve/{name}", name, version)
+            and _answers(f"{plane.cp.url}/serve/{name}", name, version, plane.token)
         ):
             return body
         return None
@@ -58,29 +60,33 @@ def wait_serving(plane: Platform, name: str, version: int, timeout: float = 45) 
     return wait_for(f"{name} serving v{version}", settled, timeout, plane.logs)
 
 
-def _answers(url: str, model: str, version: int) -> bool:
+def _answers(url: str, model: str, version: int, token: str | None) -> bool:
     """The test models add their version number: v1 answers x + 1, v2 x + 2."""
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X[0]}]}
-    answer = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=10)
+    answer = httpx.post(
+        f"{url}/v2/models/{model}/infer", json=body, timeout=10, headers=auth(token)
+    )
     return answer.status_code == 200 and answer.json()["outputs"][0]["data"][0] == 1 + version
 
 
-def infer_json(url: str, model: str) -> list[float]:
+def infer_json(url: str, model: str, token: str | None) -> list[float]:
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X[0]}]}
-    answer = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=10)
+    answer = httpx.post(
+        f"{url}/v2/models/{model}/infer", json=body, timeout=10, headers=auth(token)
+    )
     assert answer.status_code == 200, answer.text
     data: list[float] = answer.json()["outputs"][0]["data"]
     return data
 
 
-def infer_triton(url: str, model: str, *, binary: bool) -> np.ndarray[Any, Any]:
+def infer_triton(url: str, model: str, token: str | None, *, binary: bool) -> np.ndarray[Any, Any]:
     """`url` as tritonclient takes it: host:port, optionally with a path (`/serve/NAME`)."""
     client = triton.InferenceServerClient(url=url.removeprefix("http://"), network_timeout=10)
     try:
         x = triton.InferInput("x", [1, 4], "FP32")
         x.set_data_from_numpy(np.array(X, dtype=np.float32), binary_data=binary)
         out = triton.InferRequestedOutput("y", binary_data=binary)
-        result = client.infer(model, [x], outputs=[out])
+        result = client.infer(model, [x], outputs=[out], headers=auth(token))
         return result.as_numpy("y")  # type: ignore[no-any-return]
     finally:
         client.close()
@@ -100,16 +106,16 @@ def serving_pid(plane: Platform, endpoint_url: str) -> tuple[str, int]:
 class Caller(threading.Thread):
     """Keeps calling through the stable URL; counts answers by value and every failure."""
 
-    def __init__(self, url: str, model: str) -> None:
+    def __init__(self, url: str, model: str, token: str | None) -> None:
         super().__init__(daemon=True)
-        self.url, self.model = url, model
+        self.url, self.model, self.token = url, model, token
         self.seen: Counter[float] = Counter()
         self.failures: list[str] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
         body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X[0]}]}
-        with httpx.Client(timeout=10) as http:
+        with httpx.Client(timeout=10, headers=auth(self.token)) as http:
             while not self._halt.is_set():
                 try:
                     answer = http.post(f"{self.url}/v2/models/{self.model}/infer", json=body)

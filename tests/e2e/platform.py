@@ -90,10 +90,31 @@ def base_env() -> dict[str, str]:
     return env
 
 
+def auth(token: str | None) -> dict[str, str]:
+    """The headers that carry an API key (none without one)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def mint(database_url: str, name: str, scopes: list[str]) -> str:
+    """A key straight in the (migrated) database, as `modelplane keys create --offline`."""
+    import asyncio
+
+    from registry.schemas import KeyCreate
+    from registry.services.keys import mint_key
+
+    body = KeyCreate.model_validate({"name": name, "scopes": scopes})
+    return asyncio.run(mint_key(database_url, body, by="tests")).token
+
+
 class ControlPlane(Process):
-    """`python -m client server --migrate` with the given MODELPLANE_* settings."""
+    """`python -m client server --migrate` with the given MODELPLANE_* settings (auth on:
+    ``mint_keys`` after ``wait_ready`` gives it an admin and a worker key)."""
+
+    token: str | None = None  # admin
+    worker_token: str | None = None
 
     def __init__(self, log_dir: Path, settings: dict[str, str]) -> None:
+        self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api = f"{self.url}/api/v1"
@@ -109,18 +130,27 @@ class ControlPlane(Process):
         wait_for("the control plane", ready, timeout, self.log)
         return self
 
+    def mint_keys(self) -> ControlPlane:
+        url = self.settings["MODELPLANE_DATABASE_URL"]
+        self.token = mint(url, "e2e admin", ["admin"])
+        self.worker_token = mint(url, "e2e worker", ["worker"])
+        return self
+
 
 class Worker(Process):
     """`python -m deployer` against a control plane, with its own cache."""
 
-    def __init__(self, log_dir: Path, control_plane: str, name: str, **flags: str) -> None:
+    def __init__(
+        self, log_dir: Path, control_plane: str, name: str, token: str | None, **flags: str
+    ) -> None:
         self.name = name
         self.cache_dir = log_dir / f"cache-{name}"
         args = ["-m", "deployer", "--control-plane", control_plane, "--name", name]
         args += ["--cache-dir", str(self.cache_dir)]
         for flag, value in flags.items():
             args += ["--" + flag.replace("_", "-"), value]
-        super().__init__(args, log_dir / f"worker-{name}.log", base_env())
+        env = {**base_env(), **({"MODELPLANE_WORKER_TOKEN": token} if token else {})}
+        super().__init__(args, log_dir / f"worker-{name}.log", env)
 
 
 class AddConst(nn.Module):
@@ -156,12 +186,12 @@ def torch_export_bytes(c: float, path: Path, tag: str = "") -> bytes:
 
 
 def push_version(
-    url: str, model: str, files: dict[str, bytes], fmt: str, **extra: Any
+    url: str, model: str, files: dict[str, bytes], fmt: str, token: str | None, **extra: Any
 ) -> dict[str, Any]:
     """Create the model if needed, create a version from its manifest, PUT the bytes the
     registry lacks, finalize: the ready version."""
     api = "/api/v1"
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx.Client(base_url=url, timeout=30, headers=auth(token)) as http:
         created = http.post(f"{api}/models", json={"name": model})
         assert created.status_code in (201, 409), created.text
         manifest = [

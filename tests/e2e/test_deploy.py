@@ -41,9 +41,11 @@ pytestmark = pytest.mark.timeout(120)
 def push_two_versions(plane: Platform, model: str, tmp_path: Path) -> None:
     """v1: TorchScript y = x + 1; v2: torch.export y = x + 2."""
     v1 = torchscript_bytes(1.0, tmp_path / f"{model}-1.pt")
-    push_version(plane.cp.url, model, {"model.pt": v1}, "torchscript", signature=SIGNATURE)
+    push_version(
+        plane.cp.url, model, {"model.pt": v1}, "torchscript", plane.token, signature=SIGNATURE
+    )
     v2 = torch_export_bytes(2.0, tmp_path / f"{model}-2.pt2")
-    push_version(plane.cp.url, model, {"model.pt2": v2}, "torch_export")
+    push_version(plane.cp.url, model, {"model.pt2": v2}, "torch_export", plane.token)
 
 
 def deploy(plane: Platform, name: str, version: int) -> float:
@@ -53,7 +55,7 @@ def deploy(plane: Platform, name: str, version: int) -> float:
     answer = api(plane, "POST", "/deployments", json=body)
     assert answer.status_code == 201, answer.text
     wait_serving(plane, name, version)
-    assert infer_json(f"{plane.cp.url}/serve/{name}", name) == [2.0, 3.0, 4.0, 5.0]
+    assert infer_json(f"{plane.cp.url}/serve/{name}", name, plane.token) == [2.0, 3.0, 4.0, 5.0]
     return time.monotonic() - started
 
 
@@ -66,16 +68,16 @@ def test_deploy_infer_update_rollback_delete(plane: Platform, tmp_path: Path) ->
     stable = f"{plane.cp.url}/serve/adder"
     for url in (endpoint["url"], stable):
         for binary in (True, False):
-            y = infer_triton(url, "adder", binary=binary)
+            y = infer_triton(url, "adder", plane.token, binary=binary)
             np.testing.assert_array_equal(y, np.array([[2, 3, 4, 5]], dtype=np.float32))
 
-    caller = Caller(stable, "adder")
+    caller = Caller(stable, "adder", plane.token)
     caller.start()
     try:
         answer = api(plane, "PATCH", "/deployments/adder", json={"version": 2})
         assert answer.status_code == 200, answer.text
         wait_serving(plane, "adder", 2)
-        assert infer_json(stable, "adder") == [3.0, 4.0, 5.0, 6.0]
+        assert infer_json(stable, "adder", plane.token) == [3.0, 4.0, 5.0, 6.0]
         wait_for("the old endpoint gone", lambda: not ready_endpoints(plane, "adder", 1), 20,
                  plane.logs)  # fmt: skip
 
@@ -124,7 +126,7 @@ def test_kill9_serving_process_is_restarted(plane: Platform, tmp_path: Path) -> 
 
     wait_for("crashy restarted", restarted, 30, plane.logs)
     wait_serving(plane, "crashy", 1)
-    assert infer_json(f"{plane.cp.url}/serve/crashy", "crashy") == [2.0, 3.0, 4.0, 5.0]
+    assert infer_json(f"{plane.cp.url}/serve/crashy", "crashy", plane.token) == [2.0, 3.0, 4.0, 5.0]
     assert api(plane, "DELETE", "/deployments/crashy").status_code in (202, 204)
 
 
@@ -138,7 +140,7 @@ def test_bytes_that_do_not_match_fail_the_rollout_and_old_keeps_serving(
     key = f"mp/blobs/sha256/{file['sha256']}"
     plane.seaweed.client().put_object(Bucket=plane.bucket, Key=key, Body=b"\0" * file["size"])
 
-    caller = Caller(f"{plane.cp.url}/serve/tamper", "tamper")
+    caller = Caller(f"{plane.cp.url}/serve/tamper", "tamper", plane.token)
     caller.start()
     try:
         answer = api(plane, "PATCH", "/deployments/tamper", json={"version": 2})
@@ -162,10 +164,18 @@ def test_a_version_that_cannot_load_fails_after_restarts_and_old_keeps_serving(
     plane: Platform, tmp_path: Path
 ) -> None:
     v1 = torchscript_bytes(1.0, tmp_path / "broken-1.pt")
-    push_version(plane.cp.url, "broken", {"model.pt": v1}, "torchscript", signature=SIGNATURE)
-    push_version(plane.cp.url, "broken", {"model.pt": b"not a TorchScript archive"}, "torchscript")
+    push_version(
+        plane.cp.url, "broken", {"model.pt": v1}, "torchscript", plane.token, signature=SIGNATURE
+    )
+    push_version(
+        plane.cp.url,
+        "broken",
+        {"model.pt": b"not a TorchScript archive"},
+        "torchscript",
+        plane.token,
+    )
     deploy(plane, "broken", 1)
-    caller = Caller(f"{plane.cp.url}/serve/broken", "broken")
+    caller = Caller(f"{plane.cp.url}/serve/broken", "broken", plane.token)
     caller.start()
     try:
         answer = api(plane, "PATCH", "/deployments/broken", json={"version": 2})
@@ -199,7 +209,7 @@ def test_kill9_worker_hands_its_replicas_to_the_other(plane: Platform, tmp_path:
 
     [moved_to] = wait_for("orphan on the other worker", moved, 40, plane.logs)
     assert serving_pid(plane, str(moved_to["url"]))[0] != owner
-    assert infer_json(f"{plane.cp.url}/serve/orphan", "orphan") == [2.0, 3.0, 4.0, 5.0]
+    assert infer_json(f"{plane.cp.url}/serve/orphan", "orphan", plane.token) == [2.0, 3.0, 4.0, 5.0]
     plane.start_worker(owner)  # the next tests find two workers again
 
 

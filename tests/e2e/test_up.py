@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -18,6 +20,16 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def token(home: Path) -> str:
+    """The admin key `up` saved on its first start."""
+    saved: dict[str, str] = json.loads((home / "credentials.json").read_text())
+    return saved["token"]
+
+
+def auth(home: Path) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(home)}"}
 
 
 def _free_port() -> int:
@@ -70,6 +82,22 @@ def test_up_prints_where_the_docs_are(platform: tuple[str, Path]) -> None:
     assert (home / "registry.db").exists()
 
 
+def test_up_saves_an_admin_key_once_owner_only(platform: tuple[str, Path]) -> None:
+    url, home = platform
+    path = home / "credentials.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    saved = json.loads(path.read_text())
+    assert saved["url"] == url and saved["token"].startswith("mp_")
+    assert saved["token"] in (home / "up.log").read_text()  # printed on the first start
+    assert httpx.get(f"{url}/api/v1/models").status_code == 401
+    keys = httpx.get(f"{url}/api/v1/keys", headers=auth(home))
+    assert keys.status_code == 200, keys.text
+    by_name = {k["name"]: k for k in keys.json()["items"]}
+    assert by_name["admin"]["scopes"] == ["admin"]
+    assert by_name["embedded worker"]["scopes"] == ["worker"]
+    assert stat.S_IMODE((home / "worker-credentials.json").stat().st_mode) == 0o600
+
+
 def test_up_one_shot_curl_upload_downloads_identical_bytes(
     platform: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -82,7 +110,7 @@ def test_up_one_shot_curl_upload_downloads_identical_bytes(
 
     def run(*args: str) -> str:
         return subprocess.run(
-            [curl, "-sS", "--fail-with-body", *args],
+            [curl, "-sS", "--fail-with-body", "-H", f"Authorization: Bearer {token(home)}", *args],
             check=True,
             capture_output=True,
             text=True,
@@ -107,7 +135,7 @@ def test_up_one_shot_curl_upload_downloads_identical_bytes(
         "alias=production",
         f"{url}/api/v1/models/iris/versions:upload",
     )
-    version = httpx.get(f"{url}/api/v1/models/iris/versions/@production").json()
+    version = httpx.get(f"{url}/api/v1/models/iris/versions/@production", headers=auth(home)).json()
     assert version["version"] == 1 and version["status"] == "ready"
     back = tmp_path / "back.pt"
     run("-o", str(back), f"{url}/api/v1/models/iris/versions/1/files/model.pt")
@@ -133,16 +161,22 @@ def test_up_runs_a_worker_that_serves_a_deployment(
 
     url, home = platform
     data = torchscript_bytes(1.0, tmp_path / "plus1.pt")
-    push_version(url, "plus1", {"model.pt": data}, "torchscript", signature=SIGNATURE)
+    headers = auth(home)
+    push_version(url, "plus1", {"model.pt": data}, "torchscript", token(home), signature=SIGNATURE)
     body = {"name": "plus1", "model": "plus1", "version": 1}
-    assert httpx.post(f"{url}/api/v1/deployments", json=body).status_code == 201
+    assert httpx.post(f"{url}/api/v1/deployments", json=body, headers=headers).status_code == 201
     call = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 
     def answered() -> list[float] | None:
-        answer = httpx.post(f"{url}/serve/plus1/v2/models/plus1/infer", json=call, timeout=5)
+        answer = httpx.post(
+            f"{url}/serve/plus1/v2/models/plus1/infer", json=call, timeout=5, headers=headers
+        )
         return answer.json()["outputs"][0]["data"] if answer.status_code == 200 else None
 
     log = lambda: (home / "up.log").read_text()  # noqa: E731
     assert wait_for("plus1 through /serve", answered, 45, log) == [2, 3, 4, 5]
     assert (home / "cache" / "blobs" / "sha256").is_dir()
-    assert httpx.delete(f"{url}/api/v1/deployments/plus1").status_code in (202, 204)
+    assert httpx.delete(f"{url}/api/v1/deployments/plus1", headers=headers).status_code in (
+        202,
+        204,
+    )

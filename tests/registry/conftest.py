@@ -66,6 +66,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         max_upload_bytes=MAX_UPLOAD,
         multipart_threshold=6 * 2**20,
         multipart_part_size=5 * 2**20,
+        auth_enabled=False,  # tests about keys and scopes turn it on (test_auth.py)
     )
 
 

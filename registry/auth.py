@@ -1,0 +1,240 @@
+"""Who may call what: authentication (a middleware) and the one access-policy table.
+
+Every route maps to the scopes that may call it in ``POLICY`` (any one suffices; `admin`
+implies every scope, `write`/`deploy`/`promote` imply `read`: ``registry/principal.py``).
+A route missing from the table is refused (403) and fails ``tests/registry/test_auth.py``.
+
+``Authenticate`` (pure ASGI, outermost) gives every request an id (``X-Request-ID``, taken
+from the caller when sane, echoed back) and, for ``/api/`` and ``/serve/``, checks the
+bearer token against the database before any body is read: 401 without a valid key.
+``authorize`` (a dependency on every route) then checks the route's scopes and the key's
+model globs: 403.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import Request
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry.db import SessionFactory
+from registry.errors import Forbidden, RegistryError, Unauthenticated
+from registry.principal import ANONYMOUS, Principal
+from registry.problems import db_problem, problem
+from registry.schemas import Scope as S
+from registry.services.keys import authenticate, bearer_token
+from registry.settings import Settings
+
+log = logging.getLogger("modelplane.auth")
+
+PRINCIPAL = "modelplane.principal"
+REQUEST_ID = "modelplane.request_id"
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+AUTHENTICATED_PREFIXES = ("/api/", "/serve/")
+
+PUBLIC: frozenset[S] = frozenset()
+READ = frozenset({S.read})
+WRITE = frozenset({S.write})
+DEPLOY = frozenset({S.deploy})
+ADMIN = frozenset({S.admin})
+WORKER = frozenset({S.worker})
+ALIAS_MOVE = frozenset({S.write, S.promote})  # protected aliases: promote/admin (service)
+DOWNLOAD = frozenset({S.read, S.worker})
+
+# Every route's operation id (its function's name) -> the scopes that may call it.
+POLICY: dict[str, frozenset[S]] = {
+    # operations (no key)
+    "get_health": PUBLIC,  # GET /healthz
+    "get_readiness": PUBLIC,  # GET /readyz
+    # models: /api/v1/models[/{name}]
+    "create_model": WRITE,
+    "list_models": READ,
+    "get_model": READ,
+    "update_model": WRITE,
+    "delete_model": ADMIN,
+    # versions: /api/v1/models/{name}/versions...
+    "create_version": WRITE,
+    "upload_version": WRITE,
+    "list_versions": READ,
+    "get_version": READ,
+    "update_version": WRITE,
+    "finalize_version": WRITE,
+    "archive_version": WRITE,
+    "delete_version": ADMIN,
+    # files: /api/v1/models/{name}/versions/{v}/files/{path}...
+    "upload_file": WRITE,
+    "start_multipart_upload": WRITE,
+    "complete_multipart_upload": WRITE,
+    "download_file": DOWNLOAD,
+    # aliases: /api/v1/models/{name}/aliases...
+    "list_aliases": READ,
+    "get_alias": READ,
+    "get_alias_history": READ,
+    "set_alias": ALIAS_MOVE,
+    "delete_alias": ALIAS_MOVE,
+    "rollback_alias": ALIAS_MOVE,
+    # the audit log: GET /api/v1/events
+    "list_events": ADMIN,
+    # deployments: /api/v1/deployments...
+    "create_deployment": DEPLOY,
+    "list_deployments": READ,
+    "get_deployment": READ,
+    "update_deployment": DEPLOY,
+    "delete_deployment": DEPLOY,
+    "list_revisions": READ,
+    "rollback_deployment": DEPLOY,
+    "list_deployment_endpoints": READ,
+    "list_deployment_replicas": READ,
+    # deployer workers and serving processes: /api/v1/workers..., /api/v1/endpoints...
+    "register_worker": WORKER,
+    "list_workers": READ,
+    "heartbeat_worker": WORKER,
+    "get_worker_assignments": WORKER,
+    "register_endpoint": WORKER,
+    "heartbeat_endpoint": WORKER,
+    "deregister_endpoint": WORKER,
+    # API keys: /api/v1/keys...
+    "create_key": ADMIN,
+    "list_keys": ADMIN,
+    "get_key": ADMIN,
+    "revoke_key": ADMIN,
+}
+# The stable URL /serve/{deployment}/v2/... never reaches FastAPI's routing: checked in
+# ``Authenticate``.
+SERVE_SCOPES = READ
+# Routes outside /api/ that stay public whatever their operation id (Prometheus scrapes
+# /metrics without credentials; it carries no secrets). /docs, /redoc and /openapi.json are
+# not API routes: no dependency runs for them.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Tags of the routes whose ``{name}`` is a model name (model globs apply to it).
+MODEL_TAGS = frozenset({"models", "versions", "files", "aliases"})
+
+
+def principal_of(scope: Scope) -> Principal:
+    """The caller; ``ANONYMOUS`` (every scope) when authentication is off."""
+    principal = scope.get(PRINCIPAL)
+    return principal if isinstance(principal, Principal) else ANONYMOUS
+
+
+def request_id_of(scope: Scope) -> str:
+    rid = scope.get(REQUEST_ID)
+    return rid if isinstance(rid, str) else uuid.uuid4().hex
+
+
+def _model_of(request: Request, route: Any) -> str | None:
+    """The model a route acts on, when its path names one."""
+    if MODEL_TAGS.intersection(getattr(route, "tags", ())):
+        name = request.path_params.get("name")
+        return name if isinstance(name, str) else None
+    return None
+
+
+async def authorize(request: Request) -> None:
+    """A dependency on every route: the caller's key must hold a scope of the route's rule
+    and, when the key is restricted to some models, reach the model the path names."""
+    if not request.app.state.settings.auth_enabled:
+        return
+    route = request.scope.get("route")
+    rule = POLICY.get(getattr(route, "name", ""))
+    if rule is None:
+        if request.url.path in PUBLIC_PATHS:
+            return
+        log.error("no access policy for %s %s: refused", request.method, request.url.path)
+        raise Forbidden(f"no access policy covers {request.method} {request.url.path}")
+    if not rule:
+        return
+    principal = request.scope.get(PRINCIPAL)
+    if not isinstance(principal, Principal):
+        raise Unauthenticated("this call needs an API key: send 'Authorization: Bearer mp_...'")
+    if not principal.has(*rule):
+        needs = " or ".join(sorted(s.value for s in rule))
+        raise Forbidden(
+            f"the API key {principal.name!r} lacks the scope this call needs ({needs})",
+            needs=sorted(s.value for s in rule),
+        )
+    model = _model_of(request, route)
+    if model is not None and not principal.reaches(model):
+        raise Forbidden(f"the API key {principal.name!r} may not reach model {model!r}")
+
+
+class Authenticate:
+    """ASGI middleware: request ids for every call, API keys for ``/api/`` and ``/serve/``."""
+
+    def __init__(self, app: ASGIApp, sessions: SessionFactory, settings: Settings) -> None:
+        self.app = app
+        self.sessions = sessions
+        self.enabled = settings.auth_enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = incoming_request_id(scope) or uuid.uuid4().hex
+        scope[REQUEST_ID] = rid
+        send = _echoing(send, rid.encode())
+        path: str = scope["path"]
+        if not self.enabled:
+            scope[PRINCIPAL] = ANONYMOUS
+        elif path.startswith(AUTHENTICATED_PREFIXES):
+            try:
+                principal = await self._principal(scope)
+            except RegistryError as exc:
+                await _deny(scope, receive, send, exc)
+                return
+            except (DBAPIError, PoolTimeout, OSError) as exc:
+                await db_problem(Request(scope), exc)(scope, receive, send)
+                return
+            scope[PRINCIPAL] = principal
+        await self.app(scope, receive, send)
+
+    async def _principal(self, scope: Scope) -> Principal:
+        token = bearer_token(header(scope, b"authorization"))
+        principal = await authenticate(self.sessions, token)
+        if scope["path"].startswith("/serve/") and not principal.has(*SERVE_SCOPES):
+            raise Forbidden(f"the API key {principal.name!r} lacks the read scope to call models")
+        return principal
+
+
+async def _deny(scope: Scope, receive: Receive, send: Send, exc: RegistryError) -> None:
+    status = 401 if isinstance(exc, Unauthenticated) else 403
+    if scope["path"].startswith("/serve/"):  # the inference protocol's error shape
+        body = orjson.dumps({"error": str(exc)})
+        headers = [(b"content-type", b"application/json")]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    response = problem(status, exc.code, str(exc), instance=scope["path"], headers=headers)
+    await response(scope, receive, send)
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    rid = header(scope, b"x-request-id")
+    return rid if rid is not None and _REQUEST_ID_OK.match(rid) else None
+
+
+def _echoing(send: Send, rid: bytes) -> Send:
+    async def echo(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers: list[Any] = list(message.get("headers", ()))
+            headers.append((b"x-request-id", rid))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return echo
