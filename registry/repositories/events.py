@@ -61,8 +61,11 @@ class EventRepository(Repository):
         action: str | None,
         after: int | None,
         limit: int,
+        newest_first: bool = False,
     ) -> list[EventRow]:
-        stmt = select(EventRow).order_by(EventRow.id).limit(limit)
+        """Events in id order; ``after`` is the last id of the previous page, in that order."""
+        order = EventRow.id.desc() if newest_first else EventRow.id
+        stmt = select(EventRow).order_by(order).limit(limit)
         if since is not None:
             stmt = stmt.where(EventRow.time >= since)
         if model is not None:
@@ -70,5 +73,5 @@ class EventRepository(Repository):
         if action is not None:
             stmt = stmt.where(EventRow.action == action)
         if after is not None:
-            stmt = stmt.where(EventRow.id > after)
+            stmt = stmt.where(EventRow.id < after if newest_first else EventRow.id > after)
         return list(await self._session.scalars(stmt))

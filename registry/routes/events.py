@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -22,11 +22,20 @@ async def list_events(
     ] = None,
     model: Annotated[str | None, Query(description="only events about this model")] = None,
     action: Annotated[str | None, Query(description="e.g. `alias.moved`")] = None,
+    order: Annotated[
+        Literal["asc", "desc"], Query(description="`asc`: oldest first; `desc`: newest first")
+    ] = "asc",
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> Page[EventOut]:
-    """Every change, oldest first: who (actor), what (action, target), before and after,
-    the request id (`X-Request-ID`) and the client address."""
+    """Every change, oldest first (`order=desc`: newest first, e.g. for "recent events"):
+    who (actor), what (action, target), before and after, the request id (`X-Request-ID`)
+    and the client address."""
     return await catalog.list_events(
-        since=since, model=model, action=action, cursor=cursor, limit=limit
+        since=since,
+        model=model,
+        action=action,
+        cursor=cursor,
+        limit=limit,
+        newest_first=order == "desc",
     )

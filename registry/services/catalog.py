@@ -332,11 +332,17 @@ class CatalogService:
         action: str | None,
         cursor: str | None,
         limit: int,
+        newest_first: bool = False,
     ) -> Page[EventOut]:
         after = decode_cursor(cursor, int)
         async with reading(self._sessions) as session:
             rows = await EventRepository(session).search(
-                since=since, model=model, action=action, after=after, limit=limit + 1
+                since=since,
+                model=model,
+                action=action,
+                after=after,
+                limit=limit + 1,
+                newest_first=newest_first,
             )
             return to_page(rows, limit, lambda r: r.id, event_out)
 

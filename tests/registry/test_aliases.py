@@ -96,3 +96,17 @@ async def test_events_page_and_since(client: httpx.AsyncClient, model: str) -> N
     later = (await client.get(f"{API}/events", params={"model": model, "since": since})).json()
     assert {e["id"] for e in later["items"]} >= {ids[1], ids[2], ids[3]}
     assert_problem(await client.get(f"{API}/events", params={"since": "yesterday"}), 422)
+
+
+async def test_events_newest_first_pages_backwards(client: httpx.AsyncClient, model: str) -> None:
+    for i in range(3):
+        await create_version(client, model, {"w": bytes([i])})
+    params: dict[str, str | int] = {"model": model, "order": "desc", "limit": 2}
+    first = (await client.get(f"{API}/events", params=params)).json()
+    assert len(first["items"]) == 2 and first["next_cursor"]
+    rest = await client.get(f"{API}/events", params={**params, "cursor": first["next_cursor"]})
+    newest = [e["id"] for e in first["items"] + rest.json()["items"]]
+    oldest = (await client.get(f"{API}/events", params={"model": model})).json()["items"]
+    assert newest == [e["id"] for e in reversed(oldest)] and len(newest) == 4
+    assert rest.json()["next_cursor"] is None
+    assert_problem(await client.get(f"{API}/events", params={"order": "sideways"}), 422)
