@@ -25,6 +25,7 @@ from registry.routes import (
 )
 from registry.serve import ServeFront, StableUrl
 from registry.settings import Settings
+from registry.ui import create_ui
 from storage import open_store
 from storage.base import ArtifactStore
 
@@ -87,6 +88,8 @@ def create_app(
     for module in (models, versions, files, aliases, events, deployments, endpoints, workers, keys):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    # The dashboard is its own small app: HTML pages and errors, outside the OpenAPI doc.
+    app.mount("/ui", create_ui(API_PREFIX), name="ui")
     # /serve/... calls skip FastAPI's routing and its inner middleware entirely
     stable = app.state.stable = StableUrl(sessions, settings)
     app.add_middleware(ServeFront, stable=stable)

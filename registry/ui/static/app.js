@@ -1,0 +1,632 @@
+// Modelplane dashboard: every read and every button goes through the REST API with the
+// API key kept in this browser, so the dashboard can do exactly what that key can do.
+(() => {
+  "use strict";
+
+  const page = document.body.dataset;
+  const API = page.api;
+  const UI = page.ui;
+  const KEY = "modelplane.apiKey";
+  const POLL_MS = 2000;
+
+  // --- the API ---------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, problem) {
+      const detail = problem && (problem.detail || problem.title);
+      super(detail || `HTTP ${status}`);
+      this.status = status;
+      this.problem = problem;
+    }
+  }
+
+  function apiKey() {
+    return localStorage.getItem(KEY) || "";
+  }
+
+  async function api(path, { method = "GET", body } = {}) {
+    const headers = { Accept: "application/json" };
+    const key = apiKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let response;
+    try {
+      response = await fetch(API + path, {
+        method,
+        headers,
+        cache: "no-store",
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new ApiError(0, { detail: "the control plane did not answer" });
+    }
+    if (response.status === 204) return null;
+    const data = await response.json().catch(() => null);
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
+  }
+
+  const enc = encodeURIComponent;
+  const query = (params) => {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") q.set(k, v);
+    const s = q.toString();
+    return s ? `?${s}` : "";
+  };
+
+  function explain(err) {
+    if (err.status === 401) {
+      return "The control plane wants an API key: paste one in the API key box above.";
+    }
+    if (err.status === 403) return `This API key may not do that: ${err.message}`;
+    return err.message || String(err);
+  }
+
+  // --- DOM helpers -----------------------------------------------------------------
+
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+      else if (k === "class") el.className = v;
+      else if (k === "dataset") Object.assign(el.dataset, v);
+      else el.setAttribute(k, v === true ? "" : v);
+    }
+    append(el, children);
+    return el;
+  }
+
+  function append(el, children) {
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : String(child));
+    }
+  }
+
+  function fill(id, ...children) {
+    const el = document.getElementById(id);
+    if (!el) return;
+    el.removeAttribute("data-loading");
+    el.replaceChildren();
+    append(el, children);
+  }
+
+  // Re-renders a live section only when its data changed, so buttons and selects inside
+  // it are not swapped under the user's pointer every poll.
+  const shown = new Map();
+  function fillIfChanged(id, data, render) {
+    const key = JSON.stringify(data);
+    if (shown.get(id) === key) return;
+    shown.set(id, key);
+    fill(id, render(data));
+  }
+
+  function table(headings, rows, empty = "None yet.") {
+    if (!rows.length) return h("div", { class: "empty" }, empty);
+    const head = h("tr", {}, headings.map((t) => (t.startsWith("#") ? h("th", { class: "num" }, t.slice(1)) : h("th", {}, t))));
+    return h("table", {}, h("thead", {}, head), h("tbody", {}, rows));
+  }
+
+  const num = (value) => h("td", { class: "num" }, value);
+  const link = (path, text) => h("a", { href: UI + path }, text);
+  const modelLink = (m) => link(`/models/${enc(m)}`, m);
+  const versionLink = (m, v) => link(`/models/${enc(m)}/versions/${v}`, `v${v}`);
+  const deploymentLink = (d) => link(`/deployments/${enc(d)}`, d);
+
+  const TONES = {
+    ready: "ok", available: "ok", run: "ok",
+    pulling: "info", loading: "info", warming: "info", rolling_out: "info",
+    pending: "warn", draining: "warn", degraded: "warn", deleting: "warn",
+    failed: "bad", unhealthy: "bad",
+  };
+  const pill = (status) => h("span", { class: `pill ${TONES[status] || ""}`, dataset: { status } }, status);
+
+  function ago(iso) {
+    const delta = Math.round((Date.now() - Date.parse(iso)) / 1000);
+    const seconds = Math.abs(delta);
+    let span;
+    if (seconds < 3) return "just now";
+    if (seconds < 60) span = `${seconds} s`;
+    else if (seconds < 3600) span = `${Math.floor(seconds / 60)} min`;
+    else if (seconds < 86400) span = `${Math.floor(seconds / 3600)} h`;
+    else return new Date(iso).toISOString().slice(0, 16).replace("T", " ");
+    return delta < 0 ? `in ${span}` : `${span} ago`;
+  }
+  const when = (iso) => (iso ? h("time", { datetime: iso, title: iso, dataset: { ago: "" } }, ago(iso)) : "—");
+
+  function bytes(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    let v = n;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
+  }
+
+  const json = (value) => h("pre", { class: "json" }, JSON.stringify(value, null, 2));
+  const compact = (value, max = 60) => {
+    if (value === null || value === undefined) return "∅";
+    const s = typeof value === "string" ? value : JSON.stringify(value);
+    return s.length > max ? `${s.slice(0, max - 1)}…` : s;
+  };
+  const tags = (t) => Object.entries(t || {}).map(([k, v]) => h("span", { class: "chip" }, v ? `${k}=${v}` : k));
+  const firstLine = (s) => (s || "").split("\n")[0].slice(0, 120);
+
+  function summary(pairs, description) {
+    return [
+      h("dl", {}, pairs.filter(Boolean).map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v === "" || v === null || v === undefined ? "—" : v)))),
+      description ? h("p", { class: "description" }, description) : null,
+    ];
+  }
+
+  function flash(kind, text) {
+    const box = document.getElementById("flash");
+    const msg = h("div", { class: `msg ${kind}` }, text);
+    box.replaceChildren(msg);
+    setTimeout(() => msg.remove(), kind === "error" ? 12000 : 6000);
+  }
+
+  function live(ok, err) {
+    const el = document.getElementById("live");
+    el.hidden = false;
+    el.classList.toggle("stale", !ok);
+    el.textContent = ok ? `● live · ${new Date().toLocaleTimeString()}` : "● stale";
+    el.title = ok ? "refreshed every 2 s" : explain(err);
+  }
+
+  // Shows a failed read in the sections still waiting for data, or in all of them when
+  // the key is the problem (what was shown before may no longer be visible to this key).
+  function failed(ids, err) {
+    for (const id of ids) {
+      const el = document.getElementById(id);
+      if (!el) continue;
+      if (el.hasAttribute("data-loading") || err.status === 401 || err.status === 403) {
+        shown.delete(id);
+        fill(id, h("p", { class: "notice error" }, explain(err)));
+      }
+    }
+  }
+
+  // Runs `load` now and every `ms` while the tab is visible, one run at a time.
+  function poll(load, ms = POLL_MS) {
+    let timer = null;
+    let running = false;
+    const run = async () => {
+      clearTimeout(timer);
+      if (running) return;
+      running = true;
+      try {
+        if (!document.hidden) {
+          await load();
+          live(true);
+        }
+      } catch (err) {
+        live(false, err);
+      } finally {
+        running = false;
+        timer = setTimeout(run, ms);
+      }
+    };
+    document.addEventListener("visibilitychange", () => { if (!document.hidden) run(); });
+    run();
+    return run;
+  }
+
+  // A button that calls the API: confirm, disable while in flight, report, refresh.
+  async function act(button, question, call, done) {
+    if (question && !window.confirm(question)) return;
+    button.disabled = true;
+    try {
+      const out = await call();
+      flash("ok", done(out));
+    } catch (err) {
+      flash("error", explain(err));
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // --- shared views ----------------------------------------------------------------
+
+  function deploymentsTable(items) {
+    const rows = items.map((d) => h("tr", { dataset: { deployment: d.name } },
+      h("td", {}, deploymentLink(d.name)),
+      h("td", {}, modelLink(d.model)),
+      h("td", {}, d.alias ? [h("span", { class: "chip" }, `@${d.alias}`), " "] : null, d.version ? versionLink(d.model, d.version) : "—"),
+      num(d.revision),
+      h("td", { class: "status" }, pill(d.status)),
+      num(`${d.observed.ready_replicas}/${d.replicas}`),
+      h("td", {}, d.observed.version ? `v${d.observed.version}` : "—"),
+      h("td", {}, when(d.updated_at)),
+    ));
+    return table(["Name", "Model", "Target", "#Revision", "Status", "#Ready", "Serving", "Updated"], rows, "No deployments yet.");
+  }
+
+  function eventsTable(items, short) {
+    const rows = items.map((e) => h("tr", { dataset: { event: e.id, action: e.action } },
+      h("td", {}, when(e.time)),
+      short ? null : h("td", {}, e.actor),
+      h("td", {}, h("code", {}, e.action)),
+      h("td", {}, e.model ? modelLink(e.model) : "—"),
+      h("td", {}, e.target || "—"),
+      h("td", { class: "mono", title: `${JSON.stringify(e.before)} → ${JSON.stringify(e.after)}` }, `${compact(e.before, short ? 14 : 60)} → ${compact(e.after, short ? 14 : 60)}`),
+      short ? null : h("td", { class: "mono muted" }, e.request_id ? e.request_id.slice(0, 12) : "—"),
+    ));
+    const headings = short
+      ? ["Time", "Action", "Model", "Target", "Change"]
+      : ["Time", "Actor", "Action", "Model", "Target", "Change", "Request"];
+    return table(headings, rows, "No events yet.");
+  }
+
+  async function modelRows(models, short) {
+    const details = await Promise.all(models.map((m) => Promise.all([
+      api(`/models/${enc(m.name)}/versions?limit=100`),
+      api(`/models/${enc(m.name)}/aliases?limit=100`),
+    ])));
+    return models.map((m, i) => {
+      const [versions, aliases] = details[i];
+      const latest = versions.items[0];
+      const count = versions.next_cursor ? `${versions.items.length}+` : versions.items.length;
+      return h("tr", { dataset: { model: m.name } },
+        h("td", {}, modelLink(m.name)),
+        short ? null : h("td", { class: "wrap" }, firstLine(m.description)),
+        short ? null : h("td", { class: "wrap" }, tags(m.tags)),
+        num(count),
+        h("td", {}, latest ? [versionLink(m.name, latest.version), " ", pill(latest.status)] : "—"),
+        h("td", { class: "wrap aliases" }, aliases.items.map((a) =>
+          h("a", { class: "chip", href: `${UI}/models/${enc(m.name)}/versions/${a.version}`, dataset: { alias: a.alias } },
+            h("b", {}, a.alias), ` → v${a.version}`))),
+        h("td", {}, when(m.updated_at)),
+      );
+    });
+  }
+  const MODEL_HEADINGS = ["Name", "Description", "Tags", "#Versions", "Latest", "Aliases", "Updated"];
+  const SHORT_MODEL_HEADINGS = ["Name", "#Versions", "Latest", "Aliases", "Updated"];
+
+  // --- pages -----------------------------------------------------------------------
+
+  const pages = {};
+
+  pages.overview = () => {
+    poll(async () => {
+      try {
+        const [deployments, events] = await Promise.all([
+          api("/deployments?limit=100"),
+          api("/events?order=desc&limit=15"),
+        ]);
+        fillIfChanged("deployments", deployments.items, deploymentsTable);
+        fillIfChanged("events", events.items, (items) => eventsTable(items, true));
+      } catch (err) {
+        failed(["deployments", "events"], err);
+        throw err;
+      }
+    });
+    (async () => {
+      const models = await api("/models?limit=20");
+      fill("models", table(SHORT_MODEL_HEADINGS, await modelRows(models.items, true), "No models yet: push one with `modelplane push`."));
+    })().catch((err) => failed(["models"], err));
+  };
+
+  pages.models = () => {
+    let cursor = null;
+    let q = "";
+    const more = document.getElementById("models-more");
+    const load = async (reset) => {
+      const out = await api(`/models${query({ q, limit: 50, cursor: reset ? null : cursor })}`);
+      const rows = await modelRows(out.items);
+      cursor = out.next_cursor;
+      more.hidden = !cursor;
+      if (reset) fill("models", table(MODEL_HEADINGS, rows, q ? "No model matches." : "No models yet."));
+      else document.querySelector("#models tbody").append(...rows);
+    };
+    document.getElementById("model-search").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      q = document.getElementById("model-q").value.trim();
+      load(true).catch((err) => failed(["models"], err));
+    });
+    more.addEventListener("click", () => load(false).catch((err) => flash("error", explain(err))));
+    load(true).catch((err) => failed(["models"], err));
+  };
+
+  pages.model = () => {
+    const m = page.model;
+    const base = `/models/${enc(m)}`;
+    const load = async () => {
+      const [model, versions, aliases] = await Promise.all([
+        api(base),
+        api(`${base}/versions?limit=200`),
+        api(`${base}/aliases?limit=200`),
+      ]);
+      const histories = await Promise.all(aliases.items.map((a) => api(`${base}/aliases/${enc(a.alias)}/history?limit=20`)));
+      const ready = versions.items.filter((v) => v.status === "ready").map((v) => v.version);
+      fill("model", summary([
+        ["Versions", versions.next_cursor ? `${versions.items.length}+` : versions.items.length],
+        ["Aliases", aliases.items.length],
+        ["Tags", tags(model.tags)],
+        ["Created", when(model.created_at)],
+        ["Updated", when(model.updated_at)],
+        ["Events", link(`/events${query({ model: m })}`, "audit log")],
+      ], model.description));
+      fill("aliases", aliasTable(aliases.items, ready));
+      const moves = histories.flatMap((page) => page.items).sort((a, b) => Date.parse(b.moved_at) - Date.parse(a.moved_at)).slice(0, 20);
+      fill("alias-history", table(["When", "Alias", "From", "To", "Actor"], moves.map((mv) => h("tr", {},
+        h("td", {}, when(mv.moved_at)),
+        h("td", {}, h("span", { class: "chip" }, mv.alias)),
+        h("td", {}, mv.from_version ? versionLink(m, mv.from_version) : "—"),
+        h("td", {}, mv.to_version ? versionLink(m, mv.to_version) : "deleted"),
+        h("td", {}, mv.actor),
+      )), "No alias has moved yet."));
+      const pointing = {};
+      for (const a of aliases.items) (pointing[a.version] ||= []).push(a.alias);
+      fill("versions", table(["#Version", "Status", "Format", "Description", "Aliases", "Created by", "Created"],
+        versions.items.map((v) => h("tr", { dataset: { version: v.version } },
+          h("td", { class: "num" }, versionLink(m, v.version)),
+          h("td", {}, pill(v.status)),
+          h("td", {}, v.format || "—"),
+          h("td", { class: "wrap" }, firstLine(v.description)),
+          h("td", {}, (pointing[v.version] || []).map((a) => h("span", { class: "chip" }, a))),
+          h("td", {}, v.created_by),
+          h("td", {}, when(v.created_at)),
+        )), "No versions yet: push one with `modelplane push`."));
+      const form = document.getElementById("alias-new");
+      form.hidden = !ready.length;
+      document.getElementById("alias-new-version").replaceChildren(...ready.map((v) => h("option", { value: v }, `v${v}`)));
+    };
+
+    const versionOptions = (ready, current) => ready.map((v) => h("option", { value: v, selected: v === current }, `v${v}`));
+
+    function aliasTable(items, ready) {
+      const rows = items.map((a) => {
+        const select = h("select", { class: "target", "aria-label": `version for ${a.alias}` }, versionOptions(ready, a.version));
+        const move = h("button", { type: "button", class: "small move" }, "Move");
+        move.addEventListener("click", () => {
+          const to = Number(select.value);
+          if (to === a.version) { flash("error", `${a.alias} already points at v${to}`); return; }
+          act(move, `Move ${m}@${a.alias} from v${a.version} to v${to}?`,
+            () => api(`${base}/aliases/${enc(a.alias)}`, { method: "PUT", body: { version: to } }),
+            (out) => `${out.alias} now points at v${out.version}`).then(refresh);
+        });
+        const back = h("button", { type: "button", class: "small danger rollback" }, "Roll back");
+        back.addEventListener("click", () => act(back, `Roll ${m}@${a.alias} back to the version it pointed at before v${a.version}?`,
+          () => api(`${base}/aliases/${enc(a.alias)}/rollback`, { method: "POST" }),
+          (out) => `${out.alias} rolled back to v${out.version}`).then(refresh));
+        return h("tr", { dataset: { alias: a.alias, version: a.version } },
+          h("td", {}, h("span", { class: "chip" }, h("b", {}, a.alias))),
+          h("td", { class: "current-version" }, versionLink(m, a.version)),
+          h("td", {}, when(a.updated_at)),
+          h("td", {}, h("span", { class: "inline" }, select, move)),
+          h("td", {}, back),
+        );
+      });
+      return table(["Alias", "Version", "Moved", "Move to", ""], rows, "No aliases yet.");
+    }
+
+    document.getElementById("alias-new").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const name = document.getElementById("alias-new-name").value.trim();
+      const to = Number(document.getElementById("alias-new-version").value);
+      const button = ev.target.querySelector("button");
+      act(button, null, () => api(`${base}/aliases/${enc(name)}`, { method: "PUT", body: { version: to } }),
+        (out) => `${out.alias} now points at v${out.version}`).then(refresh);
+    });
+
+    const ids = ["model", "aliases", "alias-history", "versions"];
+    const refresh = () => load().then(() => live(true)).catch((err) => { failed(ids, err); live(false, err); });
+    refresh();
+  };
+
+  pages.version = () => {
+    const m = page.model;
+    const load = async () => {
+      const [v, aliases] = await Promise.all([
+        api(`/models/${enc(m)}/versions/${enc(page.version)}`),
+        api(`/models/${enc(m)}/aliases?limit=200`),
+      ]);
+      document.getElementById("version-title").textContent = page.version === String(v.version) ? `v${v.version}` : `v${v.version} (${page.version})`;
+      document.title = `${m} v${v.version} · Modelplane`;
+      const total = v.files.reduce((sum, f) => sum + f.size, 0);
+      const pointing = aliases.items.filter((a) => a.version === v.version).map((a) => h("span", { class: "chip" }, a.alias));
+      fill("version", summary([
+        ["Status", pill(v.status)],
+        ["Format", v.format],
+        ["Files", `${v.files.length} · ${bytes(total)}`],
+        ["Aliases", pointing.length ? pointing : "—"],
+        ["Tags", tags(v.tags)],
+        ["Created by", v.created_by],
+        ["Created", when(v.created_at)],
+        ["Updated", when(v.updated_at)],
+        ["Source", v.source],
+      ], v.description));
+      fill("files", table(["Path", "Size", "#Bytes", "SHA-256", "Stored"], v.files.map((f) => h("tr", { dataset: { path: f.path } },
+        h("td", { class: "mono" }, f.path),
+        h("td", {}, bytes(f.size)),
+        num(f.size),
+        h("td", {}, h("code", { class: "digest" }, f.sha256)),
+        h("td", {}, f.present ? h("span", { class: "pill ok" }, "stored") : h("span", { class: "pill warn" }, "missing")),
+      ))));
+      fill("metadata", Object.keys(v.metadata || {}).length ? json(v.metadata) : h("div", { class: "empty" }, "No metadata."));
+      fill("signature", signature(v.signature));
+    };
+    load().then(() => live(true)).catch((err) => {
+      failed(["version", "files", "metadata", "signature"], err);
+      live(false, err);
+    });
+  };
+
+  function signature(sig) {
+    if (!sig) return h("div", { class: "empty" }, "No signature recorded.");
+    const io = ["inputs", "outputs"].flatMap((kind) => (Array.isArray(sig[kind]) ? sig[kind].map((t) => [kind, t]) : []));
+    if (!io.length) return json(sig);
+    return table(["Kind", "Name", "Datatype", "Shape"], io.map(([kind, t]) => h("tr", {},
+      h("td", {}, kind.slice(0, -1)),
+      h("td", { class: "mono" }, t.name ?? "—"),
+      h("td", { class: "mono" }, t.datatype ?? "—"),
+      h("td", { class: "mono" }, Array.isArray(t.shape) ? `[${t.shape.join(", ")}]` : "—"),
+    )));
+  }
+
+  pages.deployments = () => {
+    poll(async () => {
+      try {
+        const out = await api("/deployments?limit=500");
+        fillIfChanged("deployments", out.items, deploymentsTable);
+      } catch (err) {
+        failed(["deployments"], err);
+        throw err;
+      }
+    });
+  };
+
+  pages.deployment = () => {
+    const name = page.deployment;
+    const base = `/deployments/${enc(name)}`;
+    const button = document.getElementById("rollback-deployment");
+    let current = null;
+    const ids = ["deployment", "replicas", "endpoints", "revisions"];
+
+    const refresh = poll(async () => {
+      let d, endpoints, revisions;
+      try {
+        [d, endpoints, revisions] = await Promise.all([
+          api(base), api(`${base}/endpoints`), api(`${base}/revisions?limit=100`),
+        ]);
+      } catch (err) {
+        failed(ids, err);
+        throw err;
+      }
+      current = d;
+      button.disabled = revisions.items.length < 2;
+      document.getElementById("deployment-status").replaceChildren(pill(d.status));
+      const { observed, ...desired } = d;
+      fillIfChanged("deployment", desired, () => summary([
+        ["Model", modelLink(d.model)],
+        ["Target", d.alias ? `@${d.alias} → v${d.version}` : `v${d.version}`],
+        ["Revision", d.revision],
+        ["Replicas", `${d.replicas} × ${d.gpus ? `${d.gpus} GPU` : "CPU"}`],
+        ["Device", d.device],
+        ["Batching", `≤ ${d.batching.max_batch_size} · ${d.batching.max_delay_ms} ms`],
+        ["Pickle allowed", d.allow_pickle ? "yes" : "no"],
+        ["Created", when(d.created_at)],
+        ["Updated", when(d.updated_at)],
+        d.status_reason ? ["Why", d.status_reason] : null,
+      ]));
+      fillIfChanged("replicas", observed, () => [
+        h("p", { class: "muted" }, `${observed.ready_replicas} of ${d.replicas} ready; serving ${observed.version ? `v${observed.version}` : "nothing yet"}.`),
+        table(["#Revision", "#Index", "Version", "Desired", "State", "Worker", "GPUs", "#Restarts", "Lease expires", "Reason"],
+          observed.replicas.map((r) => h("tr", { dataset: { replica: r.id, state: r.state } },
+            num(r.revision), num(r.index), h("td", {}, versionLink(d.model, r.version)),
+            h("td", {}, r.desired), h("td", { class: "state" }, pill(r.state)),
+            h("td", { class: "mono" }, r.worker || "—"), h("td", {}, r.gpu_ids.length ? r.gpu_ids.join(",") : "—"),
+            num(r.restarts), h("td", {}, r.lease_expires_at ? when(r.lease_expires_at) : "—"),
+            h("td", { class: "wrap" }, r.reason || ""),
+          )), "No replicas."),
+      ]);
+      fillIfChanged("endpoints", endpoints.items, (items) => table(
+        ["Endpoint", "URL", "Status", "#Revision", "Version", "Worker", "Heartbeat", "Reason"],
+        items.map((e) => h("tr", { dataset: { endpoint: e.id, status: e.status } },
+          h("td", { class: "mono", title: e.id }, e.id.slice(0, 8)),
+          h("td", { class: "mono" }, e.url),
+          h("td", { class: "status" }, pill(e.status)),
+          num(e.revision), h("td", {}, versionLink(d.model, e.version)),
+          h("td", { class: "mono" }, e.worker || "—"), h("td", {}, when(e.heartbeat_at)),
+          h("td", { class: "wrap" }, e.reason || ""),
+        )), "No endpoint registered yet: a deployer worker starts serving processes for the replicas."));
+      fillIfChanged("revisions", { items: revisions.items, current: d.revision }, () => table(
+        ["#Revision", "Version", "Reason", "Replicas", "Device", "Created", ""],
+        revisions.items.map((r) => {
+          const isCurrent = r.revision === d.revision;
+          const to = h("button", { type: "button", class: "small danger rollback-to" }, "Roll back to this");
+          to.addEventListener("click", () => act(to, `Roll ${name} back to revision ${r.revision} (v${r.version})?`,
+            () => api(`${base}/rollback`, { method: "POST", body: { to_revision: r.revision } }),
+            (out) => `${out.name}: revision ${out.revision} deploys v${out.version}`).then(refresh));
+          return h("tr", { class: isCurrent ? "current" : null, dataset: { revision: r.revision } },
+            num(r.revision), h("td", {}, versionLink(d.model, r.version)),
+            h("td", {}, r.reason), num(r.settings.replicas ?? "—"),
+            h("td", {}, r.settings.device ?? "—"), h("td", {}, when(r.created_at)),
+            h("td", {}, isCurrent ? h("span", { class: "pill info" }, "current") : to),
+          );
+        })));
+    });
+
+    button.addEventListener("click", () => {
+      const revision = current ? current.revision : "?";
+      act(button, `Roll ${name} back to the revision before ${revision}?`,
+        () => api(`${base}/rollback`, { method: "POST", body: {} }),
+        (out) => `${out.name}: revision ${out.revision} deploys v${out.version}`).then(refresh);
+    });
+  };
+
+  pages.events = () => {
+    const params = new URLSearchParams(window.location.search);
+    const modelInput = document.getElementById("event-model");
+    const actionInput = document.getElementById("event-action");
+    modelInput.value = params.get("model") || "";
+    actionInput.value = params.get("action") || "";
+    const more = document.getElementById("events-more");
+    let loaded = new Map(); // every event shown, by id: new ones come in on top
+    let cursor;
+    const filters = () => ({ model: modelInput.value.trim(), action: actionInput.value.trim() });
+    const render = () => {
+      const items = [...loaded.values()].sort((a, b) => b.id - a.id);
+      fillIfChanged("events", items, (all) => eventsTable(all, false));
+      more.hidden = !cursor;
+    };
+    const add = (out) => { for (const e of out.items) loaded.set(e.id, e); };
+    const refresh = poll(async () => {
+      try {
+        const out = await api(`/events${query({ ...filters(), order: "desc", limit: 100 })}`);
+        add(out);
+        if (cursor === undefined) cursor = out.next_cursor;
+        render();
+      } catch (err) {
+        failed(["events"], err);
+        throw err;
+      }
+    }, 3000);
+    more.addEventListener("click", async () => {
+      try {
+        const out = await api(`/events${query({ ...filters(), order: "desc", limit: 100, cursor })}`);
+        add(out);
+        cursor = out.next_cursor;
+        render();
+      } catch (err) {
+        flash("error", explain(err));
+      }
+    });
+    document.getElementById("event-filter").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      loaded = new Map();
+      cursor = undefined;
+      const f = filters();
+      window.history.replaceState(null, "", window.location.pathname + query(f));
+      refresh();
+    });
+  };
+
+  // --- the API key box -------------------------------------------------------------
+
+  function keyBox() {
+    const state = document.getElementById("key-state");
+    state.textContent = apiKey() ? "key saved" : "no key";
+    document.getElementById("key-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const input = document.getElementById("api-key");
+      const key = input.value.trim();
+      if (!key) return;
+      localStorage.setItem(KEY, key);
+      window.location.reload();
+    });
+    document.getElementById("key-clear").addEventListener("click", () => {
+      localStorage.removeItem(KEY);
+      window.location.reload();
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    keyBox();
+    setInterval(() => {
+      for (const t of document.querySelectorAll("time[data-ago]")) t.textContent = ago(t.getAttribute("datetime"));
+    }, 1000);
+    if (pages[page.page]) pages[page.page]();
+  });
+})();
