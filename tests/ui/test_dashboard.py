@@ -244,6 +244,11 @@ def test_deployment_page_follows_replica_and_endpoint_state_live(
     page.locator(f'#deployment-status [data-status="{status}"]').wait_for(timeout=LIVE_TIMEOUT_MS)
     assert page.evaluate("window.__sameDocument") is True
     screenshot(page, "deployment-live")
+    page.goto(f"{dashboard.ui}/")
+    row = page.locator('#deployments tr[data-deployment="resnet-live"]')
+    assert row.locator("td.status").inner_text() == status
+    page.locator("#models tr[data-model]").first.wait_for()
+    screenshot(page, "overview-live")  # docs/dashboard.png is one of these
 
 
 def test_events_page_lists_newest_first_and_filters(page: Any, dashboard: Dashboard) -> None:

@@ -248,12 +248,12 @@
       short ? null : h("td", {}, e.actor),
       h("td", {}, h("code", {}, e.action)),
       h("td", {}, e.model ? modelLink(e.model) : "—"),
-      h("td", {}, e.target || "—"),
-      h("td", { class: "mono", title: `${JSON.stringify(e.before)} → ${JSON.stringify(e.after)}` }, `${compact(e.before, short ? 14 : 60)} → ${compact(e.after, short ? 14 : 60)}`),
+      h("td", { title: e.target }, e.target ? compact(e.target, short ? 28 : 80) : "—"),
+      short ? null : h("td", { class: "mono", title: `${JSON.stringify(e.before)} → ${JSON.stringify(e.after)}` }, `${compact(e.before)} → ${compact(e.after)}`),
       short ? null : h("td", { class: "mono muted" }, e.request_id ? e.request_id.slice(0, 12) : "—"),
     ));
     const headings = short
-      ? ["Time", "Action", "Model", "Target", "Change"]
+      ? ["Time", "Action", "Model", "Target"]
       : ["Time", "Actor", "Action", "Model", "Target", "Change", "Request"];
     return table(headings, rows, "No events yet.");
   }
