@@ -294,3 +294,23 @@ def test_a_refused_key_shows_what_to_do(page: Any, dashboard: Dashboard) -> None
     notice = page.locator("#replicas .notice.error")
     assert "API key" in notice.inner_text()
     assert page.locator("#live.stale").count() == 1
+
+
+def test_a_panel_the_key_may_not_read_does_not_hide_the_others(
+    page: Any, dashboard: Dashboard
+) -> None:
+    """The audit log needs the admin scope; a read-only key still sees the deployments."""
+    problem = (
+        '{"type":"/problems/forbidden","title":"Forbidden","status":403,'
+        '"detail":"the API key \'viewer\' lacks the scope this call needs (admin)"}'
+    )
+    page.route(
+        "**/api/v1/events?*",
+        lambda route: route.fulfill(
+            status=403, content_type="application/problem+json", body=problem
+        ),
+    )
+    page.goto(f"{dashboard.ui}/")
+    page.locator('#deployments tr[data-deployment="resnet-prod"]').wait_for()
+    assert "lacks the scope" in page.locator("#events .notice.error").inner_text()
+    page.locator("#models tr[data-model]").first.wait_for()

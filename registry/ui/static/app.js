@@ -288,18 +288,18 @@
   const pages = {};
 
   pages.overview = () => {
+    // Each panel on its own: a key may read deployments but not the audit log (admin).
+    const panel = (id, path, render) => api(path).then(
+      (out) => fillIfChanged(id, out.items, render),
+      (err) => { failed([id], err); throw err; },
+    );
     poll(async () => {
-      try {
-        const [deployments, events] = await Promise.all([
-          api("/deployments?limit=100"),
-          api("/events?order=desc&limit=15"),
-        ]);
-        fillIfChanged("deployments", deployments.items, deploymentsTable);
-        fillIfChanged("events", events.items, (items) => eventsTable(items, true));
-      } catch (err) {
-        failed(["deployments", "events"], err);
-        throw err;
-      }
+      const results = await Promise.allSettled([
+        panel("deployments", "/deployments?limit=100", deploymentsTable),
+        panel("events", "/events?order=desc&limit=15", (items) => eventsTable(items, true)),
+      ]);
+      const failure = results.find((r) => r.status === "rejected");
+      if (failure) throw failure.reason;
     });
     (async () => {
       const models = await api("/models?limit=20");
