@@ -314,3 +314,35 @@ def test_a_panel_the_key_may_not_read_does_not_hide_the_others(
     page.locator('#deployments tr[data-deployment="resnet-prod"]').wait_for()
     assert "lacks the scope" in page.locator("#events .notice.error").inner_text()
     page.locator("#models tr[data-model]").first.wait_for()
+
+
+def test_set_alias_form_creates_a_new_alias(page: Any, dashboard: Dashboard) -> None:
+    page.goto(f"{dashboard.ui}/models/bert-small")
+    page.locator("#alias-new").wait_for()
+    page.fill("#alias-new-name", "canary")
+    page.select_option("#alias-new-version", "1")
+    page.click("#alias-new button")
+    page.locator('#aliases tr[data-alias="canary"][data-version="1"]').wait_for()
+    assert dashboard.alias("bert-small", "canary") == 1
+
+
+def test_rollback_to_a_chosen_revision(page: Any, dashboard: Dashboard) -> None:
+    dashboard.send(
+        "POST",
+        "/deployments",
+        201,
+        json={"name": "resnet-pick", "model": "resnet", "version": 1, "gpus": 1},
+    )
+    dashboard.send("PATCH", "/deployments/resnet-pick", json={"version": 2})
+    dashboard.send("PATCH", "/deployments/resnet-pick", json={"version": 3})
+    page.goto(f"{dashboard.ui}/deployments/resnet-pick")
+    page.locator('#revisions tr[data-revision="1"] button.rollback-to').click()
+    page.locator('#revisions tr.current[data-revision="4"]').wait_for()
+    after = dashboard.get("/deployments/resnet-pick")
+    assert (after["revision"], after["version"]) == (4, 1)
+
+
+def test_an_unknown_model_says_so(page: Any, dashboard: Dashboard) -> None:
+    page.goto(f"{dashboard.ui}/models/ghost")
+    assert "ghost" in page.locator("#versions .notice.error").inner_text()
+    assert page.locator("#live.stale").count() == 1
