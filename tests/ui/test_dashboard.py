@@ -259,6 +259,16 @@ def test_events_page_lists_newest_first_and_filters(page: Any, dashboard: Dashbo
     ids = rows.evaluate_all("rows => rows.map(r => Number(r.dataset.event))")
     assert ids == [e["id"] for e in expected]
     screenshot(page, "events")
+    page.fill("#event-model", "resnet")
+    page.fill("#event-action", "alias.moved")
+    page.click("#event-filter button")
+    moves = dashboard.get("/events", model="resnet", action="alias.moved", order="desc")["items"]
+    page.locator(f'#events tr[data-event="{moves[0]["id"]}"]').wait_for()
+    shown = page.locator("#events tr[data-event]")
+    assert shown.evaluate_all("rows => rows.map(r => Number(r.dataset.event))") == [
+        e["id"] for e in moves
+    ]
+    assert "model=resnet" in page.url and "action=alias.moved" in page.url
 
 
 def test_the_saved_api_key_goes_with_every_api_call(page: Any, dashboard: Dashboard) -> None:

@@ -191,10 +191,15 @@
   function poll(load, ms = POLL_MS) {
     let timer = null;
     let running = false;
+    let again = false; // asked to run while running: run once more right after
     const run = async () => {
       clearTimeout(timer);
-      if (running) return;
+      if (running) {
+        again = true;
+        return;
+      }
       running = true;
+      again = false;
       try {
         if (!document.hidden) {
           await load();
@@ -204,7 +209,7 @@
         live(false, err);
       } finally {
         running = false;
-        timer = setTimeout(run, ms);
+        timer = setTimeout(run, again ? 0 : ms);
       }
     };
     document.addEventListener("visibilitychange", () => { if (!document.hidden) run(); });
@@ -322,7 +327,7 @@
     document.getElementById("model-search").addEventListener("submit", (ev) => {
       ev.preventDefault();
       q = document.getElementById("model-q").value.trim();
-      load(true).catch((err) => failed(["models"], err));
+      load(true).catch((err) => flash("error", explain(err)));
     });
     more.addEventListener("click", () => load(false).catch((err) => flash("error", explain(err))));
     load(true).catch((err) => failed(["models"], err));
@@ -563,42 +568,39 @@
     modelInput.value = params.get("model") || "";
     actionInput.value = params.get("action") || "";
     const more = document.getElementById("events-more");
-    let loaded = new Map(); // every event shown, by id: new ones come in on top
-    let cursor;
     const filters = () => ({ model: modelInput.value.trim(), action: actionInput.value.trim() });
+    // What is shown: the submitted filters and every event loaded under them, by id (new
+    // ones come in on top). A filter change starts a new view; answers for an old one are
+    // dropped.
+    const newView = () => ({ filters: filters(), loaded: new Map(), cursor: undefined });
+    let view = newView();
     const render = () => {
-      const items = [...loaded.values()].sort((a, b) => b.id - a.id);
+      const items = [...view.loaded.values()].sort((a, b) => b.id - a.id);
       fillIfChanged("events", items, (all) => eventsTable(all, false));
-      more.hidden = !cursor;
+      more.hidden = !view.cursor;
     };
-    const add = (out) => { for (const e of out.items) loaded.set(e.id, e); };
+    const fetchInto = async (v, cursor) => {
+      const out = await api(`/events${query({ ...v.filters, order: "desc", limit: 100, cursor })}`);
+      if (v !== view) return;
+      for (const e of out.items) v.loaded.set(e.id, e);
+      if (cursor || v.cursor === undefined) v.cursor = out.next_cursor;
+      render();
+    };
     const refresh = poll(async () => {
       try {
-        const out = await api(`/events${query({ ...filters(), order: "desc", limit: 100 })}`);
-        add(out);
-        if (cursor === undefined) cursor = out.next_cursor;
-        render();
+        await fetchInto(view, null);
       } catch (err) {
         failed(["events"], err);
         throw err;
       }
     }, 3000);
-    more.addEventListener("click", async () => {
-      try {
-        const out = await api(`/events${query({ ...filters(), order: "desc", limit: 100, cursor })}`);
-        add(out);
-        cursor = out.next_cursor;
-        render();
-      } catch (err) {
-        flash("error", explain(err));
-      }
-    });
+    more.addEventListener("click", () => fetchInto(view, view.cursor).catch((err) => flash("error", explain(err))));
     document.getElementById("event-filter").addEventListener("submit", (ev) => {
       ev.preventDefault();
-      loaded = new Map();
-      cursor = undefined;
-      const f = filters();
-      window.history.replaceState(null, "", window.location.pathname + query(f));
+      view = newView();
+      shown.delete("events");
+      document.getElementById("events").setAttribute("data-loading", ""); // errors show here
+      window.history.replaceState(null, "", window.location.pathname + query(view.filters));
       refresh();
     });
   };
