@@ -3,9 +3,11 @@ Playwright (its own driver from the wheel; never `playwright install`, no downlo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,9 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
+from registry.schemas import KeyCreate, Scope
+from registry.services.keys import mint_key
+from registry.settings import Settings
 from tests.e2e.platform import REPO, ControlPlane
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,6 +33,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = REPO / "test-artifacts" / "ui"
+# Keys beside the admin key: their names, and the scopes they hold.
+KEYS = {"viewer": ["read"]}
 SIGNATURE = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
@@ -44,6 +51,7 @@ class Dashboard:
 
     cp: ControlPlane
     api: httpx.Client
+    tokens: dict[str, str] = field(default_factory=dict)  # key name -> mp_… token
     files: dict[tuple[str, int], dict[str, bytes]] = field(default_factory=dict)
 
     @property
@@ -128,17 +136,25 @@ def _populate(d: Dashboard) -> None:
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
+    """Auth on, as in production: the first admin key is minted in the database (what
+    `modelplane keys create --offline` does), the others over the API."""
     home = tmp_path_factory.mktemp("ui")
     settings = {
         "MODELPLANE_HOME": str(home),
-        "MODELPLANE_AUTH_ENABLED": "false",
+        "MODELPLANE_AUTH_ENABLED": "true",
         "MODELPLANE_LEASE_TTL_S": "300",  # the test plays the worker; its leases must hold
     }
     cp = ControlPlane(home, settings)
     try:
         cp.wait_ready()
-        with httpx.Client(base_url=cp.api, timeout=30) as api:
-            d = Dashboard(cp, api)
+        admin = KeyCreate(name="admin", scopes=[Scope.admin])
+        minted = asyncio.run(mint_key(Settings(home=home).database_url, admin, by="test"))
+        headers = {"Authorization": f"Bearer {minted.token}"}
+        with httpx.Client(base_url=cp.api, headers=headers, timeout=30) as api:
+            d = Dashboard(cp, api, tokens={"admin": minted.token})
+            for name, scopes in KEYS.items():
+                body = {"name": name, "scopes": scopes}
+                d.tokens[name] = d.send("POST", "/keys", 201, json=body)["token"]
             _populate(d)
             yield d
     finally:
@@ -162,11 +178,16 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-@pytest.fixture
-def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh browser context per test (its own localStorage); dialogs are accepted, and
-    a page error (an uncaught exception in our JavaScript) fails the test."""
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
+@contextmanager
+def open_page(browser: Any, dashboard: Dashboard, key: str | None, test: str = "") -> Iterator[Any]:
+    """A fresh browser context (its own localStorage) whose dashboard holds the API key
+    `key` (a name in `dashboard.tokens`; None: no key); dialogs are accepted, and a page
+    error (an uncaught exception in our JavaScript) fails the test."""
+    storage: dict[str, Any] = {"cookies": [], "origins": []}
+    if key is not None:
+        saved = [{"name": "modelplane.apiKey", "value": dashboard.tokens[key]}]
+        storage["origins"].append({"origin": dashboard.cp.url, "localStorage": saved})
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, storage_state=storage)
     tab = context.new_page()
     tab.set_default_timeout(20_000)
     errors: list[str] = []
@@ -176,7 +197,14 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
         yield tab
     finally:
         context.close()
-    assert not errors, f"JavaScript errors in {request.node.name}: {errors}"
+    assert not errors, f"JavaScript errors in {test}: {errors}"
+
+
+@pytest.fixture
+def page(browser: Any, dashboard: Dashboard, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A page whose dashboard holds the admin key."""
+    with open_page(browser, dashboard, "admin", request.node.name) as tab:
+        yield tab
 
 
 def screenshot(page: Any, name: str) -> Path:

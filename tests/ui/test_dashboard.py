@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.ui.conftest import SIGNATURE, Dashboard, screenshot, sha
+from tests.ui.conftest import SIGNATURE, Dashboard, open_page, screenshot, sha
 
 LIVE_TIMEOUT_MS = 15_000  # the page polls every 2 s; a busy machine gets plenty of slack
 
@@ -55,6 +55,7 @@ def test_pages_are_shells_that_render_no_registry_data(dashboard: Dashboard) -> 
     """With auth on, anyone may load a page; only the key's own API calls fetch data."""
     digest = sha(dashboard.files["resnet", 1]["model.pt"])
     with httpx.Client(base_url=dashboard.cp.url, timeout=10) as http:
+        assert http.get("/api/v1/models").status_code == 401  # auth is on
         for path in (
             "/ui/",
             "/ui/models",
@@ -271,59 +272,49 @@ def test_events_page_lists_newest_first_and_filters(page: Any, dashboard: Dashbo
     assert "model=resnet" in page.url and "action=alias.moved" in page.url
 
 
-def test_the_saved_api_key_goes_with_every_api_call(page: Any, dashboard: Dashboard) -> None:
-    page.goto(f"{dashboard.ui}/models/resnet")
-    page.locator("#versions tr[data-version]").first.wait_for()
-    sent: list[str | None] = []
-    page.on(
-        "request",
-        lambda r: sent.append(r.headers.get("authorization")) if "/api/v1/" in r.url else None,
-    )
-    page.fill("#api-key", "mp_dashboard_test_key")
-    page.click("#key-form button[type=submit]")
-    page.locator("#key-state").filter(has_text="key saved").wait_for()
-    page.locator("#versions tr[data-version]").first.wait_for()
-    wait_until("the page's API calls", lambda: len(sent) >= 4)
-    assert set(sent) == {"Bearer mp_dashboard_test_key"}
-    page.click("#key-clear")
-    page.locator("#key-state").filter(has_text="no key").wait_for()
-    assert page.evaluate("localStorage.getItem('modelplane.apiKey')") is None
+def test_without_a_key_the_page_asks_for_one_and_the_saved_key_opens_it(
+    browser: Any, dashboard: Dashboard
+) -> None:
+    with open_page(browser, dashboard, None, "no key") as page:
+        page.goto(f"{dashboard.ui}/models/resnet")
+        assert "API key" in page.locator("#versions .notice.error").inner_text()
+        assert page.locator("#key-state").inner_text() == "no key"
+        sent: list[str | None] = []
+        page.on(
+            "request",
+            lambda r: sent.append(r.headers.get("authorization")) if "/api/v1/" in r.url else None,
+        )
+        page.fill("#api-key", dashboard.tokens["admin"])
+        page.click("#key-form button[type=submit]")  # saves it and reloads
+        page.locator("#versions tr[data-version]").first.wait_for()
+        assert page.locator("#key-state").inner_text() == "key saved"
+        assert sent and set(sent) == {f"Bearer {dashboard.tokens['admin']}"}
+        page.click("#key-clear")
+        assert "API key" in page.locator("#versions .notice.error").inner_text()
+        assert page.evaluate("localStorage.getItem('modelplane.apiKey')") is None
 
 
-def test_a_refused_key_shows_what_to_do(page: Any, dashboard: Dashboard) -> None:
-    """What the page shows when the API answers 401 (auth on, no or a bad key): the
-    answer is made in the browser, the way the API words it."""
-    problem = '{"type":"/problems/unauthorized","title":"Unauthorized","status":401,"detail":"x"}'
-    page.route(
-        "**/api/v1/**",
-        lambda route: route.fulfill(
-            status=401, content_type="application/problem+json", body=problem
-        ),
-    )
-    page.goto(f"{dashboard.ui}/deployments/resnet-prod")
-    notice = page.locator("#replicas .notice.error")
-    assert "API key" in notice.inner_text()
-    assert page.locator("#live.stale").count() == 1
+def test_a_read_only_key_sees_the_model_but_cannot_roll_back_its_alias(
+    browser: Any, dashboard: Dashboard
+) -> None:
+    before = dashboard.alias("resnet", "production")
+    with open_page(browser, dashboard, "viewer", "viewer") as page:
+        page.goto(f"{dashboard.ui}/models/resnet")
+        page.locator('#aliases tr[data-alias="production"] button.rollback').click()
+        refused = page.locator("#flash .msg.error")
+        assert "lacks the scope" in refused.inner_text()
+    assert dashboard.alias("resnet", "production") == before
 
 
 def test_a_panel_the_key_may_not_read_does_not_hide_the_others(
-    page: Any, dashboard: Dashboard
+    browser: Any, dashboard: Dashboard
 ) -> None:
     """The audit log needs the admin scope; a read-only key still sees the deployments."""
-    problem = (
-        '{"type":"/problems/forbidden","title":"Forbidden","status":403,'
-        '"detail":"the API key \'viewer\' lacks the scope this call needs (admin)"}'
-    )
-    page.route(
-        "**/api/v1/events?*",
-        lambda route: route.fulfill(
-            status=403, content_type="application/problem+json", body=problem
-        ),
-    )
-    page.goto(f"{dashboard.ui}/")
-    page.locator('#deployments tr[data-deployment="resnet-prod"]').wait_for()
-    assert "lacks the scope" in page.locator("#events .notice.error").inner_text()
-    page.locator("#models tr[data-model]").first.wait_for()
+    with open_page(browser, dashboard, "viewer", "viewer") as page:
+        page.goto(f"{dashboard.ui}/")
+        page.locator('#deployments tr[data-deployment="resnet-prod"]').wait_for()
+        assert "lacks the scope" in page.locator("#events .notice.error").inner_text()
+        page.locator("#models tr[data-model]").first.wait_for()
 
 
 def test_set_alias_form_creates_a_new_alias(page: Any, dashboard: Dashboard) -> None:
