@@ -18,7 +18,6 @@ import pytest
 
 from registry.schemas import KeyCreate, Scope
 from registry.services.keys import mint_key
-from registry.settings import Settings
 from tests.e2e.platform import REPO, ControlPlane
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -139,8 +138,10 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     """Auth on, as in production: the first admin key is minted in the database (what
     `modelplane keys create --offline` does), the others over the API."""
     home = tmp_path_factory.mktemp("ui")
+    database_url = f"sqlite+aiosqlite:///{home / 'registry.db'}"
     settings = {
         "MODELPLANE_HOME": str(home),
+        "MODELPLANE_DATABASE_URL": database_url,
         "MODELPLANE_AUTH_ENABLED": "true",
         "MODELPLANE_LEASE_TTL_S": "300",  # the test plays the worker; its leases must hold
     }
@@ -148,7 +149,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     try:
         cp.wait_ready()
         admin = KeyCreate(name="admin", scopes=[Scope.admin])
-        minted = asyncio.run(mint_key(Settings(home=home).database_url, admin, by="test"))
+        minted = asyncio.run(mint_key(database_url, admin, by="test"))
         headers = {"Authorization": f"Bearer {minted.token}"}
         with httpx.Client(base_url=cp.api, headers=headers, timeout=30) as api:
             d = Dashboard(cp, api, tokens={"admin": minted.token})

@@ -99,6 +99,20 @@ def test_overview_shows_deployments_models_and_recent_events(
     screenshot(page, "overview")
 
 
+def test_deployments_page_lists_every_deployment_with_its_status(
+    page: Any, dashboard: Dashboard
+) -> None:
+    page.goto(f"{dashboard.ui}/deployments")
+    expected = {d["name"]: d for d in dashboard.get("/deployments")["items"]}
+    page.locator("#deployments tr[data-deployment]").first.wait_for()
+    rows = page.locator("#deployments tr[data-deployment]")
+    assert set(rows.evaluate_all("rows => rows.map(r => r.dataset.deployment)")) == set(expected)
+    for name, d in expected.items():
+        row = page.locator(f'#deployments tr[data-deployment="{name}"]')
+        assert row.locator("td.status").inner_text() == d["status"]
+        assert f"{d['observed']['ready_replicas']}/{d['replicas']}" in row.inner_text()
+
+
 def test_models_page_lists_versions_and_aliases(page: Any, dashboard: Dashboard) -> None:
     page.goto(f"{dashboard.ui}/models")
     row = page.locator('#models tr[data-model="resnet"]')
