@@ -39,12 +39,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-PAGES = {
-    "overview": "Overview",
-    "models": "Models",
-    "deployments": "Deployments",
-    "events": "Events",
-}
 
 
 def _asset_version(directory: Path) -> str:
@@ -62,7 +56,12 @@ class Dashboard:
         self.asset_version = _asset_version(HERE / "static")
 
     def render(
-        self, request: Request, template: str, status_code: int = 200, **page: Any
+        self,
+        request: Request,
+        template: str,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        **page: Any,
     ) -> Response:
         ui_root = request.scope.get("root_path", "").rstrip("/")  # where we are mounted
         app_root = request.scope.get("app_root_path", "").rstrip("/")
@@ -72,11 +71,14 @@ class Dashboard:
             "docs": app_root + "/docs",
             "redoc": app_root + "/redoc",
             "asset_version": self.asset_version,
-            "pages": PAGES,
             **page,
         }
         return self.templates.TemplateResponse(
-            request, template, context, status_code=status_code, headers=SECURITY_HEADERS
+            request,
+            template,
+            context,
+            status_code=status_code,
+            headers={**SECURITY_HEADERS, **(headers or {})},
         )
 
     async def overview(self, request: Request) -> Response:
@@ -117,6 +119,7 @@ class Dashboard:
             request,
             "error.html",
             status_code=exc.status_code,
+            headers=dict(exc.headers or {}),  # e.g. Allow on a 405
             page="error",
             title="Not found" if exc.status_code == 404 else "Error",
             status=exc.status_code,
