@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.auth import Authenticate, authorize
 from registry.db import SessionFactory, make_engine, make_session_factory
+from registry.docs import install_docs
 from registry.problems import install_problem_handlers, use_problem_media_type
 from registry.routes import (
     aliases,
@@ -79,12 +80,15 @@ def create_app(
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operation id = function name
         dependencies=[Depends(authorize)],  # every route: the scopes POLICY gives it
+        docs_url=None,  # /docs and /redoc: install_docs, served without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.store = store if store is not None else store_from_settings(settings)
     install_problem_handlers(app)
     use_problem_media_type(app)
+    install_docs(app, title="Modelplane")
     for module in (models, versions, files, aliases, events, deployments, endpoints, workers, keys):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)

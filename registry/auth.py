@@ -53,6 +53,8 @@ POLICY: dict[str, frozenset[S]] = {
     # operations (no key)
     "get_health": PUBLIC,  # GET /healthz
     "get_readiness": PUBLIC,  # GET /readyz
+    "swagger_ui": PUBLIC,  # GET /docs (registry/docs.py)
+    "redoc": PUBLIC,  # GET /redoc
     # models: /api/v1/models[/{name}]
     "create_model": WRITE,
     "list_models": READ,
