@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# One image for every Modelplane process: the control plane (`modelplane server`), the
+# one-shot migration (`modelplane migrate`), deployer workers (`python -m deployer`) and the
+# serving processes a worker starts (`python -m serving`).
+#
+#   docker build -t modelplane:cpu .                                     # CPU torch (default)
+#   docker build -t modelplane:cuda --build-arg TORCH_VARIANT=cu126 .    # CUDA torch
+#
+# TORCH_VARIANT names a PyTorch wheel index (cpu, cu126, cu128, ...); TORCH_INDEX_URL
+# overrides the whole URL (a mirror).
+FROM python:3.11-slim
+
+ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MODELPLANE_HOME=/var/lib/modelplane
+
+RUN groupadd --system --gid 10001 modelplane \
+ && useradd --system --uid 10001 --gid modelplane --home-dir /var/lib/modelplane \
+    --create-home --shell /usr/sbin/nologin modelplane \
+ && install -d -o modelplane -g modelplane /var/lib/modelplane/cache
+
+WORKDIR /app
+
+# Dependencies before code: this layer is rebuilt only when pyproject.toml changes. torch
+# comes from the variant's index first; the pin in pyproject (torch==X) is then satisfied by
+# X+cpu or X+cuNNN, and every other dependency comes from PyPI.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
+ && pip install --index-url "${TORCH_INDEX_URL}" "$(grep '^torch' /tmp/requirements.txt)" \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+
+# The code. Editable, so `registry.migrate` finds alembic.ini and migrations/ beside it.
+COPY README.md alembic.ini ./
+COPY migrations ./migrations
+COPY storage ./storage
+COPY registry ./registry
+COPY serving ./serving
+COPY deployer ./deployer
+COPY client ./client
+RUN pip install --no-deps -e . && python -m compileall -q /app
+
+USER modelplane
+EXPOSE 8000
+CMD ["modelplane", "server"]

@@ -1,0 +1,493 @@
+"""docker-compose.yml, the Dockerfile and docker/nginx.conf, held to the code.
+
+Docker does not run on our machines, so this is what keeps the compose stack honest: every
+image is pinned, every command is a real entry point whose flags parse, every MODELPLANE_*
+variable is a field of the settings class of the process it is given to and its value
+validates, ports, hosts, credentials, buckets and volumes agree across services, the proxy
+forwards to the control-plane service on its port, depends_on conditions can be met, and
+the Dockerfile copies paths that exist and ends in a real command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import typer.main
+from fastapi.testclient import TestClient
+from pydantic_settings import BaseSettings
+
+from client.cli import app as cli_app
+from deployer.__main__ import build_parser as deployer_parser
+from deployer.settings import WorkerSettings
+from registry.app import create_app
+from registry.migrate import upgrade_to_head
+from registry.settings import Settings
+from serving.__main__ import build_parser as serving_parser
+from serving.settings import ServingSettings
+from tests.infra.compose import (
+    REPO,
+    command,
+    dockerfile,
+    environment,
+    exec_form,
+    load_compose,
+    nginx,
+)
+
+COMPOSE = load_compose()
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+OUR_IMAGE = re.compile(r"^modelplane:[a-z0-9][a-z0-9._-]*$")
+# [registry[:port]/]path[:tag]: lowercase path components, a tag that is neither empty nor
+# `latest` (a stack that changes under you on the next pull is not reproducible).
+IMAGE = re.compile(
+    r"^(?:[a-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r":(?!latest$)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+)
+# Issue 5 (auth, branch `sec`) adds these. Until its settings land they are placeholders:
+# allowed here while no settings class has the field, checked like any other once one does.
+AUTH_PLACEHOLDERS: dict[str, type[BaseSettings]] = {
+    "MODELPLANE_AUTH_ENABLED": Settings,
+    "MODELPLANE_WORKER_TOKEN": WorkerSettings,
+}
+
+
+def ours(service: dict[str, Any]) -> bool:
+    return bool(OUR_IMAGE.match(str(service.get("image", ""))))
+
+
+OUR_SERVICES = {name: s for name, s in SERVICES.items() if ours(s)}
+
+
+def env_fields(cls: type[BaseSettings]) -> dict[str, str]:
+    """MODELPLANE_* variable → field name, for one settings class."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return {f"{prefix}{name}".upper(): name for name in cls.model_fields}
+
+
+def parse_argparse(parser: argparse.ArgumentParser, args: list[str]) -> dict[str, Any]:
+    """argparse's namespace as a dict; a bad flag fails the test instead of exiting."""
+    exact = {flag for action in parser._actions for flag in action.option_strings}
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        assert not flag.startswith("--") or flag in exact, f"{parser.prog}: no flag {flag}"
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return vars(parser.parse_args(args))
+    except SystemExit:
+        pytest.fail(f"{parser.prog} {' '.join(args)}: {errors.getvalue()}")
+
+
+def entry_point(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """Which of our processes `argv` runs ("registry", "deployer", "serving") and the
+    options it gives on the command line; fails unless the command and its flags exist."""
+    if argv[0] == "modelplane":
+        assert "modelplane" in PYPROJECT["project"]["scripts"], "no `modelplane` script"
+        # Typer vendors its own click: reach the commands through its group's mapping.
+        commands = typer.main.get_command(cli_app).commands  # type: ignore[attr-defined]
+        sub = commands.get(argv[1]) if len(argv) > 1 else None
+        assert sub is not None, f"`modelplane {argv[1:]}` is not a command of client/cli.py"
+        try:
+            sub.make_context(argv[1], argv[2:])
+        except Exception as exc:  # click's UsageError family: unknown option, bad value
+            pytest.fail(f"`{' '.join(argv)}`: {getattr(exc, 'format_message', exc.__str__)()}")
+        return "registry", {}
+    if argv[:2] == ["python", "-m"] and argv[2] in ("deployer", "serving"):
+        parser = deployer_parser() if argv[2] == "deployer" else serving_parser()
+        given = parse_argparse(parser, argv[3:])
+        given.pop("log_level", None) if argv[2] == "deployer" else None
+        return argv[2], given
+    pytest.fail(f"{argv} is not an entry point of ours")
+
+
+SETTINGS_FOR: dict[str, tuple[type[BaseSettings], ...]] = {
+    "registry": (Settings,),
+    # Serving processes are the worker's children and inherit its environment.
+    "deployer": (WorkerSettings, ServingSettings),
+    "serving": (ServingSettings,),
+}
+
+
+def build_settings(cls: type[BaseSettings], values: dict[str, Any]) -> BaseSettings:
+    if cls is Settings:
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return cls(**values)
+
+
+def service_settings(name: str) -> dict[type[BaseSettings], BaseSettings]:
+    """The settings objects a service's process builds from its command and environment."""
+    service = SERVICES[name]
+    kind, flags = entry_point(command(service))
+    env = environment(service)
+    built: dict[type[BaseSettings], BaseSettings] = {}
+    for cls in SETTINGS_FOR[kind]:
+        fields = env_fields(cls)
+        values = {fields[k]: v for k, v in env.items() if k in fields}
+        if cls is WorkerSettings:
+            values.update(flags)  # flags win over the environment
+        if cls is ServingSettings:
+            continue  # the worker gives serving processes their required flags itself
+        built[cls] = build_settings(cls, values)
+    return built
+
+
+def url_of(service: str, variable: str) -> Any:
+    return urlsplit(environment(SERVICES[service])[variable])
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {d: "service_started" for d in deps}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+# -- images and builds -------------------------------------------------------------------
+
+
+def test_every_image_is_a_well_formed_pinned_reference() -> None:
+    for name, service in SERVICES.items():
+        image = str(service.get("image", ""))
+        assert IMAGE.match(image) or OUR_IMAGE.match(image), f"{name}: image {image!r}"
+
+
+def test_services_on_our_image_build_it_from_the_dockerfile_with_declared_args() -> None:
+    declared = {i.args.split("=", 1)[0] for i in dockerfile() if i.keyword == "ARG"}
+    built: dict[str, Any] = {}
+    for name, service in OUR_SERVICES.items():
+        build = service.get("build")
+        assert build is not None, f"{name}: our image but no build section"
+        assert (REPO / build["context"] / build.get("dockerfile", "Dockerfile")).is_file()
+        assert set(build.get("args", {})) <= declared, f"{name}: undeclared build args"
+        previous = built.setdefault(service["image"], build)
+        assert previous == build, f"{name}: one tag {service['image']} built two ways"
+    assert {"controlplane", "migrate", "worker-cpu", "worker-gpu"} <= set(OUR_SERVICES)
+
+
+def test_gpu_worker_is_only_under_the_gpu_profile_with_an_nvidia_reservation() -> None:
+    gpu = SERVICES["worker-gpu"]
+    assert gpu.get("profiles") == ["gpu"]
+    [device] = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert gpu["build"]["args"]["TORCH_VARIANT"].startswith("cu"), "GPU worker on CPU torch"
+    settings = service_settings("worker-gpu")[WorkerSettings]
+    assert isinstance(settings, WorkerSettings) and settings.gpus == "auto"
+    assert settings.cpu_slots == 0
+    for name, service in SERVICES.items():
+        if name != "worker-gpu":
+            assert "profiles" not in service, f"{name} should start without a profile"
+            assert "worker-gpu" not in depends_on(service)
+            assert "devices" not in str(service.get("deploy", {}))
+    cpu = service_settings("worker-cpu")[WorkerSettings]
+    assert isinstance(cpu, WorkerSettings) and cpu.gpu_ids() == [] and cpu.cpu_slots >= 1
+
+
+# -- commands and settings ----------------------------------------------------------------
+
+
+def test_every_command_of_our_services_is_a_real_entry_point_with_real_flags() -> None:
+    kinds = {name: entry_point(command(s))[0] for name, s in OUR_SERVICES.items()}
+    assert kinds == {
+        "migrate": "registry",
+        "controlplane": "registry",
+        "worker-cpu": "deployer",
+        "worker-gpu": "deployer",
+    }
+    assert command(SERVICES["migrate"])[:2] == ["modelplane", "migrate"]
+    assert command(SERVICES["controlplane"])[:2] == ["modelplane", "server"]
+    for service in OUR_SERVICES.values():
+        assert "entrypoint" not in service  # the Dockerfile has none: command is argv
+
+
+def test_every_modelplane_variable_is_a_field_of_the_process_settings() -> None:
+    for name, service in SERVICES.items():
+        env = environment(service)
+        ours_vars = {k for k in env if k.startswith("MODELPLANE_")}
+        if not ours(service):
+            assert not ours_vars, f"{name} is not ours but sets {ours_vars}"
+            continue
+        kind, _ = entry_point(command(service))
+        known: set[str] = set()
+        for cls in SETTINGS_FOR[kind]:
+            known |= set(env_fields(cls))
+        placeholders = {v for v, cls in AUTH_PLACEHOLDERS.items() if v not in env_fields(cls)}
+        unknown = ours_vars - known - placeholders
+        assert not unknown, f"{name}: {sorted(unknown)} are no settings of `{kind}`"
+
+
+def test_every_modelplane_value_validates_in_its_settings_class() -> None:
+    for name in OUR_SERVICES:
+        service_settings(name)  # raises pydantic's ValidationError naming the field
+
+
+def test_auth_settings_are_wired_once_they_exist() -> None:
+    """When issue 5's settings land, the placeholders must be their real names: the control
+    plane sets the auth switch and every worker passes its token."""
+    auth_fields = [f for f in Settings.model_fields if f.startswith("auth")]
+    worker_tokens = [f for f in WorkerSettings.model_fields if "token" in f]
+    for field in auth_fields:
+        if field == "auth_enabled":
+            assert "MODELPLANE_AUTH_ENABLED" in environment(SERVICES["controlplane"])
+    for field in worker_tokens:
+        for name in ("worker-cpu", "worker-gpu"):
+            variable = f"MODELPLANE_WORKER_{field.upper()}"
+            assert variable in environment(SERVICES[name]), f"{name} lacks {variable}"
+    for name in ("worker-cpu", "worker-gpu"):
+        assert "MODELPLANE_WORKER_TOKEN" in environment(SERVICES[name])  # the placeholder
+
+
+def test_migrate_and_control_planes_share_one_database_and_store() -> None:
+    keys = ("MODELPLANE_DATABASE_URL", "MODELPLANE_STORAGE_URL", "MODELPLANE_S3_ENDPOINT_URL",
+            "MODELPLANE_S3_ACCESS_KEY_ID", "MODELPLANE_S3_SECRET_ACCESS_KEY")  # fmt: skip
+    migrate, cp = environment(SERVICES["migrate"]), environment(SERVICES["controlplane"])
+    for key in keys[:1]:
+        assert migrate[key] == cp[key]
+    for key in keys:
+        assert cp[key], key
+
+
+# -- addresses, ports, credentials --------------------------------------------------------
+
+
+def test_database_url_names_the_postgres_service_and_its_credentials() -> None:
+    url = url_of("controlplane", "MODELPLANE_DATABASE_URL")
+    pg = environment(SERVICES["postgres"])
+    assert url.scheme == "postgresql+asyncpg"
+    assert url.hostname == "postgres" and (url.port or 5432) == 5432
+    assert url.username == pg["POSTGRES_USER"] and url.password == pg["POSTGRES_PASSWORD"]
+    assert url.path.lstrip("/") == pg["POSTGRES_DB"]
+    assert "/var/lib/postgresql/data" in mount_targets("postgres")  # PGDATA's default
+
+
+def test_store_is_the_minio_service_with_its_keys_and_the_bucket_init_creates() -> None:
+    cp = service_settings("controlplane")[Settings]
+    assert isinstance(cp, Settings)
+    endpoint = urlsplit(cp.s3_endpoint_url or "")
+    minio, init = SERVICES["minio"], SERVICES["minio-init"]
+    minio_cmd = command(minio)
+    address = minio_cmd[minio_cmd.index("--address") + 1]
+    assert endpoint.hostname == "minio" and endpoint.port == int(address.rsplit(":", 1)[1])
+    root = environment(minio)
+    assert cp.s3_access_key_id == root["MINIO_ROOT_USER"]
+    assert cp.s3_secret_access_key == root["MINIO_ROOT_PASSWORD"]
+    assert environment(init) == root, "minio-init logs in with other credentials"
+    storage = urlsplit(cp.storage_url)
+    assert storage.scheme == "s3" and cp.s3_path_style
+    script = " ".join(command(init))
+    [alias_url] = re.findall(r"mc alias set store (\S+)", script)
+    assert alias_url == cp.s3_endpoint_url
+    assert re.search(rf"mc mb --ignore-existing store/{re.escape(storage.netloc)}\b", script)
+    assert minio_cmd[minio_cmd.index("server") + 1] in mount_targets("minio")
+
+
+def test_control_plane_listens_on_all_interfaces_on_the_default_port() -> None:
+    settings = service_settings("controlplane")[Settings]
+    assert isinstance(settings, Settings)
+    assert settings.host == "0.0.0.0", "127.0.0.1 in a container is unreachable from others"
+    assert settings.port == Settings.model_fields["port"].default
+    assert str(settings.port) in [str(p) for p in SERVICES["controlplane"]["expose"]]
+    assert "ports" not in SERVICES["controlplane"], "replicas would fight over a host port"
+    assert SERVICES["controlplane"]["deploy"]["replicas"] >= 2
+    check = " ".join(SERVICES["controlplane"]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{settings.port}/readyz" in check
+
+
+def test_proxy_forwards_to_the_control_plane_service_on_its_port() -> None:
+    proxy = SERVICES["proxy"]
+    [mount] = [v for v in proxy["volumes"] if str(v).endswith("/etc/nginx/nginx.conf:ro")]
+    source = REPO / str(mount).split(":", 1)[0]
+    assert source.is_file(), source
+    config = nginx(source)
+    settings = service_settings("controlplane")[Settings]
+    assert isinstance(settings, Settings)
+    [upstream] = config.upstreams.values()
+    assert upstream == [("controlplane", settings.port)]
+    assert config.proxy_pass == [f"http://{next(iter(config.upstreams))}"]
+    [published] = proxy["ports"]
+    assert int(str(published).rsplit(":", 1)[1]) in config.listen
+    # Uploads up to max_upload_bytes stream through: no limit, no buffering.
+    assert config.directives["client_max_body_size"] == ["0"]
+    assert config.directives["proxy_request_buffering"] == ["off"]
+    assert "Host $http_host" in config.directives["proxy_set_header"]
+
+
+def test_workers_reach_the_proxy_and_advertise_their_own_hostname() -> None:
+    listen = nginx(REPO / "docker" / "nginx.conf").listen
+    ranges = []
+    for name in ("worker-cpu", "worker-gpu"):
+        settings = service_settings(name)[WorkerSettings]
+        assert isinstance(settings, WorkerSettings)
+        target = urlsplit(settings.control_plane)
+        assert target.hostname == "proxy" and target.port in listen
+        assert settings.address == SERVICES[name]["hostname"] == name
+        assert settings.name == name
+        ranges.append(settings.ports)
+        assert "ports" not in SERVICES[name], "serving ports stay inside the network"
+        assert Path(settings.cache_dir).is_absolute()
+        assert str(settings.cache_dir) in mount_targets(name), f"{name}: cache not on a volume"
+
+
+# -- volumes, dependencies, healthchecks --------------------------------------------------
+
+
+def mount_targets(name: str) -> list[str]:
+    return [str(v).split(":")[1] for v in SERVICES[name].get("volumes", [])]
+
+
+def test_volumes_are_declared_and_bind_mounts_exist_in_the_repository() -> None:
+    declared = set(COMPOSE.get("volumes") or {})
+    used = set()
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":", 1)[0]
+            if source.startswith((".", "/")):
+                assert (REPO / source).exists(), f"{name}: {source} is not in the repository"
+            else:
+                assert source in declared, f"{name}: volume {source} not declared"
+                used.add(source)
+    assert used == declared, f"declared but unused: {declared - used}"
+
+
+def test_depends_on_conditions_can_be_met_and_form_no_cycle() -> None:
+    for name, service in SERVICES.items():
+        for target, condition in depends_on(service).items():
+            assert target in SERVICES, f"{name} depends on unknown {target}"
+            other = SERVICES[target]
+            if condition == "service_healthy":
+                assert "healthcheck" in other, f"{name} waits for {target} to be healthy"
+            elif condition == "service_completed_successfully":
+                assert other.get("restart", "no") == "no" and "ports" not in other, target
+            else:
+                assert condition == "service_started", condition
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"dependency cycle: {' -> '.join((*path, name))}"
+        if name not in done:
+            for target in depends_on(SERVICES[name]):
+                visit(target, (*path, name))
+            done.add(name)
+
+    for name in SERVICES:
+        visit(name, ())
+    chain = depends_on(SERVICES["controlplane"])
+    assert chain["migrate"] == chain["minio-init"] == "service_completed_successfully"
+    assert depends_on(SERVICES["migrate"]) == {"postgres": "service_healthy"}
+
+
+def test_healthchecks_are_exec_form_and_hit_real_routes(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, _env_file=None)  # type: ignore[call-arg]
+    upgrade_to_head(settings.database_url)
+    client = TestClient(create_app(settings))
+    for name, service in SERVICES.items():
+        check = service.get("healthcheck")
+        if check is None:
+            continue
+        test = check["test"]
+        assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), name
+        for url in re.findall(r"http://127\.0\.0\.1:\d+(/[a-z]+)", " ".join(test)):
+            answer = client.get(url)
+            assert answer.status_code == 200, f"{name}: healthcheck {url}: {answer.text}"
+        if test[1:3] == ["python", "-c"]:
+            compile(test[3], f"{name} healthcheck", "exec")
+
+
+# -- Dockerfile ---------------------------------------------------------------------------
+
+
+def test_dockerfile_is_slim_non_root_and_pins_the_torch_variant_by_build_arg() -> None:
+    steps = dockerfile()
+    assert steps[0].keyword == "FROM" and steps[0].args == "python:3.11-slim"
+    args = dict(i.args.split("=", 1) for i in steps if i.keyword == "ARG")
+    assert args["TORCH_VARIANT"] == "cpu"
+    assert "${TORCH_VARIANT}" in args["TORCH_INDEX_URL"]
+    assert any('--index-url "${TORCH_INDEX_URL}"' in i.args for i in steps if i.keyword == "RUN")
+    users = [i for i in steps if i.keyword == "USER"]
+    assert users and users[-1].args not in ("root", "0")
+    last_run = max(n for n, i in enumerate(steps) if i.keyword == "RUN")
+    assert steps.index(users[-1]) > last_run, "USER must come after the last RUN"
+
+
+def test_dockerfile_copies_existing_paths_and_every_package() -> None:
+    copied: list[str] = []
+    for step in dockerfile():
+        if step.keyword != "COPY":
+            continue
+        parts = [p for p in step.args.split() if not p.startswith("--")]
+        for source in parts[:-1]:
+            assert (REPO / source).exists(), f"line {step.line}: COPY {source} does not exist"
+            copied.append(source.rstrip("/"))
+    packages = [
+        p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    ]
+    assert set(packages) <= set(copied), f"not copied: {set(packages) - set(copied)}"
+    assert {"pyproject.toml", "alembic.ini", "README.md"} <= set(copied)
+
+
+def test_dockerfile_installs_dependencies_before_copying_code() -> None:
+    steps = dockerfile()
+    first_code = min(
+        n for n, i in enumerate(steps) if i.keyword == "COPY" and "pyproject.toml" not in i.args
+    )
+    deps = [
+        n
+        for n, i in enumerate(steps)
+        if i.keyword == "RUN" and "-r /tmp/requirements.txt" in i.args
+    ]
+    assert deps and deps[0] < first_code
+    copies_before = [i.args for i in steps[:first_code] if i.keyword == "COPY"]
+    assert copies_before == ["pyproject.toml ./"], copies_before
+
+
+def test_dockerfile_command_and_environment_are_real() -> None:
+    steps = dockerfile()
+    [cmd] = [i for i in steps if i.keyword == "CMD"]
+    assert not [i for i in steps if i.keyword == "ENTRYPOINT"]
+    kind, _ = entry_point(exec_form(cmd.args))
+    assert kind == "registry"
+    fields = env_fields(Settings) | env_fields(WorkerSettings) | env_fields(ServingSettings)
+    for step in (i for i in steps if i.keyword == "ENV"):
+        for key in re.findall(r"(MODELPLANE_[A-Z_]+)=", step.args):
+            assert key in fields, f"ENV {key} is no setting"
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", ".git", ".modelplane"} <= set(ignored)
+
+
+# -- the entry points run -----------------------------------------------------------------
+
+
+def compose_entry_points() -> list[list[str]]:
+    """`--help` of every distinct entry point compose and the Dockerfile use."""
+    seen: list[list[str]] = []
+    argvs = [command(s) for s in OUR_SERVICES.values()]
+    argvs.append(exec_form(next(i.args for i in dockerfile() if i.keyword == "CMD")))
+    for argv in argvs:
+        head = argv[:3] if argv[0] == "python" else argv[:2]
+        if head not in seen:
+            seen.append(head)
+    return seen
+
+
+@pytest.mark.parametrize("argv", compose_entry_points(), ids=" ".join)
+def test_entry_point_used_by_compose_runs(argv: list[str]) -> None:
+    if argv[0] == "modelplane":
+        executable = [str(Path(sys.executable).parent / "modelplane")]
+        assert Path(executable[0]).exists(), "the modelplane console script is not installed"
+    else:
+        executable = [sys.executable]
+    done = subprocess.run(
+        [*executable, *argv[1:], "--help"], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage" in done.stdout.lower(), done.stdout
