@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch==2.13.0 lives in /opt/wheels on our machines; pip finds it there.
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: up install install-dev test chromium lint bench clean
+.PHONY: up install install-dev test chromium iproute2 lint bench stack clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ up: install
 # root; otherwise they skip with the reason (with CI=true a missing chromium fails them).
 CHROMIUM := /usr/bin/chromium
 
-test: install-dev chromium
+test: install-dev chromium iproute2
 	$(BIN)/python -m pytest -q -rs
 
 chromium:
@@ -39,6 +39,20 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 			|| echo "could not install chromium: the dashboard tests will skip (fail with CI=true)"; \
 	fi
+
+# iproute2 (`ip netns`) for the multi-host test, installed only when missing and only as
+# root; without it that test runs its loopback variant only.
+iproute2:
+	@if ! command -v ip >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing iproute2 for the multi-host test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 \
+			|| echo "could not install iproute2: the multi-host test runs on loopback only"; \
+	fi
+
+# docker-compose.yml's topology natively: local Postgres, SeaweedFS, 2 control planes behind
+# a balancer on 127.0.0.1:8000, 2 deployer workers (network namespaces as root). Ctrl-C stops it.
+stack: install-dev
+	$(BIN)/modelplane stack
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -134,6 +134,46 @@ def migrate_command() -> None:
     console.print(f"[green]database at head[/green]: {_redact(settings.database_url)}")
 
 
+@app.command()
+def stack(
+    home: Annotated[Path, typer.Option(help="State, logs and caches.")] = Path(".modelplane/stack"),
+    port: Annotated[int, typer.Option(help="The balancer's port on 127.0.0.1 (0: free).")] = 8000,
+    database: Annotated[str, typer.Option(help="Postgres database, created if missing.")] = (
+        "modelplane_stack"
+    ),
+    postgres: Annotated[str, typer.Option(help="Postgres server (without a database).")] = (
+        "postgresql://postgres@127.0.0.1:5432"
+    ),
+    netns: Annotated[
+        str, typer.Option(help="Workers in network namespaces: auto, on or off (loopback).")
+    ] = "auto",
+    control_planes: Annotated[int, typer.Option(min=1, help="Control-plane processes.")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="Deployer workers.")] = 2,
+    lease_ttl_s: Annotated[float, typer.Option(help="Worker lease TTL (seconds).")] = 15.0,
+) -> None:
+    """Run docker-compose.yml's topology natively: the local Postgres, SeaweedFS, a one-shot
+    migration, control planes behind a TCP balancer, and deployer workers on hosts of their
+    own (network namespaces when permitted). Ctrl-C stops everything."""
+    from client.stack import StackConfig, run
+
+    config = StackConfig(
+        home=home,
+        port=port,
+        database=database,
+        postgres=postgres,
+        netns=netns,
+        control_planes=control_planes,
+        workers=workers,
+        lease_ttl_s=lease_ttl_s,
+        heartbeat_s=min(3.0, lease_ttl_s / 3),
+    )
+
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    raise typer.Exit(run(config, say=say))
+
+
 def _announce(host: str, port: int, database_url: str, storage_url: str) -> None:
     base = f"http://{host}:{port}"
     console.print(f"[bold]Modelplane[/bold] control plane on [cyan]{base}[/cyan]")

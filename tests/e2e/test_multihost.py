@@ -1,0 +1,186 @@
+"""`modelplane stack` as a multi-host deployment: two deployer workers on hosts of their own.
+
+The real command runs as a child process (what `make stack` runs): the local Postgres on a
+throwaway database, SeaweedFS, two control planes behind the stack's balancer, and two
+workers, each in a network namespace with its own address (`netns`) or, where namespaces
+are not permitted, on loopback addresses of their own (`loopback`). A deployment's serving
+process listens on and advertises its worker's address, the stable URL reaches it through
+either control plane, and after its worker is killed with -9 the replica moves to the other
+host once the lease (3 s here) lapses. Ctrl-C then stops every process by PID and removes
+the namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from client import netns
+from tests.e2e.platform import REPO, SIGNATURE, push_version, torchscript_bytes, wait_for
+from tests.pg import ADMIN_DSN, drop_database, postgres_unavailable
+
+pytestmark = pytest.mark.timeout(300)
+LEASE_TTL_S = 3.0
+X = [1.0, 2.0, 3.0, 4.0]
+
+
+class RunningStack:
+    def __init__(self, process: subprocess.Popen[bytes], home: Path, output: Path) -> None:
+        self.process, self.home, self.output = process, home, output
+        self.info: dict[str, Any] = {}
+
+    def logs(self) -> str:
+        parts = [f"--- modelplane stack ---\n{self.output.read_text(errors='replace')[-3000:]}"]
+        for log in sorted((self.home / "logs").glob("*.log")):
+            parts.append(f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}")
+        return "\n".join(parts)
+
+    @property
+    def url(self) -> str:
+        return str(self.info["url"])
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.url}/api/v1{path}", timeout=10, **kwargs)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie our test process has not reaped is gone
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return True
+
+
+@pytest.fixture(params=["netns", "loopback"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningStack]:
+    if request.param == "netns" and (why := netns.netns_unavailable()) is not None:
+        pytest.skip(f"{why}; the same scenario runs in the loopback variant")
+    if (why := postgres_unavailable()) is not None:
+        pytest.skip(why)
+    database = f"mp_stack_{uuid.uuid4().hex[:12]}"
+    home, output = tmp_path / "stack", tmp_path / "stack.out"
+    argv = [
+        sys.executable, "-m", "client", "stack", "--home", str(home), "--port", "0",
+        "--database", database, "--postgres", ADMIN_DSN.rsplit("/", 1)[0],
+        "--netns", "on" if request.param == "netns" else "off",
+        "--lease-ttl-s", str(LEASE_TTL_S),
+    ]  # fmt: skip
+    with output.open("wb") as out:
+        process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    running = RunningStack(process, home, output)
+    try:
+
+        def started() -> dict[str, Any] | None:
+            assert process.poll() is None, running.logs()
+            state = home / "stack.json"
+            return json.loads(state.read_text()) if state.exists() else None
+
+        running.info = wait_for("the stack", started, 150, running.logs)
+        yield running
+    finally:
+        process.send_signal(signal.SIGINT)  # what Ctrl-C does
+        try:
+            code = process.wait(90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait(10)
+        # Namespaces the stack made, removed by name if it failed to (then the test fails).
+        leftovers = [w["namespace"] for w in running.info.get("workers", []) if w["namespace"]]
+        leftovers = [n for n in leftovers if netns.exists(n)]
+        for name in leftovers:
+            subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
+        drop_database(database)
+    assert code == 0, running.logs()
+    assert not leftovers, f"the stack left namespaces behind: {leftovers}"
+    for worker in running.info["workers"]:
+        assert worker["veth"] is None or not netns.link_exists(worker["veth"])
+    survivors = [pid for pid in running.info["pids"] if alive(pid)]
+    assert not survivors, f"still running after Ctrl-C: {survivors}\n{running.logs()}"
+
+
+def infer(url: str, model: str) -> list[float]:
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X}]}
+    answer = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    data: list[float] = answer.json()["outputs"][0]["data"]
+    return data
+
+
+def ready_endpoints(stack: RunningStack, name: str) -> list[dict[str, Any]]:
+    answer = stack.api("GET", f"/deployments/{name}/endpoints")
+    assert answer.status_code == 200, answer.text
+    return [e for e in answer.json()["items"] if e["status"] == "ready"]
+
+
+def serving_pids(stack: RunningStack, worker: str) -> list[int]:
+    log = (stack.home / "logs" / f"worker-{worker}.log").read_text(errors="replace")
+    return [int(pid) for pid in re.findall(r"\(pid (\d+), port \d+,", log)]
+
+
+def test_replicas_serve_from_their_hosts_and_move_when_a_host_dies(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    workers = {w["name"]: w for w in stack.info["workers"]}
+    addresses = sorted(w["address"] for w in workers.values())
+    if stack.info["mode"] == "netns":
+        assert all(a.startswith("10.77.") for a in addresses), addresses
+        assert all(netns.exists(w["namespace"]) for w in workers.values())
+    else:
+        assert addresses == ["127.0.0.2", "127.0.0.3"]
+    assert len(stack.info["control_planes"]) == 2
+    ids = {w["id"]: w["name"] for w in stack.api("GET", "/workers").json()["items"] if w["live"]}
+    assert sorted(ids.values()) == sorted(workers)
+
+    model = torchscript_bytes(1.0, tmp_path / "hosts.pt")
+    push_version(stack.url, "hosts", {"model.pt": model}, "torchscript", signature=SIGNATURE)
+    body = {"name": "hosts", "model": "hosts", "version": 1, "replicas": 1}
+    assert stack.api("POST", "/deployments", json=body).status_code == 201
+
+    [first] = wait_for("a ready endpoint", lambda: ready_endpoints(stack, "hosts"), 90, stack.logs)
+    owner = next(n for n, w in workers.items() if urlsplit(first["url"]).hostname == w["address"])
+    other = next(n for n in workers if n != owner)
+    # The stable URL, through the balancer and through each control plane, reaches the host.
+    for base in [stack.url, *(cp["url"] for cp in stack.info["control_planes"])]:
+        assert infer(f"{base}/serve/hosts", "hosts") == [2.0, 3.0, 4.0, 5.0]
+
+    [serving_pid] = serving_pids(stack, owner)
+    os.kill(workers[owner]["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for("its serving process to follow it", lambda: not alive(serving_pid), 20, stack.logs)
+
+    def claimed() -> bool:
+        answer = stack.api("GET", "/deployments/hosts").json()
+        running = [r for r in answer["observed"]["replicas"] if r["desired"] == "run"]
+        return any(ids.get(r["worker"] or "") == other for r in running)
+
+    wait_for(f"the replica claimed by {other}", claimed, LEASE_TTL_S + 20, stack.logs)
+    claim_s = time.monotonic() - killed
+
+    def moved() -> list[dict[str, Any]]:
+        here = workers[other]["address"]
+        return [e for e in ready_endpoints(stack, "hosts") if urlsplit(e["url"]).hostname == here]
+
+    [second] = wait_for(f"the endpoint on {other}", moved, 90, stack.logs)
+    ready_s = time.monotonic() - killed
+    print(f"{stack.info['mode']}: kill -9 of {owner} -> claimed by {other} in {claim_s:.1f}s, "
+          f"serving there in {ready_s:.1f}s (lease TTL {LEASE_TTL_S}s)")  # fmt: skip
+    assert second["url"] != first["url"]
+    assert infer(f"{stack.url}/serve/hosts", "hosts") == [2.0, 3.0, 4.0, 5.0]
+    assert stack.api("DELETE", "/deployments/hosts").status_code in (202, 204)
