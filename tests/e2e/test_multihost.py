@@ -73,6 +73,8 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningSta
     if request.param == "netns" and (why := netns.netns_unavailable()) is not None:
         pytest.skip(f"{why}; the same scenario runs in the loopback variant")
     if (why := postgres_unavailable()) is not None:
+        if os.environ.get("CI") == "true":  # CI has Postgres: its absence is a failure
+            pytest.fail(why)
         pytest.skip(why)
     database = f"mp_stack_{uuid.uuid4().hex[:12]}"
     home, output = tmp_path / "stack", tmp_path / "stack.out"

@@ -491,3 +491,17 @@ def test_entry_point_used_by_compose_runs(argv: list[str]) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "usage" in done.stdout.lower(), done.stdout
+
+
+def test_serving_binds_to_a_hostname_worker_address() -> None:
+    """Compose workers give their container's hostname as MODELPLANE_WORKER_ADDRESS: the
+    serving processes bind to it (and advertise it), so a name must bind like an IP."""
+    from serving.server import bind
+
+    fields = {"name": "m", "format": "torchscript", "path": "m.pt", "host": "localhost", "port": 0}
+    settings = ServingSettings.model_validate(fields)
+    sock = bind(settings, reuse_port=False)
+    try:
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
