@@ -2,7 +2,8 @@
 
 The local Postgres (a database created if missing), SeaweedFS instead of MinIO (a bucket
 created if missing), a one-shot migration, control-plane processes on their own ports
-behind a TCP round-robin balancer (compose's nginx), and deployer workers, each on a host of
+behind a TCP round-robin balancer (compose's nginx), API keys as `modelplane up` mints them
+(admin in `home/credentials.json`, the workers' own), and deployer workers, each on a host of
 its own: a network namespace with its own address when `ip netns` is permitted, else a
 loopback address of its own (127.0.0.2, 127.0.0.3, ...). Every process is a child, logged
 under `home/logs`, and stopped by PID; namespaces are removed by name.
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 
 from client.balancer import Balancer
+from client.keys_cli import CREDENTIALS, read_credentials
 from client.netns import Host, Hosts, netns_unavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,6 +189,8 @@ class Stack:
         self.database_url = ""
         self.s3_endpoint = ""
         self.weed: Child | None = None
+        self.worker_token = ""
+        self.admin_token = ""
 
     def __enter__(self) -> Stack:
         try:
@@ -206,10 +210,12 @@ class Stack:
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.home / "stack.json").unlink(missing_ok=True)  # a previous run's
+        self.url = f"http://127.0.0.1:{self.config.port or free_port()}"
         self._choose_hosts()
         self.database_url = ensure_database(self.config.postgres, self.config.database)
         self._start_store()
         self._migrate()
+        self._credentials()
         for i in range(self.config.control_planes):
             self._start_control_plane(i)
         for child, url in self.control_planes:
@@ -221,6 +227,17 @@ class Stack:
         state = self.home / "stack.json"
         state.with_suffix(".tmp").write_text(json.dumps(self.describe(), indent=2))
         state.with_suffix(".tmp").replace(state)  # readers never see half a file
+
+    def _credentials(self) -> None:
+        """As `modelplane up`: an admin key in `home/credentials.json` (minted and printed
+        on the first start) and the workers' key (worker scope) beside it."""
+        from client.keys_cli import ensure_up_credentials
+
+        self.worker_token = ensure_up_credentials(self.database_url, self.home, self.url)
+        saved = read_credentials(self.home / CREDENTIALS)
+        if saved is None:
+            raise StackError(f"no admin key in {self.home / CREDENTIALS}")
+        self.admin_token = saved["token"]
 
     def _choose_hosts(self) -> None:
         wanted = self.config.netns
@@ -330,12 +347,11 @@ class Stack:
         self.control_planes.append((child, f"http://127.0.0.1:{port}"))
 
     def _start_balancer(self) -> None:
-        port = self.config.port or free_port()
+        port = int(self.url.rsplit(":", 1)[1])
         # Namespaces reach the control planes by their gateway address, on the same port.
         gateways = [(h.gateway, port) for h in self.hosts.hosts] if self.hosts else []
         backends = [("127.0.0.1", int(url.rsplit(":", 1)[1])) for _, url in self.control_planes]
         self.balancer = Balancer([("127.0.0.1", port), *gateways], backends).start()
-        self.url = f"http://127.0.0.1:{port}"
 
     def _start_worker(self, i: int) -> None:
         name = f"stack-w{i + 1}"
@@ -356,7 +372,9 @@ class Stack:
             "--port-range", f"{low}-{low + 499}",
             "--serving-heartbeat-s", str(self.config.heartbeat_s),
         ]  # fmt: skip
-        child = self._spawn(f"worker-{name}", argv)
+        # The key goes by environment, not flag: flags show in `ps`.
+        env = {**_base_env(), "MODELPLANE_WORKER_TOKEN": self.worker_token}
+        child = self._spawn(f"worker-{name}", argv, env)
         self.workers.append(WorkerProcess(child, name, address, control_plane, host))
 
     # -- waiting -------------------------------------------------------------------------
@@ -382,7 +400,9 @@ class Stack:
                 if not worker.child.alive():
                     raise StackError(f"{worker.name} exited\n{worker.child.log_tail()}")
             try:
-                items = httpx.get(f"{self.url}/api/v1/workers", timeout=5).json()["items"]
+                headers = {"Authorization": f"Bearer {self.admin_token}"}
+                answer = httpx.get(f"{self.url}/api/v1/workers", headers=headers, timeout=5)
+                items = answer.json()["items"]
             except (httpx.HTTPError, ValueError, KeyError):
                 items = []
             live = {
@@ -408,6 +428,7 @@ class Stack:
             "s3_endpoint": self.s3_endpoint,
             "bucket": self.config.bucket,
             "logs": str(self.logs),
+            "credentials": str(self.home / CREDENTIALS),
             "control_planes": [{"url": u, "pid": c.pid} for c, u in self.control_planes],
             "workers": [
                 {
@@ -480,5 +501,6 @@ def _announce(stack: Stack, say: Any) -> None:
         say(f"  worker {w['name']}  {w['address']} ({where}) {reach}")
     say(f"  database {info['database_url']}")
     say(f"  S3 (SeaweedFS) {info['s3_endpoint']}  bucket {info['bucket']}")
+    say(f"  API key (admin) {info['credentials']}")
     say(f"  logs {info['logs']}   state {stack.home / 'stack.json'}")
     say("Ctrl-C stops everything.")

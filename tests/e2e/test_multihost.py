@@ -30,7 +30,14 @@ import httpx
 import pytest
 
 from client import netns
-from tests.e2e.platform import REPO, SIGNATURE, push_version, torchscript_bytes, wait_for
+from tests.e2e.platform import (
+    REPO,
+    SIGNATURE,
+    auth,
+    push_version,
+    torchscript_bytes,
+    wait_for,
+)
 from tests.pg import ADMIN_DSN, drop_database, postgres_unavailable
 
 pytestmark = pytest.mark.timeout(300)
@@ -53,8 +60,14 @@ class RunningStack:
     def url(self) -> str:
         return str(self.info["url"])
 
+    @property
+    def token(self) -> str:
+        """The admin key the stack minted (auth is on, as in production)."""
+        return str(json.loads(Path(self.info["credentials"]).read_text())["token"])
+
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.url}/api/v1{path}", timeout=10, **kwargs)
+        url = f"{self.url}/api/v1{path}"
+        return httpx.request(method, url, headers=auth(self.token), timeout=10, **kwargs)
 
 
 def alive(pid: int) -> bool:
@@ -117,9 +130,11 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningSta
     assert not survivors, f"still running after Ctrl-C: {survivors}\n{running.logs()}"
 
 
-def infer(url: str, model: str) -> list[float]:
+def infer(url: str, model: str, token: str) -> list[float]:
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X}]}
-    answer = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=10)
+    answer = httpx.post(
+        f"{url}/v2/models/{model}/infer", json=body, headers=auth(token), timeout=10
+    )
     assert answer.status_code == 200, answer.text
     data: list[float] = answer.json()["outputs"][0]["data"]
     return data
@@ -151,7 +166,8 @@ def test_replicas_serve_from_their_hosts_and_move_when_a_host_dies(
     assert sorted(ids.values()) == sorted(workers)
 
     model = torchscript_bytes(1.0, tmp_path / "hosts.pt")
-    push_version(stack.url, "hosts", {"model.pt": model}, "torchscript", signature=SIGNATURE)
+    files = {"model.pt": model}
+    push_version(stack.url, "hosts", files, "torchscript", stack.token, signature=SIGNATURE)
     body = {"name": "hosts", "model": "hosts", "version": 1, "replicas": 1}
     assert stack.api("POST", "/deployments", json=body).status_code == 201
 
@@ -160,7 +176,7 @@ def test_replicas_serve_from_their_hosts_and_move_when_a_host_dies(
     other = next(n for n in workers if n != owner)
     # The stable URL, through the balancer and through each control plane, reaches the host.
     for base in [stack.url, *(cp["url"] for cp in stack.info["control_planes"])]:
-        assert infer(f"{base}/serve/hosts", "hosts") == [2.0, 3.0, 4.0, 5.0]
+        assert infer(f"{base}/serve/hosts", "hosts", stack.token) == [2.0, 3.0, 4.0, 5.0]
 
     [serving_pid] = serving_pids(stack, owner)
     os.kill(workers[owner]["pid"], signal.SIGKILL)
@@ -184,5 +200,5 @@ def test_replicas_serve_from_their_hosts_and_move_when_a_host_dies(
     print(f"{stack.info['mode']}: kill -9 of {owner} -> claimed by {other} in {claim_s:.1f}s, "
           f"serving there in {ready_s:.1f}s (lease TTL {LEASE_TTL_S}s)")  # fmt: skip
     assert second["url"] != first["url"]
-    assert infer(f"{stack.url}/serve/hosts", "hosts") == [2.0, 3.0, 4.0, 5.0]
+    assert infer(f"{stack.url}/serve/hosts", "hosts", stack.token) == [2.0, 3.0, 4.0, 5.0]
     assert stack.api("DELETE", "/deployments/hosts").status_code in (202, 204)

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import typer.main
 from fastapi.testclient import TestClient
+from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from client.cli import app as cli_app
@@ -54,12 +56,6 @@ IMAGE = re.compile(
     r"^(?:[a-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r":(?!latest$)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 )
-# Issue 5 (auth, branch `sec`) adds these. Until its settings land they are placeholders:
-# allowed here while no settings class has the field, checked like any other once one does.
-AUTH_PLACEHOLDERS: dict[str, type[BaseSettings]] = {
-    "MODELPLANE_AUTH_ENABLED": Settings,
-    "MODELPLANE_WORKER_TOKEN": WorkerSettings,
-}
 
 
 def ours(service: dict[str, Any]) -> bool:
@@ -70,9 +66,19 @@ OUR_SERVICES = {name: s for name, s in SERVICES.items() if ours(s)}
 
 
 def env_fields(cls: type[BaseSettings]) -> dict[str, str]:
-    """MODELPLANE_* variable → field name, for one settings class."""
+    """MODELPLANE_* variable → field name, for one settings class: the prefixed name, or
+    the field's validation aliases where it has them (pydantic-settings reads those)."""
     prefix = str(cls.model_config.get("env_prefix", ""))
-    return {f"{prefix}{name}".upper(): name for name in cls.model_fields}
+    names: dict[str, str] = {}
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update({str(choice).upper(): name for choice in alias.choices})
+        elif isinstance(alias, str):
+            names[alias.upper()] = name
+        else:
+            names[f"{prefix}{name}".upper()] = name
+    return names
 
 
 def parse_argparse(parser: argparse.ArgumentParser, args: list[str]) -> dict[str, Any]:
@@ -94,12 +100,17 @@ def entry_point(argv: list[str]) -> tuple[str, dict[str, Any]]:
     options it gives on the command line; fails unless the command and its flags exist."""
     if argv[0] == "modelplane":
         assert "modelplane" in PYPROJECT["project"]["scripts"], "no `modelplane` script"
-        # Typer vendors its own click: reach the commands through its group's mapping.
-        commands = typer.main.get_command(cli_app).commands  # type: ignore[attr-defined]
-        sub = commands.get(argv[1]) if len(argv) > 1 else None
-        assert sub is not None, f"`modelplane {argv[1:]}` is not a command of client/cli.py"
+        # Typer vendors its own click: reach the commands through the groups' mappings,
+        # down to the command itself (`modelplane keys create ...`).
+        node: Any = typer.main.get_command(cli_app)
+        rest = argv[1:]
+        while hasattr(node, "commands"):
+            assert rest, f"`{' '.join(argv)}` names a group, not a command"
+            sub = node.commands.get(rest[0])
+            assert sub is not None, f"`{' '.join(argv)}`: no command {rest[0]!r} in client/"
+            name, node, rest = rest[0], sub, rest[1:]
         try:
-            sub.make_context(argv[1], argv[2:])
+            node.make_context(name, rest)
         except Exception as exc:  # click's UsageError family: unknown option, bad value
             pytest.fail(f"`{' '.join(argv)}`: {getattr(exc, 'format_message', exc.__str__)()}")
         return "registry", {}
@@ -221,8 +232,7 @@ def test_every_modelplane_variable_is_a_field_of_the_process_settings() -> None:
         known: set[str] = set()
         for cls in SETTINGS_FOR[kind]:
             known |= set(env_fields(cls))
-        placeholders = {v for v, cls in AUTH_PLACEHOLDERS.items() if v not in env_fields(cls)}
-        unknown = ours_vars - known - placeholders
+        unknown = ours_vars - known
         assert not unknown, f"{name}: {sorted(unknown)} are no settings of `{kind}`"
 
 
@@ -231,20 +241,23 @@ def test_every_modelplane_value_validates_in_its_settings_class() -> None:
         service_settings(name)  # raises pydantic's ValidationError naming the field
 
 
-def test_auth_settings_are_wired_once_they_exist() -> None:
-    """When issue 5's settings land, the placeholders must be their real names: the control
-    plane sets the auth switch and every worker passes its token."""
-    auth_fields = [f for f in Settings.model_fields if f.startswith("auth")]
-    worker_tokens = [f for f in WorkerSettings.model_fields if "token" in f]
-    for field in auth_fields:
-        if field == "auth_enabled":
-            assert "MODELPLANE_AUTH_ENABLED" in environment(SERVICES["controlplane"])
-    for field in worker_tokens:
-        for name in ("worker-cpu", "worker-gpu"):
-            variable = f"MODELPLANE_WORKER_{field.upper()}"
-            assert variable in environment(SERVICES[name]), f"{name} lacks {variable}"
+def test_auth_is_on_and_workers_take_their_key_from_the_environment() -> None:
+    """Production keeps auth on; each worker sends the key (worker scope) the operator puts
+    in MODELPLANE_WORKER_TOKEN (.env), and hands it to its serving processes."""
+    cp = service_settings("controlplane")[Settings]
+    assert isinstance(cp, Settings) and cp.auth_enabled
+    given = load_compose(environ={"MODELPLANE_WORKER_TOKEN": "mp_from_the_env"})
     for name in ("worker-cpu", "worker-gpu"):
-        assert "MODELPLANE_WORKER_TOKEN" in environment(SERVICES[name])  # the placeholder
+        env = environment(given["services"][name])
+        assert env["MODELPLANE_WORKER_TOKEN"] == "mp_from_the_env", name
+        values = {
+            env_fields(WorkerSettings)[k]: v
+            for k, v in env.items()
+            if k in env_fields(WorkerSettings)
+        }
+        worker = WorkerSettings(**values)
+        assert worker.token == "mp_from_the_env"
+        assert "--token" not in command(SERVICES[name]), "flags show in ps: use the env"
 
 
 def test_migrate_and_control_planes_share_one_database_and_store() -> None:
@@ -505,3 +518,20 @@ def test_serving_binds_to_a_hostname_worker_address() -> None:
         assert sock.getsockname()[0] == "127.0.0.1"
     finally:
         sock.close()
+
+
+def documented_runs() -> list[tuple[str, list[str]]]:
+    """`docker compose run ... SERVICE modelplane ...` lines of the README and the compose
+    file's header: (service, argv)."""
+    text = (REPO / "README.md").read_text() + (REPO / "docker-compose.yml").read_text()
+    found = re.findall(r"docker compose run --rm (?:-T )?(\S+) (modelplane [^)\n]*)", text)
+    return [(service, shlex.split(argv)) for service, argv in found]
+
+
+def test_documented_compose_runs_name_real_services_and_commands() -> None:
+    runs = documented_runs()
+    assert len(runs) >= 4, runs  # the admin and worker keys, in the README and compose file
+    for service, argv in runs:
+        assert service in OUR_SERVICES, f"`docker compose run {service}`: not our service"
+        entry_point(argv)
+        assert "--offline" in argv, "before `up` there is no server to call"
