@@ -250,12 +250,10 @@ def test_auth_is_on_and_workers_take_their_key_from_the_environment() -> None:
     for name in ("worker-cpu", "worker-gpu"):
         env = environment(given["services"][name])
         assert env["MODELPLANE_WORKER_TOKEN"] == "mp_from_the_env", name
-        values = {
-            env_fields(WorkerSettings)[k]: v
-            for k, v in env.items()
-            if k in env_fields(WorkerSettings)
-        }
-        worker = WorkerSettings(**values)
+        fields = env_fields(WorkerSettings)
+        worker = WorkerSettings.model_validate(
+            {fields[k]: v for k, v in env.items() if k in fields}
+        )
         assert worker.token == "mp_from_the_env"
         assert "--token" not in command(SERVICES[name]), "flags show in ps: use the env"
 
