@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -132,6 +133,9 @@ def ensure_database(postgres: str, name: str) -> str:
     """Create database `name` on the server if it is missing; its SQLAlchemy asyncpg URL."""
     import asyncpg
 
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
+        raise StackError(f"database name {name!r}: letters, digits and _ only")
+
     async def ensure() -> None:
         conn = await asyncpg.connect(f"{postgres}/postgres", timeout=10)
         try:
@@ -140,7 +144,10 @@ def ensure_database(postgres: str, name: str) -> str:
         finally:
             await conn.close()
 
-    asyncio.run(ensure())
+    try:
+        asyncio.run(ensure())
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise StackError(f"Postgres at {postgres}: {exc}") from exc
     return f"{postgres.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
 
 

@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -19,7 +20,7 @@ import pytest
 
 from client import netns
 from client.balancer import Balancer
-from client.stack import ensure_database, free_port
+from client.stack import StackError, ensure_database, free_port
 from tests.pg import ADMIN_DSN, drop_database, postgres_unavailable, run
 
 
@@ -135,3 +136,19 @@ def test_namespaces_get_their_own_addresses_and_are_removed_by_name() -> None:
     finally:
         hosts.destroy()
     assert not any(netns.exists(h.namespace) or netns.link_exists(h.veth) for h in made)
+
+
+def test_ensure_database_refuses_a_name_that_is_not_an_identifier() -> None:
+    with pytest.raises(StackError, match="letters, digits and _ only"):
+        ensure_database(ADMIN_DSN.rsplit("/", 1)[0], 'x"; DROP DATABASE postgres; --')
+
+
+def test_stack_without_postgres_stops_with_the_reason(tmp_path: Path) -> None:
+    """`modelplane stack` against a server that is not there: exit 1 naming it, no child
+    left, no namespace made."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "client", "stack", "--home", str(tmp_path), "--port", "0",
+            "--postgres", dead, "--netns", "off"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert f"Postgres at {dead}" in done.stderr + done.stdout
