@@ -34,6 +34,7 @@ from client.netns import Host, Hosts, netns_unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90.0
+_BUCKET_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 
 
 class StackError(RuntimeError):
@@ -311,15 +312,19 @@ class Stack:
             if not self.weed.alive():
                 raise StackError(f"SeaweedFS exited\n{self.weed.log_tail()}")
             try:
-                names = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
-                if self.config.bucket not in names:
-                    s3.create_bucket(Bucket=self.config.bucket)
+                s3.create_bucket(Bucket=self.config.bucket)
                 return
-            except (BotoCoreError, ClientError) as exc:  # not up yet, or the filer starting
-                if time.monotonic() > deadline:
-                    tail = self.weed.log_tail()
-                    raise StackError(f"SeaweedFS did not answer: {exc}\n{tail}") from exc
-                time.sleep(0.3)
+            except ClientError as exc:
+                # Kept from an earlier run (a restarted SeaweedFS may not list it yet).
+                if exc.response["Error"]["Code"] in _BUCKET_EXISTS:
+                    return
+                error: Exception = exc
+            except BotoCoreError as exc:  # not up yet, or the filer starting
+                error = exc
+            if time.monotonic() > deadline:
+                tail = self.weed.log_tail()
+                raise StackError(f"SeaweedFS did not answer: {error}\n{tail}") from error
+            time.sleep(0.3)
 
     def _migrate(self) -> None:
         """The one-shot `modelplane migrate`, as compose's `migrate` service."""
@@ -462,6 +467,7 @@ class Stack:
             self.weed.stop(timeout=3)  # weed seldom exits on SIGTERM within seconds
         if self.hosts is not None:
             self.hosts.destroy()
+        (self.home / "stack.json").unlink(missing_ok=True)  # it describes a running stack
 
 
 def run(config: StackConfig, say: Any = print) -> int:

@@ -7,7 +7,7 @@ are not permitted, on loopback addresses of their own (`loopback`). A deployment
 process listens on and advertises its worker's address, the stable URL reaches it through
 either control plane, and after its worker is killed with -9 the replica moves to the other
 host once the lease (3 s here) lapses. Ctrl-C then stops every process by PID and removes
-the namespaces.
+the namespaces. A second run on the same home and database finds what the first stored.
 """
 
 from __future__ import annotations
@@ -81,23 +81,23 @@ def alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture(params=["netns", "loopback"])
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningStack]:
-    if request.param == "netns" and (why := netns.netns_unavailable()) is not None:
-        pytest.skip(f"{why}; the same scenario runs in the loopback variant")
+def require_postgres() -> None:
     if (why := postgres_unavailable()) is not None:
         if os.environ.get("CI") == "true":  # CI has Postgres: its absence is a failure
             pytest.fail(why)
         pytest.skip(why)
-    database = f"mp_stack_{uuid.uuid4().hex[:12]}"
-    home, output = tmp_path / "stack", tmp_path / "stack.out"
+
+
+@contextlib.contextmanager
+def modelplane_stack(home: Path, database: str, *flags: str) -> Iterator[RunningStack]:
+    """`modelplane stack ...` until the block ends, then Ctrl-C; checks that it exits 0 and
+    leaves no process, namespace or veth behind."""
+    output = home.with_name(f"{home.name}.out")
     argv = [
         sys.executable, "-m", "client", "stack", "--home", str(home), "--port", "0",
-        "--database", database, "--postgres", ADMIN_DSN.rsplit("/", 1)[0],
-        "--netns", "on" if request.param == "netns" else "off",
-        "--lease-ttl-s", str(LEASE_TTL_S),
+        "--database", database, "--postgres", ADMIN_DSN.rsplit("/", 1)[0], *flags,
     ]  # fmt: skip
-    with output.open("wb") as out:
+    with output.open("ab") as out:
         process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     running = RunningStack(process, home, output)
     try:
@@ -121,13 +121,29 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningSta
         leftovers = [n for n in leftovers if netns.exists(n)]
         for name in leftovers:
             subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
-        drop_database(database)
     assert code == 0, running.logs()
     assert not leftovers, f"the stack left namespaces behind: {leftovers}"
     for worker in running.info["workers"]:
         assert worker["veth"] is None or not netns.link_exists(worker["veth"])
     survivors = [pid for pid in running.info["pids"] if alive(pid)]
     assert not survivors, f"still running after Ctrl-C: {survivors}\n{running.logs()}"
+    assert not (home / "stack.json").exists(), "stack.json describes a stopped stack"
+
+
+@pytest.fixture(params=["netns", "loopback"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningStack]:
+    if request.param == "netns" and (why := netns.netns_unavailable()) is not None:
+        pytest.skip(f"{why}; the same scenario runs in the loopback variant")
+    require_postgres()
+    database = f"mp_stack_{uuid.uuid4().hex[:12]}"
+    mode = "on" if request.param == "netns" else "off"
+    try:
+        with modelplane_stack(
+            tmp_path / "stack", database, "--netns", mode, "--lease-ttl-s", str(LEASE_TTL_S)
+        ) as running:
+            yield running
+    finally:
+        drop_database(database)
 
 
 def infer(url: str, model: str, token: str) -> list[float]:
@@ -202,3 +218,22 @@ def test_replicas_serve_from_their_hosts_and_move_when_a_host_dies(
     assert second["url"] != first["url"]
     assert infer(f"{stack.url}/serve/hosts", "hosts", stack.token) == [2.0, 3.0, 4.0, 5.0]
     assert stack.api("DELETE", "/deployments/hosts").status_code in (202, 204)
+
+
+def test_stack_keeps_its_database_artifacts_and_keys_between_runs(tmp_path: Path) -> None:
+    """A second `modelplane stack` on the same home and database finds the first one's
+    versions, their bytes (SeaweedFS restarted on new ports, its bucket kept) and its key."""
+    require_postgres()
+    database = f"mp_stack_{uuid.uuid4().hex[:12]}"
+    home, flags = tmp_path / "stack", ("--netns", "off", "--workers", "1", "--control-planes", "1")
+    data = b"kept between runs" * 100
+    try:
+        with modelplane_stack(home, database, *flags) as first:
+            push_version(first.url, "kept", {"w.bin": data}, "safetensors", first.token)
+            token = first.token
+        with modelplane_stack(home, database, *flags) as second:
+            assert second.token == token  # the saved admin key still works: not minted again
+            answer = second.api("GET", "/models/kept/versions/1/files/w.bin")
+            assert answer.status_code == 200 and answer.content == data
+    finally:
+        drop_database(database)
