@@ -218,7 +218,7 @@ class Stack:
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.home / "stack.json").unlink(missing_ok=True)  # a previous run's
-        self.url = f"http://127.0.0.1:{self.config.port or free_port()}"
+        self.url = f"http://127.0.0.1:{self._balancer_port()}"
         self._choose_hosts()
         self.database_url = ensure_database(self.config.postgres, self.config.database)
         self._start_store()
@@ -235,6 +235,17 @@ class Stack:
         state = self.home / "stack.json"
         state.with_suffix(".tmp").write_text(json.dumps(self.describe(), indent=2))
         state.with_suffix(".tmp").replace(state)  # readers never see half a file
+
+    def _balancer_port(self) -> int:
+        """The configured port, checked free before anything starts (or a free one)."""
+        if not self.config.port:
+            return free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", self.config.port))
+            except OSError as exc:
+                raise StackError(f"127.0.0.1:{self.config.port} is taken ({exc}): --port") from exc
+        return self.config.port
 
     def _credentials(self) -> None:
         """As `modelplane up`: an admin key in `home/credentials.json` (minted and printed
@@ -363,7 +374,10 @@ class Stack:
         # Namespaces reach the control planes by their gateway address, on the same port.
         gateways = [(h.gateway, port) for h in self.hosts.hosts] if self.hosts else []
         backends = [("127.0.0.1", int(url.rsplit(":", 1)[1])) for _, url in self.control_planes]
-        self.balancer = Balancer([("127.0.0.1", port), *gateways], backends).start()
+        try:
+            self.balancer = Balancer([("127.0.0.1", port), *gateways], backends).start()
+        except RuntimeError as exc:
+            raise StackError(str(exc)) from exc
 
     def _start_worker(self, i: int) -> None:
         name = f"stack-w{i + 1}"

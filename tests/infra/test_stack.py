@@ -152,3 +152,14 @@ def test_stack_without_postgres_stops_with_the_reason(tmp_path: Path) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert f"Postgres at {dead}" in done.stderr + done.stdout
+
+
+def test_stack_on_a_taken_port_stops_before_starting_anything(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        argv = [sys.executable, "-m", "client", "stack", "--home", str(tmp_path),
+                "--port", str(port), "--netns", "off"]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert f"127.0.0.1:{port} is taken" in done.stderr + done.stdout
+    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").iterdir())
