@@ -117,7 +117,8 @@ def entry_point(argv: list[str]) -> tuple[str, dict[str, Any]]:
     if argv[:2] == ["python", "-m"] and argv[2] in ("deployer", "serving"):
         parser = deployer_parser() if argv[2] == "deployer" else serving_parser()
         given = parse_argparse(parser, argv[3:])
-        given.pop("log_level", None) if argv[2] == "deployer" else None
+        if argv[2] == "deployer":
+            given.pop("log_level", None)  # the worker's own flag, not a WorkerSettings field
         return argv[2], given
     pytest.fail(f"{argv} is not an entry point of ours")
 
