@@ -1,4 +1,6 @@
-"""The `modelplane` command line."""
+"""The `modelplane` command line: the platform commands (`up`, `server`, `migrate`), `login`,
+and the command groups of other modules (`client/cli_registry.py`, `client/cli_deploy.py`,
+`client/keys_cli.py`), each registered by one small function below."""
 
 from __future__ import annotations
 
@@ -6,22 +8,84 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import httpx
+import pydantic
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+from client.errors import Forbidden, ModelplaneError, Unauthorized
+from client.output import fail
 
 if TYPE_CHECKING:
     from registry.settings import Settings
+
+
+class OneLineErrors(TyperGroup):
+    """Every SDK error, unreadable file or interrupt ends the command with one line on
+    stderr and a non-zero exit code, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (Unauthorized, Forbidden) as exc:
+            fail(f"{exc} (check the token: `modelplane login`, MODELPLANE_TOKEN or --token)")
+        except ModelplaneError as exc:
+            fail(str(exc))
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            fail(f"{type(exc).__name__}: {exc}")
+        except pydantic.ValidationError as exc:
+            fail(f"unexpected answer from the server ({exc.error_count()} fields): {exc.title}")
+        except BrokenPipeError:  # `modelplane events | head`: the reader left, not an error
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
 
 app = typer.Typer(
     name="modelplane",
     help="Modelplane: a model registry and model-serving platform.",
     no_args_is_help=True,
     add_completion=False,
+    cls=OneLineErrors,
+    pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+
+@dataclass
+class Target:
+    """Where commands talk to: `--url`/`--token`, else MODELPLANE_URL/TOKEN, else the saved
+    credentials (see client/config.py)."""
+
+    url: str | None = None
+    token: str | None = None
+
+    def client(self) -> Any:
+        from client.sdk import Client
+
+        return Client(self.url, self.token)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option(help="Control plane URL (default: MODELPLANE_URL, saved login).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="API token (default: MODELPLANE_TOKEN, saved login).")
+    ] = None,
+) -> None:
+    """Modelplane: a model registry and model-serving platform."""
+    ctx.obj = Target(url, token)
 
 
 def _register_keys() -> None:
@@ -192,6 +256,38 @@ def _redact(url: str) -> str:
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
+
+@app.command()
+def login(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Argument(help="Control plane URL.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="API token (asked for when omitted; empty: none).")
+    ] = None,
+) -> None:
+    """Save a control plane URL and token to ~/.config/modelplane/credentials.json (0600),
+    after checking that they work."""
+    from client.config import resolve, save_credentials
+    from client.sdk import Client
+
+    target: Target = ctx.obj
+    url = url or target.url or resolve().url
+    if token is None:
+        token = target.token or typer.prompt("Token", default="", hide_input=True) or None
+    with Client(url, token) as sdk:
+        sdk.list_models(limit=1)  # 401/403 and a wrong URL fail here, before saving
+        saved = save_credentials(sdk.url, token)
+    console.print(f"logged in to [cyan]{url}[/cyan]; saved to {saved}")
+
+
+def _register_groups() -> None:
+    from client import cli_deploy, cli_registry
+
+    cli_registry.register(app)
+    cli_deploy.register(app)
+
+
+_register_groups()
 
 if __name__ == "__main__":
     app()

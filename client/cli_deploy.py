@@ -1,0 +1,283 @@
+"""Serving commands: `deploy`, `deployments`, `rollback`, `endpoints`, `infer`, `events`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from client.output import Output, OutputOpt, ago, err, fail, print_json, say, show, table
+from registry.schemas import DeploymentOut, EndpointOut, EventOut, RevisionOut
+
+deployments = typer.Typer(help="Deployments: list, show, delete, revisions.", no_args_is_help=True)
+
+DeploymentArg = Annotated[str, typer.Argument(help="Deployment name.")]
+WaitOpt = Annotated[bool, typer.Option(help="Wait until the new revision serves.")]
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(deploy)
+    app.add_typer(deployments, name="deployments")
+    app.command()(rollback)
+    app.command()(endpoints)
+    app.command()(infer)
+    app.command()(events)
+
+
+def _client(ctx: typer.Context) -> Any:
+    return ctx.obj.client()
+
+
+def _what(d: DeploymentOut) -> str:
+    return f"{d.model}@{d.alias} (v{d.version})" if d.alias else f"{d.model} v{d.version}"
+
+
+def _summary(d: DeploymentOut) -> str:
+    reason = f" ({d.status_reason})" if d.status_reason else ""
+    ready = f"{d.observed.ready_replicas}/{d.replicas} ready"
+    head = f"[bold]{d.name}[/bold] revision {d.revision}"
+    return f"{head}: {_what(d)}, {ready}, {d.status.value}{reason}"
+
+
+def _finish(
+    ctx: typer.Context, d: DeploymentOut, wait: bool, timeout: float, output: Output
+) -> None:
+    if wait:
+        err.print(f"{_summary(d)}; waiting until it serves…")
+        d = _client(ctx).wait_ready(d.name, timeout)
+    show(
+        output,
+        d,
+        lambda: (
+            _summary(d)
+            + f"\n  stable URL: {ctx.obj.client().url}/serve/{d.name}/v2/models/{d.model}/infer"
+        ),
+    )
+
+
+def deploy(
+    ctx: typer.Context,
+    name: DeploymentArg,
+    model: Annotated[
+        str | None, typer.Option(help="Model to serve (default: the deployment name).")
+    ] = None,
+    version: Annotated[int | None, typer.Option(help="Pin this version.")] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Follow this alias (rolls out when it moves).")
+    ] = None,
+    replicas: Annotated[int | None, typer.Option(help="Replicas (default 1).")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs per replica (default 0: CPU).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cuda or cpu.")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Dynamic batching bound.")] = None,
+    max_delay_ms: Annotated[float | None, typer.Option(help="Batching wait.")] = None,
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 300.0,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Deploy a version (or follow an alias); on an existing deployment, roll out the change."""
+    d = _client(ctx).deploy(
+        name,
+        model,
+        version=version,
+        alias=alias,
+        replicas=replicas,
+        gpus=gpus,
+        device=device,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+    )
+    _finish(ctx, d, wait, timeout, output)
+
+
+def _deployments_table(items: list[DeploymentOut]) -> Any:
+    t = table("NAME", "MODEL", "VERSION", "ALIAS", "REVISION", "READY", "STATUS", "UPDATED")
+    for d in items:
+        t.add_row(
+            d.name, d.model, str(d.version), d.alias or "-", str(d.revision),
+            f"{d.observed.ready_replicas}/{d.replicas}", d.status.value, ago(d.updated_at),
+        )  # fmt: skip
+    return t
+
+
+@deployments.command("ls")
+def list_deployments(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
+    """List deployments."""
+    items = _client(ctx).list_deployments()
+    show(output, items, lambda: _deployments_table(items))
+
+
+@deployments.command("show")
+def show_deployment(
+    ctx: typer.Context, name: DeploymentArg, output: OutputOpt = Output.table
+) -> None:
+    """A deployment: desired and observed state, replicas, revisions."""
+    sdk = _client(ctx)
+    d = sdk.get_deployment(name)
+    if output is Output.json:
+        print_json(d)
+        return
+    say(_summary(d))
+    t = table("REPLICA", "REVISION", "VERSION", "DESIRED", "STATE", "WORKER", "REASON")
+    for r in d.observed.replicas:
+        t.add_row(
+            r.id[:8],
+            str(r.revision),
+            str(r.version),
+            r.desired.value,
+            r.state.value,
+            (r.worker or "-")[:12],
+            r.reason or "",
+        )
+    say(t)
+    say(_revisions_table(sdk.revisions(name)))
+
+
+def _revisions_table(items: list[RevisionOut]) -> Any:
+    t = table("REVISION", "VERSION", "REASON", "CREATED")
+    for r in items:
+        t.add_row(str(r.revision), str(r.version), r.reason.value, ago(r.created_at))
+    return t
+
+
+@deployments.command("revisions")
+def list_revisions(
+    ctx: typer.Context, name: DeploymentArg, output: OutputOpt = Output.table
+) -> None:
+    """A deployment's revisions, newest first."""
+    items = _client(ctx).revisions(name)
+    show(output, items, lambda: _revisions_table(items))
+
+
+@deployments.command("rm")
+def delete_deployment(
+    ctx: typer.Context,
+    name: DeploymentArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Stop and delete a deployment (its replicas drain first)."""
+    if not yes and not typer.confirm(f"stop and delete deployment {name!r}?"):
+        raise typer.Exit(1)
+    gone = _client(ctx).delete_deployment(name) is None
+    err.print(
+        f"deleted deployment {name}"
+        if gone
+        else f"deployment {name} is draining; it goes once no replica runs"
+    )
+
+
+def rollback(
+    ctx: typer.Context,
+    name: DeploymentArg,
+    to_revision: Annotated[
+        int | None, typer.Option(help="Default: the revision before the current.")
+    ] = None,
+    wait: WaitOpt = True,
+    timeout: TimeoutOpt = 300.0,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Roll a deployment back: a new revision equal to an earlier one, rolled out."""
+    d = _client(ctx).rollback(name, to_revision)
+    _finish(ctx, d, wait, timeout, output)
+
+
+def endpoints(ctx: typer.Context, name: DeploymentArg, output: OutputOpt = Output.table) -> None:
+    """Where a deployment is served now: serving processes with their status."""
+    items: list[EndpointOut] = _client(ctx).endpoints(name)
+
+    def render() -> Any:
+        t = table("URL", "STATUS", "REVISION", "VERSION", "WORKER", "HEARTBEAT")
+        for e in items:
+            status = f"{e.status.value} ({e.reason})" if e.reason else e.status.value
+            worker = (e.worker or "-")[:12]
+            t.add_row(e.url, status, str(e.revision), str(e.version), worker, ago(e.heartbeat_at))
+        return t if items else "no endpoints"
+
+    show(output, items, render)
+
+
+def _load_inputs(specs: list[str]) -> list[Any] | dict[str, Any]:
+    named: dict[str, Any] = {}
+    plain: list[Any] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        source = Path(path if sep else spec)
+        try:
+            array = np.load(source, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            fail(f"--input {source}: not a readable .npy file ({exc})")
+        if sep:
+            named[name] = array
+        else:
+            plain.append(array)
+    if named and plain:
+        fail("give every --input as NAME=FILE.npy, or none")
+    return named or plain
+
+
+def infer(
+    ctx: typer.Context,
+    name: DeploymentArg,
+    input_: Annotated[
+        list[str], typer.Option("--input", "-i", help="FILE.npy, or NAME=FILE.npy; repeatable.")
+    ],
+    output_file: Annotated[
+        Path | None, typer.Option(help="Save outputs: .npy (one output) or .npz.")
+    ] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Call a deployment through its stable URL (binary tensors) and print the outputs."""
+    arrays = _load_inputs(input_)
+    results = _client(ctx).infer(name, arrays)
+    if output_file is not None:
+        if output_file.suffix == ".npz":
+            np.savez(output_file, **results)
+        elif len(results) == 1:
+            np.save(output_file, next(iter(results.values())))
+        else:
+            fail(f"{len(results)} outputs: give an .npz file to --output-file")
+        err.print(f"saved {', '.join(results)} to {output_file}")
+    if output is Output.json:
+        print_json(
+            {
+                k: {"shape": list(v.shape), "datatype": str(v.dtype), "data": v.tolist()}
+                for k, v in results.items()
+            }
+        )
+        return
+    with np.printoptions(precision=6, suppress=True, threshold=200):
+        for key, value in results.items():
+            say(f"[bold]{key}[/bold] {value.dtype} {list(value.shape)}", highlight=False)
+            say(str(value), highlight=False, markup=False)
+
+
+def events(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="Only events about this model.")] = None,
+    action: Annotated[str | None, typer.Option(help="e.g. alias.moved.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-30T15:00:00Z.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    output: OutputOpt = Output.table,
+) -> None:
+    """The audit log, oldest first: who changed what, when."""
+    items: list[EventOut] = _client(ctx).events(
+        model=model, action=action, since=since, limit=limit
+    )
+
+    def render() -> Any:
+        t = table("TIME", "ACTOR", "ACTION", "MODEL", "TARGET", "AFTER")
+        for e in items:
+            after = "" if e.after is None else str(e.after)
+            t.add_row(
+                e.time.strftime("%Y-%m-%d %H:%M:%S"),
+                e.actor,
+                e.action,
+                e.model or "-",
+                e.target or "-",
+                after[:40],
+            )
+        return t
+
+    show(output, items, render)

@@ -1,0 +1,499 @@
+"""``Client``: the Python SDK of Modelplane.
+
+```python
+from client import Client
+
+mp = Client()                                   # MODELPLANE_URL/TOKEN or saved credentials
+v = mp.push("iris", "model.pt", alias="production")
+mp.deploy("iris", model="iris", alias="production")
+mp.wait_ready("iris")
+y = mp.infer("iris", x)["output0"]              # numpy in, numpy out
+```
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import numpy as np
+from pydantic import BaseModel
+
+from client.config import resolve
+from client.errors import ApiError, Conflict, ModelplaneError, NotFound, NotReady
+from client.modules import serialise
+from client.tensors import HEADER, decode_response, encode_request
+from client.transfer import (
+    Files,
+    ProgressHook,
+    Puller,
+    Pusher,
+    TransferEvent,
+    collect,
+    hash_files,
+    version_path,
+)
+from client.transport import API, Transport
+from registry.schemas import (
+    AliasMove,
+    AliasOut,
+    DeploymentOut,
+    DeploymentStatus,
+    Desired,
+    EndpointOut,
+    EventOut,
+    ModelOut,
+    ReplicaState,
+    RevisionOut,
+    VersionOut,
+    VersionSummary,
+)
+
+M = TypeVar("M", bound=BaseModel)
+Selector = int | str
+Array = np.ndarray[Any, Any]
+
+FORMAT_BY_SUFFIX = {
+    ".pt2": "torch_export",
+    ".pt": "torchscript",
+    ".ts": "torchscript",
+    ".torchscript": "torchscript",
+    ".safetensors": "safetensors",
+    ".onnx": "onnx",
+}
+
+
+def selector(version: Selector) -> str:
+    """``3``, ``"3"``, ``"latest"``, ``"@production"`` or ``"production"`` (an alias)."""
+    text = str(version)
+    if text.isdigit() or text == "latest" or text.startswith("@"):
+        return text
+    return f"@{text}"
+
+
+def guess_format(paths: list[str]) -> str | None:
+    suffixes = {Path(p).suffix for p in paths}
+    if ".safetensors" in suffixes:
+        return "safetensors"
+    found = {FORMAT_BY_SUFFIX[s] for s in suffixes if s in FORMAT_BY_SUFFIX}
+    return found.pop() if len(found) == 1 else None
+
+
+class Client:
+    """A connection to one control plane. Thread-safe for concurrent calls."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = 4,
+        concurrency: int = 4,
+    ) -> None:
+        found = resolve(url, token)
+        self.url, self.token = found.url, found.token
+        self.concurrency = concurrency
+        self.transport = Transport(self.url, self.token, timeout=timeout, retries=retries)
+        self._models: dict[str, str] = {}  # deployment → model (never changes)
+        self._inputs: dict[str, list[str]] = {}
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client(url={self.url!r}, token={'***' if self.token else None})"
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _get(self, path: str, cls: type[M], **params: Any) -> M:
+        return cls.model_validate(self.transport.json("GET", path, params=params or None))
+
+    def _send(self, method: str, path: str, cls: type[M], body: Any = None, **kw: Any) -> M:
+        return cls.model_validate(self.transport.json(method, path, json=body, **kw))
+
+    def _pages(self, path: str, cls: type[M], limit: int | None = None, **params: Any) -> list[M]:
+        return list(self._iter_pages(path, cls, limit, params))
+
+    def _iter_pages(
+        self, path: str, cls: type[M], limit: int | None, params: dict[str, Any]
+    ) -> Iterator[M]:
+        query = {k: v for k, v in params.items() if v is not None}
+        query["limit"] = min(limit or 500, 500)
+        count = 0
+        while True:
+            page = self.transport.json("GET", path, params=query)
+            for item in page["items"]:
+                yield cls.model_validate(item)
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+            if not page.get("next_cursor"):
+                return
+            query["cursor"] = page["next_cursor"]
+
+    # -- models --------------------------------------------------------------------------
+
+    def list_models(
+        self, q: str | None = None, tags: Mapping[str, str] | None = None, limit: int | None = None
+    ) -> list[ModelOut]:
+        tag = [f"{k}:{v}" for k, v in (tags or {}).items()] or None
+        return self._pages(f"{API}/models", ModelOut, limit, q=q, tag=tag)
+
+    def create_model(
+        self, name: str, description: str = "", tags: Mapping[str, str] | None = None
+    ) -> ModelOut:
+        body = {"name": name, "description": description, "tags": dict(tags or {})}
+        return self._send("POST", f"{API}/models", ModelOut, body)
+
+    def get_model(self, name: str) -> ModelOut:
+        return self._get(f"{API}/models/{name}", ModelOut)
+
+    def ensure_model(self, name: str) -> ModelOut:
+        try:
+            return self.get_model(name)
+        except NotFound:
+            pass
+        try:
+            return self.create_model(name)
+        except Conflict:  # created meanwhile by someone else
+            return self.get_model(name)
+
+    def update_model(
+        self, name: str, description: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> ModelOut:
+        body = {"description": description, "tags": None if tags is None else dict(tags)}
+        body = {k: v for k, v in body.items() if v is not None}
+        return self._send("PATCH", f"{API}/models/{name}", ModelOut, body)
+
+    def delete_model(self, name: str) -> None:
+        self.transport.request("DELETE", f"{API}/models/{name}")
+
+    # -- versions ------------------------------------------------------------------------
+
+    def list_versions(
+        self, model: str, status: str | None = None, limit: int | None = None
+    ) -> list[VersionSummary]:
+        return self._pages(f"{API}/models/{model}/versions", VersionSummary, limit, status=status)
+
+    def get_version(self, model: str, version: Selector = "latest") -> VersionOut:
+        return self._get(version_path(model, selector(version)), VersionOut)
+
+    def push(
+        self,
+        name: str,
+        files: Files,
+        *,
+        alias: str | None = None,
+        format: str | None = None,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        signature: Mapping[str, Any] | None = None,
+        source: str | None = None,
+        progress: ProgressHook | None = None,
+        resume: bool = True,
+    ) -> VersionOut:
+        """Upload a file, a directory or a mapping ``{path in version: local file}`` as a
+        new ready version of ``name`` (created if missing) and return it.
+
+        Files are hashed locally; files whose bytes the registry already has are not sent;
+        small ones go through the control plane, large ones (on S3) straight to the store
+        in parallel parts. An interrupted push is continued by the next push of the same
+        files (``resume``): its pending version, uploaded files and parts are reused.
+        ``format`` defaults to a guess from the file suffixes (``.pt``: torchscript,
+        ``.pt2``: torch_export, ``.safetensors``, ``.onnx``)."""
+        pusher = Pusher(self.transport, progress, self.concurrency)
+        local = hash_files(collect(files), pusher.emit)
+        fmt = format or guess_format([f.path for f in local])
+        sig = dict(signature) if signature is not None else None
+        self.ensure_model(name)
+        version = pusher.find_pending(name, local, fmt, sig) if resume else None
+        fields = {"description": description, "tags": dict(tags or {})}
+        fields["metadata"] = dict(metadata or {})
+        if version is None:
+            body = {
+                "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in local],
+                "format": fmt,
+                "signature": sig,
+                "source": source,
+                **fields,
+            }
+            version = self._send("POST", f"{API}/models/{name}/versions", VersionOut, body)
+        elif any(getattr(version, k) != v for k, v in fields.items()):
+            self.transport.request("PATCH", version_path(name, version.version), json=fields)
+        pusher.upload_missing(version, local)
+        ready = pusher.finalize(name, version.version)
+        if alias is not None:
+            self.set_alias(name, alias, ready.version)
+        return ready
+
+    def push_module(
+        self,
+        name: str,
+        module: Any,
+        example_inputs: Any,
+        format: str = "torchscript",
+        *,
+        alias: str | None = None,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        batched: bool = True,
+        progress: ProgressHook | None = None,
+    ) -> VersionOut:
+        """Serialise a live ``torch.nn.Module`` (``torchscript`` or ``torch_export``) and
+        push it with the input/output signature seen on ``example_inputs`` (a tensor or a
+        tuple): names, v2 datatypes, shapes with -1 for the batch dimension."""
+        with tempfile.TemporaryDirectory(prefix="modelplane-") as tmp:
+            path, sig, meta = serialise(module, example_inputs, format, Path(tmp), batched=batched)
+            return self.push(
+                name,
+                {path.name: path},
+                alias=alias,
+                format=format,
+                description=description,
+                tags=tags,
+                metadata={**meta, **(metadata or {})},
+                signature=sig,
+                source=f"push_module:{type(module).__module__}.{type(module).__qualname__}",
+                progress=progress,
+                resume=False,
+            )
+
+    def pull(
+        self,
+        name: str,
+        version: Selector = "latest",
+        dest: str | os.PathLike[str] = ".",
+        *,
+        progress: ProgressHook | None = None,
+    ) -> VersionOut:
+        """Download every file of the version under ``dest`` (``dest/path``), each checked
+        against its sha256. A file already there is kept; a ``.part`` left by an
+        interrupted pull is continued from where it stopped."""
+        found = self.get_version(name, version)
+        puller = Puller(self.transport, progress)
+        root = Path(dest)
+        root.mkdir(parents=True, exist_ok=True)
+        for f in found.files:
+            puller.download(name, found.version, f, root)
+        return found
+
+    # -- aliases -------------------------------------------------------------------------
+
+    def set_alias(self, model: str, alias: str, version: int) -> AliasOut:
+        path = f"{API}/models/{model}/aliases/{alias}"
+        return self._send("PUT", path, AliasOut, {"version": version})
+
+    def get_alias(self, model: str, alias: str) -> AliasOut:
+        return self._get(f"{API}/models/{model}/aliases/{alias}", AliasOut)
+
+    def list_aliases(self, model: str) -> list[AliasOut]:
+        return self._pages(f"{API}/models/{model}/aliases", AliasOut)
+
+    def alias_history(self, model: str, alias: str, limit: int | None = None) -> list[AliasMove]:
+        return self._pages(f"{API}/models/{model}/aliases/{alias}/history", AliasMove, limit)
+
+    def rollback_alias(self, model: str, alias: str) -> AliasOut:
+        path = f"{API}/models/{model}/aliases/{alias}/rollback"
+        return self._send("POST", path, AliasOut)
+
+    def delete_alias(self, model: str, alias: str) -> None:
+        self.transport.request("DELETE", f"{API}/models/{model}/aliases/{alias}")
+
+    # -- deployments ---------------------------------------------------------------------
+
+    def deploy(
+        self,
+        name: str,
+        model: str | None = None,
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+        replicas: int | None = None,
+        gpus: int | None = None,
+        device: str | None = None,
+        max_batch_size: int | None = None,
+        max_delay_ms: float | None = None,
+        allow_pickle: bool | None = None,
+    ) -> DeploymentOut:
+        """Create the deployment (``model`` defaults to ``name``), or update it when it
+        exists: a new version, alias or settings make a new revision, rolled out replica by
+        replica. Give ``version`` or ``alias`` (the alias is then followed)."""
+        if version is not None and alias is not None:
+            raise ModelplaneError("give a version or an alias, not both")
+        settings: dict[str, Any] = {
+            "version": version,
+            "alias": alias,
+            "replicas": replicas,
+            "gpus": gpus,
+            "device": device,
+            "allow_pickle": allow_pickle,
+        }
+        batching = {"max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms}
+        if any(v is not None for v in batching.values()):
+            settings["batching"] = {k: v for k, v in batching.items() if v is not None}
+        settings = {k: v for k, v in settings.items() if v is not None}
+        try:
+            current = self.get_deployment(name)
+        except NotFound:
+            current = None
+        if current is None:
+            if version is None and alias is None:
+                raise ModelplaneError("a new deployment needs a version or an alias")
+            if gpus and "device" not in settings:
+                settings["device"] = "cuda"
+            body = {"name": name, "model": model or name, **settings}
+            return self._send("POST", f"{API}/deployments", DeploymentOut, body)
+        if model is not None and model != current.model:
+            raise ModelplaneError(
+                f"deployment {name!r} serves model {current.model!r}, not {model!r}; "
+                "delete it first or pick another name"
+            )
+        return self._send("PATCH", f"{API}/deployments/{name}", DeploymentOut, settings)
+
+    def get_deployment(self, name: str) -> DeploymentOut:
+        return self._get(f"{API}/deployments/{name}", DeploymentOut)
+
+    def list_deployments(self) -> list[DeploymentOut]:
+        return self._pages(f"{API}/deployments", DeploymentOut)
+
+    def delete_deployment(self, name: str) -> DeploymentOut | None:
+        """Stop it: the deployment while its replicas drain, ``None`` once it is gone."""
+        answer = self.transport.request("DELETE", f"{API}/deployments/{name}")
+        self._models.pop(name, None)
+        self._inputs.pop(name, None)
+        return DeploymentOut.model_validate(answer.json()) if answer.status_code == 202 else None
+
+    def revisions(self, name: str) -> list[RevisionOut]:
+        return self._pages(f"{API}/deployments/{name}/revisions", RevisionOut)
+
+    def rollback(self, name: str, to_revision: int | None = None) -> DeploymentOut:
+        """A new revision equal to ``to_revision`` (default: the one before the current),
+        rolled out like any update."""
+        body = {"to_revision": to_revision} if to_revision is not None else None
+        return self._send("POST", f"{API}/deployments/{name}/rollback", DeploymentOut, body)
+
+    def endpoints(self, name: str) -> list[EndpointOut]:
+        return self._pages(f"{API}/deployments/{name}/endpoints", EndpointOut)
+
+    def wait_ready(self, name: str, timeout: float = 300.0, interval: float = 0.5) -> DeploymentOut:
+        """Until the current revision serves on every replica and the stable URL answers.
+        Raises ``NotReady`` when the rollout fails or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.get_deployment(name)
+            if current.status == DeploymentStatus.failed:
+                raise NotReady(f"deployment {name!r} failed: {current.status_reason}")
+            if self._settled(current) and self._stable_url_ready(name):
+                return current
+            if time.monotonic() >= deadline:
+                why = f" ({current.status_reason})" if current.status_reason else ""
+                raise NotReady(
+                    f"deployment {name!r} not ready after {timeout:.0f}s: "
+                    f"{current.status.value}{why}"
+                )
+            time.sleep(interval)
+
+    @staticmethod
+    def _settled(d: DeploymentOut) -> bool:
+        live = [r for r in d.observed.replicas if r.desired == Desired.run]
+        return (
+            d.status == DeploymentStatus.available
+            and len(live) >= d.replicas
+            and all(r.revision == d.revision and r.state == ReplicaState.ready for r in live)
+        )
+
+    def _stable_url_ready(self, name: str) -> bool:
+        answer = self.transport.request("GET", f"/serve/{name}/v2/health/ready", expect=(503,))
+        return answer.status_code == 200
+
+    # -- inference -----------------------------------------------------------------------
+
+    def model_of(self, deployment: str) -> str:
+        if deployment not in self._models:
+            self._models[deployment] = self.get_deployment(deployment).model
+        return self._models[deployment]
+
+    def model_metadata(self, deployment: str) -> dict[str, Any]:
+        """The v2 model metadata (inputs, outputs) as a serving process of it answers."""
+        model = self.model_of(deployment)
+        answer: dict[str, Any] = self.transport.json(
+            "GET", f"/serve/{deployment}/v2/models/{quote(model)}"
+        )
+        return answer
+
+    def _input_names(self, deployment: str) -> list[str]:
+        if deployment not in self._inputs:
+            doc = self.model_metadata(deployment)
+            self._inputs[deployment] = [i["name"] for i in doc.get("inputs", [])]
+        return self._inputs[deployment]
+
+    def infer(
+        self,
+        deployment: str,
+        inputs: Array | Sequence[Array] | Mapping[str, Array],
+        outputs: list[str] | None = None,
+    ) -> dict[str, Array]:
+        """Call the deployment through its stable URL with binary tensors: ``inputs`` is
+        one array (a one-input model), arrays in the model's input order, or a mapping by
+        input name. Answers every output (or those named) by name."""
+        named: Mapping[str, Any]
+        if isinstance(inputs, Mapping):
+            named = inputs
+        else:
+            arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+            names = self._input_names(deployment)
+            if len(names) != len(arrays):
+                raise ModelplaneError(
+                    f"deployment {deployment!r} takes {len(names)} inputs {names}, "
+                    f"got {len(arrays)} arrays"
+                )
+            named = dict(zip(names, arrays, strict=True))
+        body, header = encode_request(named, outputs)
+        model = self.model_of(deployment)
+        answer = self.transport.request(
+            "POST",
+            f"/serve/{deployment}/v2/models/{quote(model)}/infer",
+            content=body,
+            headers={HEADER: str(header), "Content-Type": "application/octet-stream"},
+            idempotent=True,
+        )
+        length = answer.headers.get(HEADER)
+        return decode_response(answer.content, int(length) if length else None)
+
+    # -- events --------------------------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        model: str | None = None,
+        action: str | None = None,
+        since: datetime | str | None = None,
+        limit: int | None = 100,
+    ) -> list[EventOut]:
+        """Audit events, oldest first."""
+        when = since.isoformat() if isinstance(since, datetime) else since
+        return self._pages(f"{API}/events", EventOut, limit, model=model, action=action, since=when)
+
+    def health(self) -> bool:
+        try:
+            return self.transport.request("GET", "/readyz", expect=(503,)).status_code == 200
+        except ApiError:
+            return False
+
+
+__all__ = ["Client", "TransferEvent", "selector"]
