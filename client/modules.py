@@ -9,6 +9,7 @@ serving process may batch calls together.
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,13 @@ def serialise(
 
 
 def _save_torchscript(module: Any, inputs: tuple[Any, ...], path: Path) -> str:
+
+    with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; serving loads it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _script_or_trace(module, inputs, path)
+
+
+def _script_or_trace(module: Any, inputs: tuple[Any, ...], path: Path) -> str:
     import torch
 
     if isinstance(module, torch.jit.ScriptModule):

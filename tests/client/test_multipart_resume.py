@@ -1,0 +1,105 @@
+"""A large push over presigned multipart (SeaweedFS S3), interrupted after a few parts and
+resumed by the next push, which sends only the parts the store lacks."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from client import TransferEvent
+from registry.schemas import VersionStatus
+from tests.client.conftest import PART_SIZE, S3Plane, unique
+
+SIZE = 30 * 2**20 + 12345  # 7 parts of 5 MiB, the last one short
+PARTS = math.ceil(SIZE / PART_SIZE)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def stop_after(parts: int, seen: list[TransferEvent]):  # type: ignore[no-untyped-def]
+    def hook(event: TransferEvent) -> None:
+        seen.append(event)
+        if event.kind == "part" and sum(e.kind == "part" for e in seen) >= parts:
+            raise Interrupted(f"stopped after {parts} parts")
+
+    return hook
+
+
+def server_parts(plane: S3Plane, model: str, version: int, path: str) -> list[int]:
+    """Part numbers the store holds, as the control plane reads them from S3 (asking for
+    the upload again is how a client resumes it)."""
+    url = f"{plane.cp.api}/models/{model}/versions/{version}/files/{path}/multipart"
+    answer = httpx.post(url, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return sorted(p["part_number"] for p in answer.json()["completed_parts"])
+
+
+def store_parts(plane: S3Plane) -> list[int]:
+    """The same, straight from SeaweedFS: the one multipart upload in progress in the bucket."""
+    s3 = plane.seaweed.client()
+    uploads = s3.list_multipart_uploads(Bucket=plane.bucket).get("Uploads", [])
+    assert len(uploads) == 1, uploads
+    listed = s3.list_parts(
+        Bucket=plane.bucket, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"]
+    )
+    return sorted(p["PartNumber"] for p in listed.get("Parts", []))
+
+
+def test_interrupted_multipart_push_resumes_with_only_the_missing_parts(
+    s3_plane: S3Plane, tmp_path: Path
+) -> None:
+    model = unique("big")
+    data = os.urandom(SIZE)
+    (tmp_path / "weights.bin").write_bytes(data)
+    (tmp_path / "config.json").write_bytes(b'{"layers": 2}')
+    first: list[TransferEvent] = []
+    with s3_plane.client(concurrency=2) as sdk:
+        with pytest.raises(Interrupted):
+            sdk.push(model, tmp_path, format="safetensors", progress=stop_after(3, first))
+        [pending] = sdk.list_versions(model)
+        assert pending.status == VersionStatus.pending
+        held = server_parts(s3_plane, model, pending.version, "weights.bin")
+        assert 3 <= len(held) < PARTS, held
+        assert store_parts(s3_plane) == held
+
+        second: list[TransferEvent] = []
+        version = sdk.push(model, tmp_path, format="safetensors", progress=second.append)
+        assert [v.version for v in sdk.list_versions(model)] == [pending.version]
+
+    assert version.version == pending.version and version.status == VersionStatus.ready
+    sent = sorted(e.part for e in second if e.kind == "part" and e.path == "weights.bin")
+    assert sent == sorted(set(range(1, PARTS + 1)) - set(held))
+    [start] = [e for e in second if e.kind == "start" and e.path == "weights.bin"]
+    assert start.nbytes == len(held) * PART_SIZE  # resumed: those bytes were not sent again
+    moved = sum(e.nbytes for e in second if e.kind == "advance" and e.path == "weights.bin")
+    assert moved == SIZE - len(held) * PART_SIZE
+    # config.json went through the proxied PUT in the first push, or else in the second
+    [weights] = [f for f in version.files if f.path == "weights.bin"]
+    assert weights.sha256 == hashlib.sha256(data).hexdigest() and weights.present
+    assert (
+        s3_plane.seaweed.client().list_multipart_uploads(Bucket=s3_plane.bucket).get("Uploads", [])
+        == []
+    )
+
+
+def test_pull_of_a_multipart_file_is_verified_and_identical(
+    s3_plane: S3Plane, tmp_path: Path
+) -> None:
+    model = unique("pull")
+    data = os.urandom(9 * 2**20 + 1)
+    source = tmp_path / "model.pt"
+    source.write_bytes(data)
+    events: list[TransferEvent] = []
+    with s3_plane.client() as sdk:
+        sdk.push(model, source, progress=events.append)
+        assert {e.part for e in events if e.kind == "part"} == {1, 2}
+        pulled = sdk.pull(model, "latest", tmp_path / "back")
+    assert pulled.format == "torchscript"
+    assert (tmp_path / "back" / "model.pt").read_bytes() == data
