@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from client import Client
 from client.config import read_credentials
 from tests.e2e.platform import ControlPlane, Process, base_env, free_port, wait_for
+from tests.support.recording_proxy import RecordingProxy
 from tests.support.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
 
 PART_SIZE = 5 * 2**20  # S3's smallest part
@@ -69,6 +71,7 @@ class S3Plane:
     cp: ControlPlane
     bucket: str
     seaweed: SeaweedServer
+    store_proxy: RecordingProxy  # every request the control plane and clients send to S3
 
     def client(self, **kwargs: object) -> Client:
         return Client(self.cp.url, None, **kwargs)  # type: ignore[arg-type]
@@ -81,13 +84,21 @@ def s3_plane(seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -
     log_dir = tmp_path_factory.mktemp("s3-plane")
     bucket = f"client-{uuid.uuid4().hex[:12]}"
     seaweed.client().create_bucket(Bucket=bucket)
+    s3 = urlsplit(seaweed.endpoint_url)
+    with RecordingProxy(s3.hostname or "127.0.0.1", s3.port or 80) as proxy:
+        yield from _s3_plane(log_dir, bucket, seaweed, proxy)
+
+
+def _s3_plane(
+    log_dir: Path, bucket: str, seaweed: SeaweedServer, proxy: RecordingProxy
+) -> Iterator[S3Plane]:
     cp = ControlPlane(
         log_dir,
         {
             "MODELPLANE_HOME": str(log_dir),
             "MODELPLANE_AUTH_ENABLED": "false",
             "MODELPLANE_STORAGE_URL": f"s3://{bucket}/mp",
-            "MODELPLANE_S3_ENDPOINT_URL": seaweed.endpoint_url,
+            "MODELPLANE_S3_ENDPOINT_URL": proxy.url,  # presigned part URLs point here too
             "MODELPLANE_S3_REGION": REGION,
             "MODELPLANE_S3_ACCESS_KEY_ID": ACCESS_KEY_ID,
             "MODELPLANE_S3_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
@@ -97,7 +108,7 @@ def s3_plane(seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -
     )
     try:
         cp.wait_ready()
-        yield S3Plane(cp, bucket, seaweed)
+        yield S3Plane(cp, bucket, seaweed, proxy)
     finally:
         cp.stop()
 

@@ -60,6 +60,7 @@ def test_interrupted_multipart_push_resumes_with_only_the_missing_parts(
     (tmp_path / "weights.bin").write_bytes(data)
     (tmp_path / "config.json").write_bytes(b'{"layers": 2}')
     first: list[TransferEvent] = []
+    start = len(s3_plane.store_proxy.part_uploads())
     with s3_plane.client(concurrency=2) as sdk:
         with pytest.raises(Interrupted):
             sdk.push(model, tmp_path, format="safetensors", progress=stop_after(3, first))
@@ -70,12 +71,17 @@ def test_interrupted_multipart_push_resumes_with_only_the_missing_parts(
         assert store_parts(s3_plane) == held
 
         second: list[TransferEvent] = []
+        before = len(s3_plane.store_proxy.part_uploads())
+        assert sorted(s3_plane.store_proxy.part_uploads()[start:before]) == held
         version = sdk.push(model, tmp_path, format="safetensors", progress=second.append)
         assert [v.version for v in sdk.list_versions(model)] == [pending.version]
 
     assert version.version == pending.version and version.status == VersionStatus.ready
+    missing = sorted(set(range(1, PARTS + 1)) - set(held))
+    # What reached the object store (through the recording proxy) in the second push:
+    assert sorted(s3_plane.store_proxy.part_uploads()[before:]) == missing
     sent = sorted(e.part for e in second if e.kind == "part" and e.path == "weights.bin")
-    assert sent == sorted(set(range(1, PARTS + 1)) - set(held))
+    assert sent == missing
     [start] = [e for e in second if e.kind == "start" and e.path == "weights.bin"]
     assert start.nbytes == len(held) * PART_SIZE  # resumed: those bytes were not sent again
     moved = sum(e.nbytes for e in second if e.kind == "advance" and e.path == "weights.bin")
