@@ -114,7 +114,8 @@ def up(
     from registry.server import serve
     from registry.settings import Settings
 
-    overrides = {k: v for k, v in {"home": home, "host": host, "port": port}.items() if v}
+    given: dict[str, Any] = {"home": home, "host": host, "port": port}
+    overrides = {k: v for k, v in given.items() if v}
     settings = Settings(**overrides)
     Path(settings.home).mkdir(parents=True, exist_ok=True)
     upgrade_to_head(settings.database_url)
@@ -180,7 +181,8 @@ def server(
     from registry.server import serve
     from registry.settings import Settings
 
-    settings = Settings(**({"workers": workers} if workers else {}))
+    overrides: dict[str, Any] = {"workers": workers} if workers else {}
+    settings = Settings(**overrides)
     if migrate:
         upgrade_to_head(settings.database_url)
     _announce(settings.host, settings.port, settings.database_url, settings.storage_url)

@@ -46,7 +46,7 @@ def _finish(
     ctx: typer.Context, d: DeploymentOut, wait: bool, timeout: float, output: Output
 ) -> None:
     if wait:
-        err.print(f"{_summary(d)}; waiting until it serves…")
+        err.print(f"{d.name} revision {d.revision}: {_what(d)}; waiting until it serves…")
         d = _client(ctx).wait_ready(d.name, timeout)
     show(
         output,

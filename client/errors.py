@@ -102,7 +102,7 @@ class NotReady(ModelplaneError):
 
 
 BY_STATUS: dict[int, type[ApiError]] = {
-    cls.status: cls  # type: ignore[misc]
+    cls.status: cls
     for cls in (
         BadRequest,
         Unauthorized,

@@ -140,7 +140,7 @@ def _script_or_trace(module: Any, inputs: tuple[Any, ...], path: Path) -> str:
         scripted = torch.jit.script(module)
         how = "torch.jit.script"
     except Exception:  # scripting refuses much ordinary Python; tracing takes it
-        scripted = torch.jit.trace(module, inputs)
+        scripted = torch.jit.trace(module, inputs)  # type: ignore[no-untyped-call]
         how = "torch.jit.trace"
     torch.jit.save(scripted, str(path))
     return how
