@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -185,18 +184,22 @@ class Pusher:
         self.run_all([lambda f=f, s=s: self.put(f, s) for f, s in small])  # type: ignore[misc]
 
     def run_all(self, jobs: list[Callable[[], None]]) -> None:
-        """Run ``jobs`` in parallel; the first failure stops the rest (none is started
-        after it; those in flight finish) and is raised."""
+        """Run ``jobs`` in parallel. The first failure (or Ctrl-C) stops the rest: none is
+        started after it, those in flight finish; then it is raised."""
         if not jobs:
             return
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="mp-upload") as pool:
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="mp-upload")
+        try:
             futures: list[Future[None]] = [pool.submit(self._guarded, job) for job in jobs]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
-                self._stop.set()
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise failed[0].exception()  # type: ignore[misc]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:
+                if future.done() and (error := future.exception()) is not None:
+                    raise error
+        except BaseException:
+            self._stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _guarded(self, job: Callable[[], None]) -> None:
         if not self._stop.is_set():
@@ -348,24 +351,16 @@ class Puller:
         if partial.exists() and partial.stat().st_size > f.size:
             partial.unlink()
         url = f"{version_path(model, version)}/files/{quote(f.path)}"
-        attempt = 0
+        resumed = partial.exists() and partial.stat().st_size > 0
         while True:
-            have = partial.stat().st_size if partial.exists() else 0
-            self.emit(TransferEvent("start", f.path, f.size, have))
-            try:
-                if have < f.size:
-                    self._fetch(url, partial, have, f)
+            self._fetch_with_retries(url, partial, f)
+            digest, size = file_sha256(partial), partial.stat().st_size
+            if digest == f.sha256 and size == f.size:
                 break
-            except (ConnectionFailed, ServerError):
-                if attempt >= self.transport.retries:
-                    raise
-                self.transport.sleep(attempt, None)
-                attempt += 1
-        partial.touch()
-        digest = file_sha256(partial)
-        size = partial.stat().st_size
-        if digest != f.sha256 or size != f.size:
             partial.unlink()
+            if resumed:  # a stale .part (another file's bytes): start over once
+                resumed = False
+                continue
             raise DigestMismatch(
                 f"{f.path!r}: expected sha256 {f.sha256} ({f.size} bytes), "
                 f"got {digest} ({size} bytes); the partial file was removed"
@@ -373,6 +368,21 @@ class Puller:
         os.replace(partial, target)
         self.emit(TransferEvent("done", f.path, f.size))
         return target
+
+    def _fetch_with_retries(self, url: str, partial: Path, f: FileOut) -> None:
+        attempt = 0
+        while True:
+            have = partial.stat().st_size if partial.exists() else 0
+            self.emit(TransferEvent("start", f.path, f.size, have))
+            try:
+                if have < f.size or not partial.exists():
+                    self._fetch(url, partial, have, f)
+                return
+            except (ConnectionFailed, ServerError):
+                if attempt >= self.transport.retries:
+                    raise
+                self.transport.sleep(attempt, None)
+                attempt += 1
 
     def _fetch(self, url: str, partial: Path, have: int, f: FileOut) -> None:
         headers = {"Range": f"bytes={have}-"} if have else {}
@@ -392,13 +402,3 @@ class Puller:
                         self.emit(TransferEvent("advance", f.path, f.size, len(chunk)))
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"downloading {f.path!r}: {exc}") from exc
-
-
-def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)

@@ -67,7 +67,9 @@ def test_push_then_pull_round_trip_and_a_second_push_uploads_nothing(
         assert (tmp_path / "dest" / path).read_bytes() == (src / path).read_bytes()
 
 
-def test_pull_resumes_a_partial_file_and_refuses_corrupt_bytes(up: Up, tmp_path: Path) -> None:
+def test_pull_resumes_a_partial_file_and_starts_over_from_a_stale_one(
+    up: Up, tmp_path: Path
+) -> None:
     model = unique("resume")
     data = os.urandom(2 * 2**20 + 3)
     (tmp_path / "model.pt").write_bytes(data)
@@ -86,11 +88,24 @@ def test_pull_resumes_a_partial_file_and_refuses_corrupt_bytes(up: Up, tmp_path:
 
         (dest / "model.pt").unlink()
         (dest / "model.pt.part").write_bytes(b"x" * 2**20)  # a prefix that is not the file's
-        with pytest.raises(DigestMismatch, match=hashlib.sha256(data).hexdigest()):
-            sdk.pull(model, 1, dest)
-        assert not (dest / "model.pt.part").exists() and not (dest / "model.pt").exists()
-        sdk.pull(model, 1, dest)  # and a clean pull after it works
+        events.clear()
+        sdk.pull(model, 1, dest, progress=events.append)
+        assert [e.nbytes for e in events if e.kind == "start"] == [2**20, 0]
     assert (dest / "model.pt").read_bytes() == data
+
+
+def test_pull_refuses_bytes_that_do_not_match_the_manifest(up: Up, tmp_path: Path) -> None:
+    model = unique("corrupt")
+    data = os.urandom(300_000)
+    (tmp_path / "model.pt").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    with up.client() as sdk:
+        sdk.push(model, tmp_path / "model.pt")
+        blob = up.home / "artifacts" / "blobs" / "sha256" / digest
+        blob.write_bytes(b"y" * len(data))  # the store's copy rots
+        with pytest.raises(DigestMismatch, match=digest):
+            sdk.pull(model, 1, tmp_path / "dest")
+    assert list((tmp_path / "dest").iterdir()) == []
 
 
 def test_problems_become_typed_exceptions(up: Up) -> None:
