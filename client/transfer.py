@@ -353,8 +353,8 @@ class Puller:
         url = f"{version_path(model, version)}/files/{quote(f.path)}"
         resumed = partial.exists() and partial.stat().st_size > 0
         while True:
-            self._fetch_with_retries(url, partial, f)
-            digest, size = file_sha256(partial), partial.stat().st_size
+            digest = self._fetch_with_retries(url, partial, f)
+            size = partial.stat().st_size
             if digest == f.sha256 and size == f.size:
                 break
             partial.unlink()
@@ -369,22 +369,32 @@ class Puller:
         self.emit(TransferEvent("done", f.path, f.size))
         return target
 
-    def _fetch_with_retries(self, url: str, partial: Path, f: FileOut) -> None:
+    def _fetch_with_retries(self, url: str, partial: Path, f: FileOut) -> str:
+        """The sha256 of ``partial`` once it holds the whole file (hashed as it arrives;
+        a prefix left by an earlier attempt is hashed first)."""
         attempt = 0
         while True:
-            have = partial.stat().st_size if partial.exists() else 0
+            digest = hashlib.sha256()
+            have = 0
+            if partial.exists():
+                have = partial.stat().st_size
+                with partial.open("rb") as file:
+                    while block := file.read(BUFFER):
+                        digest.update(block)
             self.emit(TransferEvent("start", f.path, f.size, have))
             try:
                 if have < f.size or not partial.exists():
-                    self._fetch(url, partial, have, f)
-                return
+                    digest = self._fetch(url, partial, have, f, digest)
+                return digest.hexdigest()
             except (ConnectionFailed, ServerError):
                 if attempt >= self.transport.retries:
                     raise
                 self.transport.sleep(attempt, None)
                 attempt += 1
 
-    def _fetch(self, url: str, partial: Path, have: int, f: FileOut) -> None:
+    def _fetch(self, url: str, partial: Path, have: int, f: FileOut, digest: Any) -> Any:
+        """Append the rest of the file to ``partial``; the digest updated (or a new one
+        when the server sent the whole file again)."""
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
             with self.transport.http.stream("GET", url, headers=headers) as response:
@@ -394,11 +404,14 @@ class Puller:
                 if response.status_code != 206 and have:  # range ignored: start over
                     self.emit(TransferEvent("advance", f.path, f.size, -have))
                     have = 0
+                    digest = hashlib.sha256()
                 with partial.open("r+b" if have else "wb") as out:
                     out.seek(have)
                     out.truncate()
                     for chunk in response.iter_bytes(CHUNK):
                         out.write(chunk)
+                        digest.update(chunk)
                         self.emit(TransferEvent("advance", f.path, f.size, len(chunk)))
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"downloading {f.path!r}: {exc}") from exc
+        return digest
