@@ -285,7 +285,7 @@ class Client:
         against its sha256. A file already there is kept; a ``.part`` left by an
         interrupted pull is continued from where it stopped."""
         found = self.get_version(name, version)
-        puller = Puller(self.transport, progress)
+        puller = Puller(self.transport, progress, self.concurrency)
         root = Path(dest)
         root.mkdir(parents=True, exist_ok=True)
         for f in found.files:

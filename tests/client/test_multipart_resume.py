@@ -95,7 +95,7 @@ def test_interrupted_multipart_push_resumes_with_only_the_missing_parts(
     )
 
 
-def test_pull_of_a_multipart_file_is_verified_and_identical(
+def test_pull_reads_large_files_from_the_store_in_ranges_and_resumes(
     s3_plane: S3Plane, tmp_path: Path
 ) -> None:
     model = unique("pull")
@@ -104,8 +104,28 @@ def test_pull_of_a_multipart_file_is_verified_and_identical(
     source.write_bytes(data)
     events: list[TransferEvent] = []
     with s3_plane.client() as sdk:
-        sdk.push(model, source, progress=events.append)
+        version = sdk.push(model, source, progress=events.append)
         assert {e.part for e in events if e.kind == "part"} == {1, 2}
+        blob = f"/blobs/sha256/{version.files[0].sha256}"
+        seen = len(s3_plane.store_proxy.requests)
         pulled = sdk.pull(model, "latest", tmp_path / "back")
-    assert pulled.format == "torchscript"
-    assert (tmp_path / "back" / "model.pt").read_bytes() == data
+        assert pulled.format == "torchscript"
+        assert (tmp_path / "back" / "model.pt").read_bytes() == data
+        assert presigned_reads(s3_plane, blob, seen) == 2  # 8 MiB ranges, not one stream
+
+        (tmp_path / "again").mkdir()
+        (tmp_path / "again" / "model.pt.part").write_bytes(data[: 3 * 2**20])
+        events.clear()
+        sdk.pull(model, version.version, tmp_path / "again", progress=events.append)
+    assert [e.nbytes for e in events if e.kind == "start"] == [3 * 2**20]
+    assert sum(e.nbytes for e in events if e.kind == "advance") == len(data) - 3 * 2**20
+    assert (tmp_path / "again" / "model.pt").read_bytes() == data
+
+
+def presigned_reads(plane: S3Plane, blob: str, since: int) -> int:
+    """GETs of the blob that reached the store with a presigned signature (the client's)."""
+    return sum(
+        1
+        for method, path, query, _ in plane.store_proxy.requests[since:]
+        if method == "GET" and path.endswith(blob) and "X-Amz-Signature" in query
+    )
