@@ -424,26 +424,31 @@ class Puller:
         return None
 
     def _fetch_ranges(self, url: str, partial: Path, have: int, f: FileOut, digest: Any) -> None:
+        """Ranges are written where they belong by the threads that fetch them (as boto3
+        does: writes overlap), hashed in order here; whatever happens, the file is cut back
+        to the prefix hashed so far, so it stays a resumable prefix."""
         spans = iter((o, min(o + RANGE, f.size) - 1) for o in range(have, f.size, RANGE))
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="mp-pull")
         ahead: deque[Future[bytes]] = deque()
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        done = have
         try:
-            with partial.open("r+b" if have else "wb") as out:
-                out.seek(have)
-                out.truncate()
-                for span in itertools.islice(spans, self.concurrency):
-                    ahead.append(pool.submit(self._get_range, url, *span))
-                while ahead:
-                    data = ahead.popleft().result()
-                    out.write(data)
-                    digest.update(data)
-                    self.emit(TransferEvent("advance", f.path, f.size, len(data)))
-                    if (following := next(spans, None)) is not None:
-                        ahead.append(pool.submit(self._get_range, url, *following))
+            os.ftruncate(fd, have)
+            for span in itertools.islice(spans, self.concurrency):
+                ahead.append(pool.submit(self._get_range, url, fd, *span))
+            while ahead:
+                data = ahead.popleft().result()
+                digest.update(data)
+                done += len(data)
+                self.emit(TransferEvent("advance", f.path, f.size, len(data)))
+                if (following := next(spans, None)) is not None:
+                    ahead.append(pool.submit(self._get_range, url, fd, *following))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            os.ftruncate(fd, done)
+            os.close(fd)
 
-    def _get_range(self, url: str, start: int, end: int) -> bytes:
+    def _get_range(self, url: str, fd: int, start: int, end: int) -> bytes:
         try:
             response = self.transport.bare.get(url, headers={"Range": f"bytes={start}-{end}"})
         except httpx.TransportError as exc:
@@ -452,7 +457,9 @@ class Puller:
             if response.is_success:
                 raise ServerError(f"the store answered {response.status_code} to a range read")
             raise from_response(response)
-        return response.content
+        data = response.content
+        os.pwrite(fd, data, start)
+        return data
 
     def _fetch(self, url: str, partial: Path, have: int, f: FileOut, digest: Any) -> Any:
         """Append the rest of the file to ``partial``; the digest updated (or a new one

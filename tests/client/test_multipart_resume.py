@@ -117,9 +117,21 @@ def test_pull_reads_large_files_from_the_store_in_ranges_and_resumes(
         (tmp_path / "again" / "model.pt.part").write_bytes(data[: 3 * 2**20])
         events.clear()
         sdk.pull(model, version.version, tmp_path / "again", progress=events.append)
-    assert [e.nbytes for e in events if e.kind == "start"] == [3 * 2**20]
-    assert sum(e.nbytes for e in events if e.kind == "advance") == len(data) - 3 * 2**20
-    assert (tmp_path / "again" / "model.pt").read_bytes() == data
+        assert [e.nbytes for e in events if e.kind == "start"] == [3 * 2**20]
+        assert sum(e.nbytes for e in events if e.kind == "advance") == len(data) - 3 * 2**20
+        assert (tmp_path / "again" / "model.pt").read_bytes() == data
+
+        # Interrupted after its first range: what is left is exactly the verified prefix.
+        with pytest.raises(Interrupted):
+            sdk.pull(model, version.version, tmp_path / "cut", progress=stop_on_advance)
+        assert (tmp_path / "cut" / "model.pt.part").read_bytes() == data[: 8 * 2**20]
+        sdk.pull(model, version.version, tmp_path / "cut")
+    assert (tmp_path / "cut" / "model.pt").read_bytes() == data
+
+
+def stop_on_advance(event: TransferEvent) -> None:
+    if event.kind == "advance":
+        raise Interrupted("stopped after the first range")
 
 
 def presigned_reads(plane: S3Plane, blob: str, since: int) -> int:
