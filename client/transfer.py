@@ -24,6 +24,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
+import urllib3
 
 from client.errors import (
     Conflict,
@@ -449,15 +450,18 @@ class Puller:
             os.close(fd)
 
     def _get_range(self, url: str, fd: int, start: int, end: int) -> bytes:
+        headers = {"Range": f"bytes={start}-{end}"}
         try:
-            response = self.transport.bare.get(url, headers={"Range": f"bytes={start}-{end}"})
-        except httpx.TransportError as exc:
+            response = self.transport.store.request("GET", url, headers=headers)
+        except urllib3.exceptions.HTTPError as exc:
             raise ConnectionFailed(f"reading the store: {exc}") from exc
-        if response.status_code != 206 or len(response.content) != end - start + 1:
-            if response.is_success:
-                raise ServerError(f"the store answered {response.status_code} to a range read")
-            raise from_response(response)
-        data = response.content
+        data: bytes = response.data
+        if response.status != 206 or len(data) != end - start + 1:
+            if 200 <= response.status < 300:
+                raise ServerError(f"the store answered {response.status} to a range read")
+            raise from_response(
+                httpx.Response(response.status, headers=dict(response.headers), content=data)
+            )
         os.pwrite(fd, data, start)
         return data
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import urllib3
 
 from client.errors import ConnectionFailed, Unavailable, from_response
 
@@ -44,10 +45,15 @@ class Transport:
         )
         # Presigned object-store URLs carry their own signature: never our token.
         self.bare = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
+        # Big bodies read from the store: urllib3 reads them ~2x faster than httpx (h11).
+        self.store = urllib3.PoolManager(
+            maxsize=32, timeout=urllib3.Timeout(connect=10.0, read=timeout), retries=False
+        )
 
     def close(self) -> None:
         self.http.close()
         self.bare.close()
+        self.store.clear()
 
     def request(
         self,
