@@ -256,9 +256,14 @@ class Pusher:
         sent in parallel, then the control plane assembles and verifies the object."""
         assert f.upload is not None and f.upload.multipart is not None
         url = f.upload.multipart.url
-        offer = MultipartOut.model_validate(
-            self.transport.json("POST", url, idempotent=True)  # asking again resumes it
-        )
+        try:
+            answer = self.transport.json("POST", url, idempotent=True)  # again: resumes it
+        except Conflict:
+            # Stored meanwhile (another push of the same bytes), or the version is no
+            # longer pending: either way finalize says where things stand.
+            self.emit(TransferEvent("skip", f.path, f.size))
+            return
+        offer = MultipartOut.model_validate(answer)
         size, part_size = f.size, offer.part_size
 
         def length(n: int) -> int:
@@ -301,7 +306,8 @@ class Pusher:
                 response, error = None, exc
             if response is not None and response.is_success:
                 break
-            if attempt >= self.transport.retries or self._stop.is_set():
+            refused = response is not None and response.status_code < 500  # e.g. URL expired
+            if refused or attempt >= self.transport.retries or self._stop.is_set():
                 if response is not None:
                     raise from_response(response)
                 raise ConnectionFailed(f"part {number} of {path!r}: {error}") from error
