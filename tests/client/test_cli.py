@@ -20,6 +20,8 @@ from tests.client.conftest import Up, unique
 from tests.client.test_sdk import Mlp, delete_and_wait
 from tests.e2e.platform import REPO, base_env, free_port
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.*")
+
 SIGNATURE = {
     "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],
     "outputs": [{"name": "output0", "datatype": "FP32", "shape": [-1, 3]}],
