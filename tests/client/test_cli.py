@@ -15,6 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
+from client import Client, Unauthorized
 from client.cli import app
 from tests.client.conftest import Up, unique
 from tests.client.test_sdk import Mlp, delete_and_wait
@@ -168,3 +169,13 @@ def test_platform_commands_are_still_there() -> None:
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     for command in ("up", "server", "migrate", "login", "push", "deploy", "rollback", "infer"):
         assert f" {command} " in result.stdout
+
+
+def test_without_a_token_a_secured_platform_refuses_in_one_line(up: Up, tmp_path: Path) -> None:
+    assert up.token is not None  # `up` runs with authentication and saved its admin key
+    nowhere = {"MODELPLANE_TOKEN": None, "MODELPLANE_HOME": str(tmp_path), "HOME": str(tmp_path)}
+    result = run(up, "models", "ls", code=1, **nowhere)
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: 401 Unauthorized") and "modelplane login" in line
+    with pytest.raises(Unauthorized):
+        Client(up.url, "mp_not-a-key").list_models()
