@@ -259,11 +259,12 @@ def events(
     action: Annotated[str | None, typer.Option(help="e.g. alias.moved.")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-30T15:00:00Z.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    newest_first: Annotated[bool, typer.Option(help="The most recent events first.")] = False,
     output: OutputOpt = Output.table,
 ) -> None:
     """The audit log, oldest first: who changed what, when."""
     items: list[EventOut] = _client(ctx).events(
-        model=model, action=action, since=since, limit=limit
+        model=model, action=action, since=since, limit=limit, newest_first=newest_first
     )
 
     def render() -> Any:

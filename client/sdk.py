@@ -484,10 +484,14 @@ class Client:
         action: str | None = None,
         since: datetime | str | None = None,
         limit: int | None = 100,
+        newest_first: bool = False,
     ) -> list[EventOut]:
-        """Audit events, oldest first."""
+        """Audit events, oldest first (or newest first: the recent ones)."""
         when = since.isoformat() if isinstance(since, datetime) else since
-        return self._pages(f"{API}/events", EventOut, limit, model=model, action=action, since=when)
+        order = "desc" if newest_first else None
+        return self._pages(
+            f"{API}/events", EventOut, limit, model=model, action=action, since=when, order=order
+        )
 
     def health(self) -> bool:
         try:

@@ -80,6 +80,8 @@ def test_push_versions_alias_pull_and_events_with_json_output(up: Up, tmp_path: 
 
     actions = [e["action"] for e in run_json(up, "events", "--model", name, "--limit", "100")]
     assert actions.count("alias.moved") >= 3 and "version.ready" in actions
+    [last] = run_json(up, "events", "--model", name, "--limit", "1", "--newest-first")
+    assert last["action"] == "alias.moved" and last["after"] is not None
 
 
 def test_deploy_endpoints_infer_and_rollback(up: Up, tmp_path: Path) -> None:
