@@ -189,6 +189,18 @@ def server(
     serve(settings)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def worker(ctx: typer.Context) -> None:
+    """Run a deployer worker on this machine (`python -m deployer`; `--help` lists its
+    options)."""
+    from deployer.__main__ import main as run_worker
+
+    raise typer.Exit(run_worker(list(ctx.args)))
+
+
 @app.command("migrate")
 def migrate_command() -> None:
     """Apply database migrations (Alembic, to head) and exit."""

@@ -169,8 +169,10 @@ def test_read_commands_print_tables_by_default(up: Up, command: list[str]) -> No
 
 def test_platform_commands_are_still_there() -> None:
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
-    for command in ("up", "server", "migrate", "login", "push", "deploy", "rollback", "infer"):
+    for command in ("up", "server", "worker", "migrate", "login", "push", "deploy", "infer"):
         assert f" {command} " in result.stdout
+    worker = CliRunner().invoke(app, ["worker", "--help"])
+    assert worker.exit_code == 0 and "--control-plane" in worker.stdout
 
 
 def test_without_a_token_a_secured_platform_refuses_in_one_line(up: Up, tmp_path: Path) -> None:
