@@ -91,17 +91,13 @@ def ensure_up_credentials(database_url: str, home: Path, url: str) -> str:
 
 
 def resolve_target(url: str | None, token: str | None) -> tuple[str, str | None]:
-    """Where to call and with which key: arguments, then MODELPLANE_URL / MODELPLANE_TOKEN,
-    then $MODELPLANE_HOME/credentials.json, then ~/.config/modelplane/credentials.json."""
-    url = url or os.environ.get("MODELPLANE_URL")
-    token = token or os.environ.get("MODELPLANE_TOKEN")
-    home = Path(os.environ.get("MODELPLANE_HOME", ".modelplane"))
-    for path in (home / CREDENTIALS, Path.home() / ".config/modelplane" / CREDENTIALS):
-        saved = read_credentials(path)
-        if saved is not None:
-            url, token = url or saved.get("url"), token or saved["token"]
-            break
-    return (url or DEFAULT_URL).rstrip("/"), token
+    """Where to call and with which key: the whole CLI's one order (``client/config.py``):
+    arguments, MODELPLANE_URL / MODELPLANE_TOKEN, $MODELPLANE_HOME/credentials.json,
+    ~/.config/modelplane/credentials.json; a saved token only with the URL saved with it."""
+    from client.config import resolve
+
+    found = resolve(url, token)
+    return found.url, found.token
 
 
 def _call(method: str, path: str, url: str | None, token: str | None, **kw: Any) -> Any:

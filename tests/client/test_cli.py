@@ -183,3 +183,11 @@ def test_without_a_token_a_secured_platform_refuses_in_one_line(up: Up, tmp_path
     assert line.startswith("error: 401 Unauthorized") and "modelplane login" in line
     with pytest.raises(Unauthorized):
         Client(up.url, "mp_not-a-key").list_models()
+
+
+def test_keys_and_other_commands_find_up_s_saved_admin_key(up: Up) -> None:
+    """No URL or token given: both come from $MODELPLANE_HOME/credentials.json."""
+    env = {"MODELPLANE_URL": None, "MODELPLANE_TOKEN": None, "MODELPLANE_HOME": str(up.home)}
+    listed = run(up, "keys", "list", **env)
+    assert "admin" in listed.stdout
+    assert isinstance(run(up, "models", "ls", "-o", "json", **env).stdout, str)
