@@ -66,7 +66,12 @@ class TransferProgress:
     def __call__(self, event: TransferEvent) -> None:
         first = event.path not in self.files
         task = self._task(event)
-        if event.kind == "skip":
+        if event.kind == "hashing":
+            self.progress.update(task, description=f"  {event.path} [dim](hashing)")
+            self.progress.advance(task, event.nbytes)
+        elif event.kind == "hashed":
+            self.progress.update(task, description=f"  {event.path}", completed=0)
+        elif event.kind == "skip":
             self.skipped.append(event.path)
             self._grow(-event.size)
             self.progress.update(

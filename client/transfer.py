@@ -41,17 +41,18 @@ BUFFER = 8 * 2**20  # hashing reads; hashlib releases the GIL on buffers this si
 RANGE = 8 * 2**20  # ranged GETs of a pull straight from the store
 CHUNK = 2**20  # progress granularity of uploads and downloads
 
-Kind = Literal["hashed", "skip", "start", "advance", "part", "done"]
+Kind = Literal["hashing", "hashed", "skip", "start", "advance", "part", "done"]
 
 
 @dataclass(frozen=True)
 class TransferEvent:
     """One step of a push or pull, for progress displays.
 
-    ``hashed``: a local file's digest is known. ``skip``: nothing to move (the store or
-    ``dest`` has it). ``start``: the file will move; ``nbytes`` of it are already there
-    (resumed). ``advance``: ``nbytes`` more moved (negative when a retry rewinds).
-    ``part``: multipart part ``part`` is stored. ``done``: the file is complete."""
+    ``hashing``: ``nbytes`` more of a local file hashed. ``hashed``: its digest is known.
+    ``skip``: nothing to move (the store or ``dest`` has it). ``start``: the file will
+    move; ``nbytes`` of it are already there (resumed). ``advance``: ``nbytes`` more moved
+    (negative when a retry rewinds). ``part``: multipart part ``part`` is stored.
+    ``done``: the file is complete."""
 
     kind: Kind
     path: str
@@ -125,9 +126,9 @@ def hash_files(pairs: list[tuple[str, Path]], emit: ProgressHook) -> list[LocalF
     def one(pair: tuple[str, Path]) -> LocalFile:
         name, source = pair
         size = source.stat().st_size
-        found = LocalFile(name, source, size, file_sha256(source))
+        digest = file_sha256(source, lambda n: emit(TransferEvent("hashing", name, size, n)))
         emit(TransferEvent("hashed", name, size))
-        return found
+        return LocalFile(name, source, size, digest)
 
     with ThreadPoolExecutor(min(4, len(pairs)), thread_name_prefix="mp-hash") as pool:
         return list(pool.map(one, pairs))
