@@ -68,10 +68,10 @@ class Target:
     url: str | None = None
     token: str | None = None
 
-    def client(self) -> Any:
+    def client(self, **options: Any) -> Any:
         from client.sdk import Client
 
-        return Client(self.url, self.token)
+        return Client(self.url, self.token, **options)
 
 
 @app.callback()

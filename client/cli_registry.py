@@ -270,13 +270,14 @@ def push(
     signature: Annotated[
         str | None, typer.Option(help="JSON {inputs, outputs} or a path to a JSON file.")
     ] = None,
+    parallel: Annotated[int, typer.Option(min=1, max=64, help="Parts or files at once.")] = 4,
     output: OutputOpt = Output.table,
 ) -> None:
     """Upload a new version: hashed locally, only missing files sent (large ones in
     parallel parts), resumed if an earlier push was interrupted."""
     meta = _json_object(metadata, "--metadata") if metadata else None
     sig = _json_object(signature, "--signature") if signature else None
-    sdk = _client(ctx)
+    sdk = ctx.obj.client(concurrency=parallel)
     with TransferProgress(err, f"push {name}") as progress:
         version = sdk.push(
             name,
@@ -311,10 +312,11 @@ def pull(
     dest: Annotated[Path, typer.Option("--dest", "-d", help="Directory to write into.")] = Path(
         "."
     ),
+    parallel: Annotated[int, typer.Option(min=1, max=64, help="Ranged reads at once.")] = 4,
     output: OutputOpt = Output.table,
 ) -> None:
     """Download a version's files, sha256-verified; an interrupted pull resumes."""
-    sdk = _client(ctx)
+    sdk = ctx.obj.client(concurrency=parallel)
     with TransferProgress(err, f"pull {name}") as progress:
         v = sdk.pull(name, version, dest, progress=progress)
     show(

@@ -4,8 +4,12 @@ resumed by the next push, which sends only the parts the store lacks."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -14,6 +18,7 @@ import pytest
 from client import TransferEvent
 from registry.schemas import VersionStatus
 from tests.client.conftest import PART_SIZE, S3Plane, unique
+from tests.e2e.platform import REPO, base_env, wait_for
 
 SIZE = 30 * 2**20 + 12345  # 7 parts of 5 MiB, the last one short
 PARTS = math.ceil(SIZE / PART_SIZE)
@@ -141,3 +146,42 @@ def presigned_reads(plane: S3Plane, blob: str, since: int) -> int:
         for method, path, query, _ in plane.store_proxy.requests[since:]
         if method == "GET" and path.endswith(blob) and "X-Amz-Signature" in query
     )
+
+
+def test_a_killed_cli_push_is_resumed_by_the_next_one(s3_plane: S3Plane, tmp_path: Path) -> None:
+    """`modelplane push` killed with SIGKILL mid-upload (one part at a time, killed once the
+    third part is on its way): the next `modelplane push` sends only what S3 lacks."""
+    model = unique("killed")
+    data = os.urandom(SIZE)
+    (tmp_path / "weights.bin").write_bytes(data)
+    env = {**base_env(), "MODELPLANE_URL": s3_plane.cp.url, "MODELPLANE_HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "client", "push", model, str(tmp_path / "weights.bin")]
+    command += ["--format", "safetensors", "--parallel", "1", "-o", "json"]
+    proxy = s3_plane.store_proxy
+    start = len(proxy.part_uploads())
+    with (tmp_path / "push.log").open("wb") as log:
+        pushing = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+        try:
+            wait_for(
+                "the third part upload",
+                lambda: len(proxy.part_uploads()) - start >= 3 or pushing.poll() is not None,
+                60,
+                lambda: (tmp_path / "push.log").read_text(),
+            )
+        finally:
+            pushing.kill()
+            pushing.wait(10)
+    assert pushing.returncode == -signal.SIGKILL, (tmp_path / "push.log").read_text()
+    with s3_plane.client() as sdk:
+        [pending] = sdk.list_versions(model)
+    held = server_parts(s3_plane, model, pending.version, "weights.bin")
+    assert 2 <= len(held) < PARTS, held
+
+    before = len(proxy.part_uploads())
+    command[-4:-2] = ["--parallel", "4"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    version = json.loads(done.stdout)
+    assert (version["version"], version["status"]) == (pending.version, "ready")
+    assert sorted(proxy.part_uploads()[before:]) == sorted(set(range(1, PARTS + 1)) - set(held))
+    assert version["files"][0]["sha256"] == hashlib.sha256(data).hexdigest()
