@@ -258,6 +258,7 @@ def _announce(host: str, port: int, database_url: str, storage_url: str) -> None
     console.print(f"  API docs (Swagger): [cyan]{base}/docs[/cyan]")
     console.print(f"  API docs (ReDoc):   [cyan]{base}/redoc[/cyan]")
     console.print(f"  REST API:           [cyan]{base}/api/v1[/cyan]")
+    console.print(f"  Dashboard:          [cyan]{base}/ui/[/cyan]")
     console.print(f"  database: {_redact(database_url)}   artifacts: {storage_url}")
 
 

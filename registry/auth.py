@@ -214,8 +214,8 @@ async def _deny(scope: Scope, receive: Receive, send: Send, exc: RegistryError) 
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    response = problem(status, exc.code, str(exc), instance=scope["path"], headers=headers)
+    challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    response = problem(status, exc.code, str(exc), instance=scope["path"], headers=challenge)
     await response(scope, receive, send)
 
 
