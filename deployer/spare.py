@@ -29,4 +29,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from serving.__main__ import exit_now
+
+    exit_now(main())

@@ -308,6 +308,14 @@ def _check_device(device: Device, gpus: int) -> None:
         raise ValueError("device 'cuda' needs gpus >= 1")
 
 
+MAX_UNAVAILABLE = (
+    "how many replicas may stop before their replacements are ready, used only when no worker "
+    "has room for a new replica beside the old ones (new replicas start beside the old when "
+    "there is room). Default: 1 when replicas > 1, else 0 (a single replica is never stopped "
+    "first: the rollout waits, `pending` with a reason)"
+)
+
+
 class DeploymentCreate(BaseModel):
     """Deploy a pinned ``version`` or follow an ``alias`` (exactly one of the two)."""
 
@@ -321,6 +329,7 @@ class DeploymentCreate(BaseModel):
     device: Device = Device.auto
     batching: Batching = Field(default_factory=Batching)
     allow_pickle: bool = False
+    max_unavailable: int | None = Field(default=None, ge=0, le=256, description=MAX_UNAVAILABLE)
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentCreate:
@@ -341,6 +350,7 @@ class DeploymentUpdate(BaseModel):
     device: Device | None = None
     batching: Batching | None = None
     allow_pickle: bool | None = None
+    max_unavailable: int | None = Field(default=None, ge=0, le=256, description=MAX_UNAVAILABLE)
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentUpdate:
@@ -358,6 +368,13 @@ class DeploymentSpec(BaseModel):
     device: Device
     batching: Batching
     allow_pickle: bool = False
+    max_unavailable: int | None = None  # None: the default rule (see ``unavailable_budget``)
+
+    def unavailable_budget(self) -> int:
+        """Replicas that may stop before their replacements are ready, when nothing else fits."""
+        if self.max_unavailable is not None:
+            return min(self.max_unavailable, self.replicas)
+        return 1 if self.replicas > 1 else 0
 
 
 class ReplicaOut(BaseModel):
@@ -391,6 +408,7 @@ class DeploymentOut(BaseModel):
     device: Device
     batching: Batching
     allow_pickle: bool
+    max_unavailable: int = Field(description="the value in force (" + MAX_UNAVAILABLE + ")")
     revision: int
     status: DeploymentStatus
     status_reason: str | None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from enum import Enum
 from typing import Any
@@ -73,5 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's finalization: by then the process has drained and
+    deregistered, and tearing torch down (a full garbage collection of its modules) takes
+    seconds on a busy host, during which a worker still counts the process as running."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -155,6 +155,13 @@ class ReplicaRepository(Repository):
     async def find(self, replica_id: str) -> ReplicaRow | None:
         return await self._session.get(ReplicaRow, replica_id)
 
+    async def held(self, now: datetime) -> list[ReplicaRow]:
+        """Every replica under a lease that has not lapsed."""
+        stmt = select(ReplicaRow).where(
+            ReplicaRow.worker_id.is_not(None), ReplicaRow.lease_expires_at > now
+        )
+        return list(await self._session.scalars(stmt))
+
     async def leased_to(self, worker_id: str) -> list[ReplicaRow]:
         stmt = select(ReplicaRow).where(ReplicaRow.worker_id == worker_id)
         return list(await self._session.scalars(stmt.order_by(ReplicaRow.created_at)))

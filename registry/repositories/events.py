@@ -62,6 +62,7 @@ class EventRepository(Repository):
         after: int | None,
         limit: int,
         newest_first: bool = False,
+        target: str | None = None,
     ) -> list[EventRow]:
         """Events in id order; ``after`` is the last id of the previous page, in that order."""
         order = EventRow.id.desc() if newest_first else EventRow.id
@@ -70,6 +71,8 @@ class EventRepository(Repository):
             stmt = stmt.where(EventRow.time >= since)
         if model is not None:
             stmt = stmt.where(EventRow.model == model)
+        if target is not None:
+            stmt = stmt.where(EventRow.target == target)
         if action is not None:
             stmt = stmt.where(EventRow.action == action)
         if after is not None:

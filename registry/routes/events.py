@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from registry.deps import CatalogDep, Cursor, Limit
 from registry.problems import problem_responses
-from registry.schemas import EventOut, Page
+from registry.schemas import DeploymentName, EventOut, ModelName, Page
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -20,7 +20,14 @@ async def list_events(
     since: Annotated[
         datetime | None, Query(description="only events at or after this time")
     ] = None,
-    model: Annotated[str | None, Query(description="only events about this model")] = None,
+    model: Annotated[ModelName | None, Query(description="only events about this model")] = None,
+    deployment: Annotated[
+        DeploymentName | None,
+        Query(
+            description="only events about this deployment: its revisions, status, replicas "
+            "and endpoints (events outlive it)"
+        ),
+    ] = None,
     action: Annotated[str | None, Query(description="e.g. `alias.moved`")] = None,
     order: Annotated[
         Literal["asc", "desc"], Query(description="`asc`: oldest first; `desc`: newest first")
@@ -34,6 +41,7 @@ async def list_events(
     return await catalog.list_events(
         since=since,
         model=model,
+        deployment=deployment,
         action=action,
         cursor=cursor,
         limit=limit,

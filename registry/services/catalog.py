@@ -333,12 +333,15 @@ class CatalogService:
         cursor: str | None,
         limit: int,
         newest_first: bool = False,
+        deployment: str | None = None,
     ) -> Page[EventOut]:
         after = decode_cursor(cursor, int)
+        target = None if deployment is None else f"deployment:{deployment}"
         async with reading(self._sessions) as session:
             rows = await EventRepository(session).search(
                 since=since,
                 model=model,
+                target=target,
                 action=action,
                 after=after,
                 limit=limit + 1,

@@ -120,6 +120,7 @@ async def deployment_out(
         device=spec.device,
         batching=spec.batching,
         allow_pickle=spec.allow_pickle,
+        max_unavailable=spec.unavailable_budget(),
         revision=row.revision,
         status=DeploymentStatus(row.status),
         status_reason=reason,

@@ -93,7 +93,7 @@ async def start_revision(
         target=f"deployment:{deployment.name}",
         after={"revision": revision.revision, "version": version.version, "reason": reason.value},
     )
-    await reconcile(session, ctx.actor, deployment, model, fresh=True)
+    await reconcile(ctx, session, deployment, model, fresh=True)
 
 
 async def follow_alias(
@@ -194,7 +194,8 @@ class DeploymentService:
             if spec.alias is None and wanted is None:
                 wanted = current.version
             version = await resolve_version(session, model, deployment.model_id, wanted, spec.alias)
-            if version.id != current.version_id or spec.model_dump(mode="json") != current.settings:
+            settled = DeploymentSpec.model_validate(current.settings)
+            if version.id != current.version_id or spec != settled:
                 await start_revision(
                     self._ctx, session, deployment, model, version, spec, RevisionReason.update
                 )
@@ -236,7 +237,7 @@ class DeploymentService:
                     before=deployment.status,
                 )
                 deployment.status, deployment.status_reason = "deleting", "deleted by request"
-            gone = not await reconcile(session, self._ctx.actor, deployment, model)
+            gone = not await reconcile(self._ctx, session, deployment, model)
             out = None if gone else await deployment_out(self._ctx, session, deployment, model)
         self._changed(name)
         return out

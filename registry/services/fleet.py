@@ -29,32 +29,12 @@ from registry.services.assignments import assignments_for
 from registry.services.common import Context, reading, to_page
 from registry.services.deployment_views import endpoint_out
 from registry.services.deployments import Changed, ignore
+from registry.services.placement import Capacity
 from registry.services.rollout import held, reconcile
 from registry.tables import DeploymentRow, EndpointRow, ReplicaRow, WorkerRow
 
 # States only a running serving process knows; its endpoint's word beats the worker's.
 PROCESS_STATES = frozenset({"loading", "warming", "ready", "unhealthy", "draining"})
-
-
-class Capacity:
-    """What a worker has left: free GPU ids and CPU slots."""
-
-    def __init__(self, worker: WorkerRow, mine: list[ReplicaRow]) -> None:
-        used = {g for r in mine for g in r.gpu_ids}
-        self.gpus = [g for g in worker.gpus if g not in used]
-        self.cpu = worker.cpu_slots - sum(1 for r in mine if r.gpus == 0)
-
-    def take(self, gpus: int) -> list[int] | None:
-        """GPU ids for a replica (``[]`` for a CPU slot), or ``None`` if it does not fit."""
-        if gpus == 0:
-            if self.cpu <= 0:
-                return None
-            self.cpu -= 1
-            return []
-        if len(self.gpus) < gpus:
-            return None
-        taken, self.gpus = self.gpus[:gpus], self.gpus[gpus:]
-        return taken
 
 
 class FleetService:
@@ -116,7 +96,7 @@ class FleetService:
                 replica.lease_expires_at = now + self._ttl
             await self._claim(session, locked, worker, replicas, mine, now)
             for deployment, model in locked.values():
-                await reconcile(session, self._ctx.actor, deployment, model)
+                await reconcile(self._ctx, session, deployment, model)
             touched = [d.name for d, _ in locked.values()]
             answer = await assignments_for(session, worker_id, base_url)
         for name in touched:
@@ -166,8 +146,10 @@ class FleetService:
             if state in PROCESS_STATES:
                 state = _process_state(state, endpoint)
             replica.restarts = report.restarts
-            _, model = locked[replica.deployment_id]
-            await set_state(self._ctx, session, replica, model, state, report.reason, now)
+            deployment, model = locked[replica.deployment_id]
+            await set_state(
+                self._ctx, session, replica, (deployment.name, model), state, report.reason, now
+            )
 
     async def _claim(
         self,
@@ -246,8 +228,9 @@ class FleetService:
                     "status": row.status,
                 },
             )
-            await set_state(self._ctx, session, replica, model, row.status, row.reason, now)
-            await reconcile(session, self._ctx.actor, deployment, model)
+            where = (deployment.name, model)
+            await set_state(self._ctx, session, replica, where, row.status, row.reason, now)
+            await reconcile(self._ctx, session, deployment, model)
             out = endpoint_out(row, deployment.name)
         self._changed(out.deployment)
         return out
@@ -268,8 +251,8 @@ class FleetService:
                     before=before,
                     after={"endpoint": row.id, "status": row.status, "reason": row.reason},
                 )
-                await self._mirror(session, row, model, row.status, now)
-                await reconcile(session, self._ctx.actor, deployment, model)
+                await self._mirror(session, row, (deployment.name, model), row.status, now)
+                await reconcile(self._ctx, session, deployment, model)
                 changed = True
             else:
                 changed = False
@@ -290,8 +273,8 @@ class FleetService:
                 before={"endpoint": row.id, "url": row.url, "status": row.status},
             )
             status = "failed" if row.status == "failed" else "stopped"
-            await self._mirror(session, row, model, status, utcnow())
-            await reconcile(session, self._ctx.actor, deployment, model)
+            await self._mirror(session, row, (deployment.name, model), status, utcnow())
+            await reconcile(self._ctx, session, deployment, model)
             name = deployment.name
         self._changed(name)
 
@@ -306,7 +289,12 @@ class FleetService:
         return found, deployment, model
 
     async def _mirror(
-        self, session: AsyncSession, row: EndpointRow, model: str, status: str, now: datetime
+        self,
+        session: AsyncSession,
+        row: EndpointRow,
+        where: tuple[str, str],
+        status: str,
+        now: datetime,
     ) -> None:
         """An endpoint's status is its replica's state, while that replica is still held
         by the endpoint's worker."""
@@ -314,7 +302,7 @@ class FleetService:
             return
         replica = await ReplicaRepository(session).find(row.replica_id)
         if replica is not None and replica.worker_id == row.worker_id:
-            await set_state(self._ctx, session, replica, model, status, row.reason, now)
+            await set_state(self._ctx, session, replica, where, status, row.reason, now)
 
 
 def _process_state(reported: str, endpoint: EndpointRow | None) -> str:
@@ -330,12 +318,14 @@ async def set_state(
     ctx: Context,
     session: AsyncSession,
     replica: ReplicaRow,
-    model: str,
+    where: tuple[str, str],
     state: str,
     reason: str | None,
     now: datetime,
 ) -> None:
-    """Record a replica's state; a change is an event."""
+    """Record a replica's state; a change is an event about its deployment (``where``:
+    deployment and model names), so ``GET /events?deployment=`` shows it."""
+    deployment, model = where
     if (state, reason) == (replica.state, replica.reason):
         return
     before = replica.state
@@ -345,7 +335,12 @@ async def set_state(
             ctx.actor,
             "replica.state_changed",
             model=model,
-            target=f"replica:{replica.id}",
+            target=f"deployment:{deployment}",
             before=before,
-            after={"state": state, "reason": reason, "revision": replica.revision},
+            after={
+                "replica": replica.id,
+                "state": state,
+                "reason": reason,
+                "revision": replica.revision,
+            },
         )

@@ -1,19 +1,21 @@
-"""The rollout rule, deterministic: from a deployment's replicas, what to stop, what to forget,
-and the deployment's status. ``reconcile`` applies it under the deployment's row lock."""
+"""The rollout rule, deterministic: from a deployment's replicas (and, when a new replica fits
+nowhere, the room left on live workers), what to stop, what to forget, and the deployment's
+status. ``reconcile`` applies it under the deployment's row lock."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.db import utcnow
 from registry.repositories.deployments import DeploymentRepository, ReplicaRepository
 from registry.repositories.events import Actor, EventRepository
+from registry.schemas import DeploymentSpec
+from registry.services.common import Context
+from registry.services.placement import SERVING_DONE, Capacity, fleet_room
 from registry.tables import DeploymentRow, ReplicaRow
-
-SERVING_DONE = ("stopped", "failed")
 
 
 @dataclass
@@ -43,10 +45,17 @@ def plan(
     now: datetime,
     *,
     fresh: bool = False,
+    budget: int = 0,
+    fleet: list[Capacity] | None = None,
 ) -> Plan:
     """New replicas start beside the old; an old one stops only as a new one is ready (one
     for one); a failed new replica marks the deployment failed and stops nothing more.
-    ``fresh``: the current revision was just made (it cannot be degraded yet)."""
+    ``fresh``: the current revision was just made (it cannot be degraded yet).
+
+    Stop-first, when a new replica fits on no live worker (``fleet``: the room each has
+    left; ``None`` when nothing needs room): old replicas are stopped first to make room,
+    never-ready ones before ready ones, and a ready one only while at least ``target -
+    budget`` replicas stay ready (``budget``: the deployment's ``max_unavailable``)."""
     forget = [r.id for r in replicas if _forgettable(r, now)]
     if deployment.status == "deleting":
         stop = [r.id for r in replicas if r.desired == "run"]
@@ -63,8 +72,10 @@ def plan(
     ready = sum(r.state == "ready" for r in new)
     keep = max(0, target - ready)
     # never-ready old replicas go first: they serve nobody
-    by_value = sorted(old, key=lambda r: (r.state == "ready", r.revision, -r.index))
+    by_value = sorted(old, key=_stop_order)
     stop = [r.id for r in by_value[: max(0, len(old) - keep)]]
+    room, waiting = _make_room(deployment, target, budget, replicas, new, old, stop, fleet, now)
+    stop += room
     running_old = len(old) - len(stop)
     if ready >= target and running_old == 0:
         status = "available"
@@ -74,12 +85,92 @@ def plan(
         status = "pending"
     else:
         status = "rolling_out"
-    return Plan(status, None, stop, forget)
+    return Plan(status, waiting, stop, forget)
+
+
+def _stop_order(replica: ReplicaRow) -> tuple[bool, int, int]:
+    return (replica.state == "ready", replica.revision, -replica.index)
+
+
+def needs_room(deployment: DeploymentRow, replicas: list[ReplicaRow], now: datetime) -> bool:
+    """A replica of the current revision waits for a worker while old ones run somewhere:
+    the case where ``plan`` wants the fleet's room."""
+    if deployment.status == "deleting":
+        return False
+    current = deployment.revision
+    return any(
+        r.revision == current and r.desired == "run" and not held(r, now) for r in replicas
+    ) and any(r.revision != current and r.desired == "run" and held(r, now) for r in replicas)
+
+
+def _make_room(
+    deployment: DeploymentRow,
+    target: int,
+    budget: int,
+    replicas: list[ReplicaRow],
+    new: list[ReplicaRow],
+    old: list[ReplicaRow],
+    stopping: list[str],
+    fleet: list[Capacity] | None,
+    now: datetime,
+) -> tuple[list[str], str | None]:
+    """Stop-first: the old replicas to stop so that new ones that fit nowhere get room, and
+    why the rollout waits (``None`` when it does not)."""
+    unplaced = [r for r in new if not held(r, now)]
+    if not unplaced or not fleet or any(room.fits(r.gpus) for room in fleet for r in unplaced):
+        return [], None  # nothing waits, nobody to place it, or a worker will claim it
+    gpus = unplaced[0].gpus
+    rooms = {room.worker_id: room for room in fleet}
+    asked = set(stopping)
+    candidates = sorted(
+        (
+            r
+            for r in old
+            if r.id not in asked
+            and held(r, now)
+            and r.worker_id in rooms
+            and rooms[r.worker_id].fits_without(gpus, r)
+        ),
+        key=_stop_order,
+    )
+    # replicas already asked to stop (and still running) free their room soon
+    freeing = sum(
+        1
+        for r in replicas
+        if held(r, now)
+        and r.state not in SERVING_DONE
+        and (r.desired == "stop" or r.id in asked)
+        and r.worker_id in rooms
+        and rooms[r.worker_id].fits_without(gpus, r)
+    )
+    need = len(unplaced) - freeing
+    why = f"no worker has room for revision {deployment.revision} beside the old replicas"
+    serving = sum(r.desired == "run" and r.state == "ready" and r.id not in asked for r in replicas)
+    floor = target - budget
+    picked: list[str] = []
+    for replica in candidates:
+        if len(picked) >= need:
+            break
+        if replica.state == "ready":
+            if serving - 1 < floor:
+                break  # the rest are ready too (stop order)
+            serving -= 1
+        picked.append(replica.id)
+    if picked:
+        return picked, f"{why}: stopping old replicas first (max_unavailable {budget})"
+    if freeing:
+        return [], f"{why}: waiting for old replicas to stop first"
+    if not candidates:
+        return [], None  # stopping old replicas would not make room: placement says why
+    if budget == 0:
+        outage = " (calls fail until its replacement is ready)" if target == 1 else ""
+        return [], f"{why}: set max_unavailable to 1 to stop one first{outage}"
+    return [], f"{why}: waiting for new replicas to be ready (max_unavailable {budget})"
 
 
 async def reconcile(
+    ctx: Context,
     session: AsyncSession,
-    actor: Actor,
     deployment: DeploymentRow,
     model: str,
     *,
@@ -87,11 +178,17 @@ async def reconcile(
 ) -> bool:
     """Apply ``plan`` to a deployment locked by the caller; record each transition as an
     event. False when a deleting deployment is gone."""
+    actor = ctx.actor
     now = utcnow()
     current = await DeploymentRepository(session).revision(deployment.id, deployment.revision)
-    target = int(current.settings["replicas"]) if current is not None else 0
+    spec = None if current is None else DeploymentSpec.model_validate(current.settings)
+    target = 0 if spec is None else spec.replicas
+    budget = 0 if spec is None else spec.unavailable_budget()
     replicas = await ReplicaRepository(session).of_deployments([deployment.id])
-    decided = plan(deployment, target, replicas, now, fresh=fresh)
+    fleet = None
+    if needs_room(deployment, replicas, now):
+        fleet = await fleet_room(session, now, timedelta(seconds=ctx.settings.lease_ttl_s))
+    decided = plan(deployment, target, replicas, now, fresh=fresh, budget=budget, fleet=fleet)
     events = EventRepository(session)
     where = f"deployment:{deployment.name}"
     by_id = {r.id: r for r in replicas}

@@ -1,10 +1,11 @@
 """The deployments platform for end-to-end tests: a control plane on a throwaway Postgres
-database and the session's SeaweedFS, with short leases, and two deployer workers; auth is
-on (the default): workers and their serving processes use a minted worker key, the tests
-an admin key."""
+database and the session's SeaweedFS, with short leases, and deployer workers (two for the
+package's `plane`; a module may start its own with `running_platform`); auth is on (the
+default): workers and their serving processes use a minted worker key, the tests an admin key."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,13 +36,13 @@ class Platform:
     def logs(self) -> str:
         return "\n".join([self.cp.log(), *(w.log() for w in self.workers.values())])
 
-    def start_worker(self, name: str) -> Worker:
+    def start_worker(self, name: str, cpu_slots: int = 2) -> Worker:
         worker = Worker(
             self.log_dir,
             self.cp.url,
             name,
             self.cp.worker_token,
-            cpu_slots="2",
+            cpu_slots=str(cpu_slots),
             drain_timeout_s="10",
             port_range=_PORTS[name],
             serving_heartbeat_s=str(HEARTBEAT_S),
@@ -51,11 +52,25 @@ class Platform:
         return worker
 
 
-_PORTS = {"w1": "41000-41499", "w2": "41500-41999", "w3": "42000-42499"}
+_PORTS = {
+    "w1": "41000-41499",
+    "w2": "41500-41999",
+    "w3": "42000-42499",
+    "full": "42500-42999",
+}
 
 
 @pytest.fixture(scope="package")
 def plane(seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    with running_platform(seaweed, tmp_path_factory, {"w1": 2, "w2": 2}) as platform:
+        yield platform
+
+
+@contextlib.contextmanager
+def running_platform(
+    seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory, workers: dict[str, int]
+) -> Iterator[Platform]:
+    """A control plane and the ``workers`` (name → CPU slots), stopped by PID afterwards."""
     if (why := postgres_unavailable()) is not None:
         pytest.skip(why)
     log_dir = tmp_path_factory.mktemp("deploy")
@@ -79,8 +94,8 @@ def plane(seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -> I
         platform = Platform(cp, {}, log_dir, bucket, seaweed)
         try:
             cp.wait_ready().mint_keys()
-            platform.start_worker("w1")
-            platform.start_worker("w2")
+            for name, cpu_slots in workers.items():
+                platform.start_worker(name, cpu_slots)
             yield platform
         finally:
             for worker in platform.workers.values():

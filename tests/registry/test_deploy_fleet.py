@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest_asyncio
@@ -28,7 +29,7 @@ from tests.registry.deploying import (  # noqa: F401  (fixtures)
 )
 from tests.registry.helpers import API, assert_problem, sha
 
-LEASE_S = 0.4
+LEASE_S = 1.0  # short, yet long enough for a loaded machine to heartbeat within it
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -330,3 +331,174 @@ async def test_concurrent_protocol_traffic_never_fails(
         replicas = replicas_of(await get_deployment(client, name))
         held = [r for r in replicas if r["worker"] is not None]
         assert len({r["id"] for r in held}) == len(held)
+
+
+async def test_events_filter_by_deployment_and_model(client: httpx.AsyncClient, model: str) -> None:
+    """`?deployment=` gives a deployment's whole story (revisions, status, replica states,
+    endpoints) and nothing of its neighbours; it outlives the deployment."""
+    v1 = await deployable(client, model)
+    await deploy(client, model, name="web", version=v1)
+    await deploy(client, model, name="batch", version=v1)
+    worker = await register_worker(client, cpu_slots=2)
+    assignments = await heartbeat(client, worker)
+    by_name = {a["deployment"]: a["replica_id"] for a in assignments}
+    await heartbeat(client, worker, {by_name["web"]: "pulling"})
+    await announce(client, by_name["web"])
+
+    async def events(**params: str) -> list[dict[str, object]]:
+        response = await client.get(f"{API}/events", params={"limit": 1000, **params})
+        assert response.status_code == 200, response.text
+        items: list[dict[str, object]] = response.json()["items"]
+        return items
+
+    web = await events(deployment="web")
+    assert {e["target"] for e in web} == {"deployment:web"}
+    actions = [e["action"] for e in web]
+    for expected in (
+        "deployment.created",
+        "deployment.revision_created",
+        "replica.claimed",
+        "replica.state_changed",
+        "endpoint.registered",
+        "deployment.rollout_finished",
+    ):
+        assert expected in actions, (expected, actions)
+    [pulling] = [
+        e
+        for e in web
+        if e["action"] == "replica.state_changed" and e["after"]["state"] == "pulling"  # type: ignore[index]
+    ]
+    assert pulling["after"]["replica"] == by_name["web"]  # type: ignore[index]
+    batch = await events(deployment="batch")
+    assert batch and {e["target"] for e in batch} == {"deployment:batch"}
+    assert "endpoint.registered" not in [e["action"] for e in batch]
+    both = await events(model=model)
+    assert {e["id"] for e in web} | {e["id"] for e in batch} <= {e["id"] for e in both}
+    claimed = await events(deployment="web", action="replica.claimed")
+    assert [e["action"] for e in claimed] == ["replica.claimed"]
+    assert await events(deployment="web", model="some-other-model") == []
+    assert await events(deployment="nothing-here") == []
+    first = (await client.get(f"{API}/events", params={"deployment": "web", "limit": 2})).json()
+    rest = await events(deployment="web", cursor=first["next_cursor"])
+    assert [e["id"] for e in first["items"] + rest] == [e["id"] for e in web]
+    assert (await client.delete(f"{API}/deployments/batch")).status_code in (202, 204)
+    assert len(await events(deployment="batch")) > len(batch)  # events outlive it
+    assert_problem(await client.get(f"{API}/events", params={"deployment": "Not A Name"}), 422)
+    assert_problem(await client.get(f"{API}/events", params={"model": "../x"}), 422)
+
+
+async def _stopped(client: httpx.AsyncClient, worker: str, replica: str) -> list[dict[str, Any]]:
+    """The worker drained ``replica``: it reports it stopped; the assignments after."""
+    await heartbeat(client, worker, {replica: "stopped"})
+    return await heartbeat(client, worker)
+
+
+async def test_no_room_beside_the_old_stops_one_old_replica_first(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    """A full worker: with 2 replicas, one old replica stops first, the other keeps serving;
+    each new one that is ready lets the next old one go."""
+    v1 = await deployable(client, model, b"1")
+    v2 = await deployable(client, model, b"2")
+    created = await deploy(client, model, name="web", version=v1, replicas=2)
+    assert created["max_unavailable"] == 1  # the default with 2 replicas
+    worker = await register_worker(client, cpu_slots=2)
+    old = [a["replica_id"] for a in await heartbeat(client, worker)]
+    for replica in old:
+        await announce(client, replica)
+    assert (await get_deployment(client, "web"))["status"] == "available"
+
+    web = (await client.patch(f"{API}/deployments/web", json={"version": v2})).json()
+    assert web["status"] == "pending"
+    assert web["status_reason"] == (
+        "no worker has room for revision 2 beside the old replicas: "
+        "stopping old replicas first (max_unavailable 1)"
+    )
+    assignments = await heartbeat(client, worker)
+    desired = {a["replica_id"]: a["desired"] for a in assignments}
+    assert sorted(desired.values()) == ["run", "stop"]  # no new replica fits: one old stops
+    [first] = [r for r in old if desired[r] == "stop"]
+    [other] = [r for r in old if r != first]
+    # while it drains, nothing more stops
+    desired = {a["replica_id"]: a["desired"] for a in await heartbeat(client, worker)}
+    assert desired == {first: "stop", other: "run"}
+    assert (await get_deployment(client, "web"))["status_reason"].endswith(
+        "waiting for old replicas to stop first"
+    )
+
+    assignments = await _stopped(client, worker, first)
+    [new0] = [a["replica_id"] for a in assignments if a["revision"] == 2]
+    assert {a["replica_id"] for a in assignments} == {other, new0}
+    await announce(client, new0)
+    desired = {a["replica_id"]: a["desired"] for a in await heartbeat(client, worker)}
+    assert desired == {other: "stop", new0: "run"}  # 1 ready stays (2 - max_unavailable)
+    assignments = await _stopped(client, worker, other)
+    [new1] = [a["replica_id"] for a in assignments if a["replica_id"] != new0]
+    await announce(client, new1)
+    web = await get_deployment(client, "web")
+    assert web["status"] == "available" and web["status_reason"] is None
+    assert web["observed"]["ready_replicas"] == 2 and web["observed"]["version"] == v2
+    stops = [e for e in await events_of(client, model) if e["action"] == "replica.stop_requested"]
+    assert [e["after"]["replica"] for e in stops] == [first, other]
+
+
+async def test_a_single_replica_without_room_waits_until_max_unavailable_allows_it(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model, b"1")
+    v2 = await deployable(client, model, b"2")
+    created = await deploy(client, model, name="web", version=v1)
+    assert created["max_unavailable"] == 0
+    worker = await register_worker(client, cpu_slots=1)
+    [old] = [a["replica_id"] for a in await heartbeat(client, worker)]
+    await announce(client, old)
+
+    await client.patch(f"{API}/deployments/web", json={"version": v2})
+    for _ in range(2):
+        [kept] = await heartbeat(client, worker)
+        assert (kept["replica_id"], kept["desired"]) == (old, "run")
+    web = await get_deployment(client, "web")
+    assert web["status"] == "pending" and web["observed"]["version"] == v1
+    assert web["status_reason"] == (
+        "no worker has room for revision 2 beside the old replicas: set max_unavailable "
+        "to 1 to stop one first (calls fail until its replacement is ready)"
+    )
+    # more room on another worker: the usual rollout, the old one stops only once ready
+    roomy = await register_worker(client, cpu_slots=1)
+    [placed] = await heartbeat(client, roomy)
+    assert placed["revision"] == 2
+    assert (await get_deployment(client, "web"))["status_reason"] is None
+    await heartbeat(client, roomy, {placed["replica_id"]: ("failed", "boom")})
+    assert (await get_deployment(client, "web"))["status"] == "failed"
+
+    answer = await client.patch(f"{API}/deployments/web", json={"max_unavailable": 1})
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["revision"], answer.json()["max_unavailable"]) == (3, 1)
+    await _stopped(client, roomy, placed["replica_id"])  # revision 2's failed replica goes
+    [new] = [a for a in await heartbeat(client, roomy) if a["revision"] == 3]
+    await announce(client, new["replica_id"])
+    [stop] = await heartbeat(client, worker)
+    assert (stop["replica_id"], stop["desired"]) == (old, "stop")  # the usual one for one
+    assert (await get_deployment(client, "web"))["status"] == "available"
+
+
+async def test_max_unavailable_one_stops_a_single_replica_first(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model, b"1")
+    v2 = await deployable(client, model, b"2")
+    await deploy(client, model, name="web", version=v1, max_unavailable=1)
+    worker = await register_worker(client, cpu_slots=1)
+    [old] = [a["replica_id"] for a in await heartbeat(client, worker)]
+    await announce(client, old)
+    await client.patch(f"{API}/deployments/web", json={"version": v2})
+    [stop] = await heartbeat(client, worker)
+    assert (stop["replica_id"], stop["desired"]) == (old, "stop")
+    [new] = await _stopped(client, worker, old)
+    assert (new["revision"], new["desired"]) == (2, "run")
+    await announce(client, new["replica_id"])
+    assert (await get_deployment(client, "web"))["status"] == "available"
+    same = await client.patch(f"{API}/deployments/web", json={"max_unavailable": 1})
+    assert same.json()["revision"] == 2  # nothing changed: no new revision
+    bad = await client.patch(f"{API}/deployments/web", json={"max_unavailable": -1})
+    assert_problem(bad, 422)
