@@ -14,8 +14,11 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from deployer.contract import Assignment, FileRef
 
@@ -25,6 +28,8 @@ log = logging.getLogger("deployer.cache")
 Fetch = Callable[[FileRef], Iterator[bytes]]
 
 SINGLE_FILE_FORMATS = frozenset({"torchscript", "torch_export", "pickle"})
+WRITE_AHEAD = 8  # chunks hashed but not yet written (at most 8 ranged pieces: 64 MiB)
+WRITERS = 4
 
 
 class CacheError(Exception):
@@ -76,11 +81,10 @@ class BlobCache:
         fd, temp_name = tempfile.mkstemp(prefix=".part-", dir=self.blobs)
         temp = Path(temp_name)
         try:
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as sink:
-                for chunk in fetch(ref):
-                    digest.update(chunk)
-                    sink.write(chunk)
+            try:
+                digest = _hash_and_write(fetch(ref), fd)
+            finally:
+                os.close(fd)
             if digest.hexdigest() != ref.sha256:
                 raise DigestMismatch(ref, digest.hexdigest())
             os.replace(temp, target)
@@ -144,6 +148,36 @@ class BlobCache:
             path.unlink(missing_ok=True)
         for path in self.replicas.iterdir():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _hash_and_write(chunks: Iterator[bytes], fd: int) -> Any:
+    """Hash the chunks in order here while threads write them at their offsets: download,
+    hashing and disk overlap instead of taking turns (all release the GIL on large buffers),
+    and at most ``WRITE_AHEAD`` chunks wait for the disk."""
+    digest = hashlib.sha256()
+    room = threading.BoundedSemaphore(WRITE_AHEAD)
+    writes: list[Future[None]] = []
+
+    def write(chunk: bytes, offset: int) -> None:
+        try:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.pwrite(fd, view, offset + (len(chunk) - len(view))) :]
+        finally:
+            room.release()
+
+    offset = 0
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="blob-writer") as pool:
+        for chunk in chunks:
+            digest.update(chunk)
+            room.acquire()
+            writes.append(pool.submit(write, chunk, offset))
+            offset += len(chunk)
+            while writes and writes[0].done():
+                writes.pop(0).result()  # a failed write stops the download
+    for future in writes:
+        future.result()
+    return digest
 
 
 def serving_path(directory: Path, assignment: Assignment) -> Path:

@@ -4,10 +4,14 @@ A raw ASGI app (no FastAPI routing, validation or dependency injection on the ho
 put in front of the API by ``create_app`` (``ServeFront``). Each call goes to the next
 ready endpoint, round robin, over pooled keep-alive connections; a refused connection, a
 dropped one, or a 503 (a draining endpoint) is retried on the next endpoint, so a rollout
-loses no call. Which endpoints are ready is read from the database at most once per
-``serve_cache_s`` per deployment (one query, concurrent callers share it), and read afresh
-when a forward fails or this process changes the deployment's endpoints. Answers of its
-own are the inference protocol's ``{"error": ...}`` bodies.
+loses no call. Bodies up to ``STREAM_AFTER`` (every usual inference call) are held whole,
+so such a call can be retried; a larger request body is streamed to the endpoint as it
+arrives (retried elsewhere only if the endpoint could not be reached before the first byte
+went out), and a larger answer is streamed back to the caller. Which endpoints are ready is
+read from the database at most once per ``serve_cache_s`` per deployment (one query,
+concurrent callers share it), and read afresh when a forward fails or this process changes
+the deployment's endpoints. Answers of its own are the inference protocol's
+``{"error": ...}`` bodies.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeAlias
@@ -43,8 +48,39 @@ _DROP_RESPONSE = frozenset(
 )
 _JSON = [(b"content-type", b"application/json")]
 MAX_CACHED = 10_000
-MAX_BODY = 256 * 2**20  # bodies are held whole (a call may be retried elsewhere)
+STREAM_AFTER = 2**20  # bodies up to this size are held whole; larger ones are streamed
+CHUNK = 2**18
 Answer: TypeAlias = tuple[int, list[tuple[bytes, bytes]], bytes]
+Body: TypeAlias = "bytes | _Streamed"
+
+
+class _Streamed:
+    """A request body larger than ``STREAM_AFTER``: what was read, then the rest as it comes.
+    ``started`` once a byte went to an endpoint (the call can no longer be retried)."""
+
+    def __init__(self, head: list[bytes], receive: Receive) -> None:
+        self._head = head
+        self._receive = receive
+        self.started = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
+        for chunk in self._head:
+            yield chunk
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ConnectionResetError("the caller went away mid-body")
+            if chunk := message.get("body", b""):
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+
+class _Sent(Exception):
+    """The answer started going to the caller when forwarding broke: nothing to retry."""
+
+
 PREFIX = "/serve/"
 
 
@@ -99,16 +135,14 @@ class StableUrl:
             ok = bool(entry.urls) or path.endswith("live")
             await _respond(send, 200 if ok else 503, [], b"")
             return
-        if (body := await _read_body(receive)) is None:
-            await _error(send, 413, f"request bodies are at most {MAX_BODY} bytes")
-            return
+        body = await _read_body(receive)
         target = quote(path, safe="/:@!$&'()*+,;=-._~%")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         await self._forward(scope, send, name, entry, target, body)
 
     async def _forward(
-        self, scope: Scope, send: Send, name: str, entry: _Entry, target: str, body: bytes
+        self, scope: Scope, send: Send, name: str, entry: _Entry, target: str, body: Body
     ) -> None:
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))
@@ -121,14 +155,24 @@ class StableUrl:
             start = next(entry.turn)
             for i in range(len(urls)):
                 url = urls[(start + i) % len(urls)] + target
-                if (answer := await self._try(scope["method"], url, headers, body)) is None:
-                    self._cache.pop(name, None)
-                    continue
-                if answer[0] != 503:
-                    await _respond(send, *answer)
+                try:
+                    answer = await self._try(scope["method"], url, headers, body, send)
+                except _Sent:
+                    return  # the caller got part of an answer; its connection tells the rest
+                if answer is True:
                     return
+                if answer is None or answer is False:
+                    self._cache.pop(name, None)
+                    if isinstance(body, _Streamed) and body.started:
+                        await _error(send, 502, f"endpoint of {name!r} failed mid-call")
+                        return
+                    continue
                 last = answer
                 self._cache.pop(name, None)
+                if isinstance(body, _Streamed):
+                    break  # its body went to that endpoint: not to be sent again
+            if isinstance(body, _Streamed) and body.started:
+                break
             if attempt == 0:
                 fresh = await self._entry(name)
                 if fresh is None or not fresh.urls or fresh.urls == urls:
@@ -140,33 +184,66 @@ class StableUrl:
         await _error(send, 503, f"deployment {name!r} has no ready endpoint", retry=True)
 
     async def _try(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
-    ) -> Answer | None:
-        """The endpoint's answer, or ``None`` if it cannot be reached. A pooled connection
-        the endpoint closed while idle gets one more try on a new connection."""
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        send: Send,
+    ) -> Answer | bool | None:
+        """``True`` once the endpoint's answer went to the caller; a 503 answer (held, for
+        the caller to try elsewhere); ``None`` if the endpoint cannot be reached. A pooled
+        connection the endpoint closed while idle gets one more try on a new connection."""
+        sent = [False]
         for again in (True, False):
             try:
-                return await self._call(method, url, headers, body)
+                return await self._call(method, url, headers, body, send, sent)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if again and not isinstance(exc, aiohttp.ClientConnectorError):
+                if sent[0]:
+                    raise _Sent from exc
+                streamed = isinstance(body, _Streamed) and body.started
+                if again and not streamed and not isinstance(exc, aiohttp.ClientConnectorError):
                     continue
                 log.info("forward to %s failed (%r); trying the next endpoint", url, exc)
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                if sent[0]:
+                    raise _Sent from exc
                 log.info("forward to %s failed (%r); trying the next endpoint", url, exc)
             return None
         return None
 
     async def _call(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
-    ) -> Answer:
-        async with self._client().request(method, url, headers=headers, data=body) as response:
-            data = await response.read()
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        send: Send,
+        sent: list[bool],
+    ) -> Answer | bool:
+        data = body if isinstance(body, bytes) else body.chunks()
+        async with self._client().request(method, url, headers=headers, data=data) as response:
             out = [
                 (k.lower().encode("latin-1"), v.encode("latin-1"))
                 for k, v in response.headers.items()
                 if k.lower() not in _DROP_RESPONSE
             ]
-            return response.status, out, data
+            length = response.content_length
+            if response.status == 503 or (length is not None and length <= STREAM_AFTER):
+                content = await response.read()
+                if response.status == 503:
+                    return response.status, out, content
+                sent[0] = True
+                await _respond(send, response.status, out, content)
+                return True
+            if length is not None:
+                out.append((b"content-length", str(length).encode()))
+            sent[0] = True
+            await send({"type": "http.response.start", "status": response.status, "headers": out})
+            async for chunk in response.content.iter_chunked(CHUNK):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return True
 
     async def _entry(self, name: str) -> _Entry | None:
         entry = self._cache.get(name)
@@ -216,19 +293,19 @@ def _route_path(scope: Scope) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body; ``None`` past ``MAX_BODY``."""
+async def _read_body(receive: Receive) -> Body:
+    """The whole request body, or past ``STREAM_AFTER`` what was read and the rest to come."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
-            return None
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if size > STREAM_AFTER:
+            return _Streamed(chunks, receive)
 
 
 async def _respond(

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
@@ -24,7 +25,7 @@ from serving.batching import Batcher
 from serving.lifecycle import EndpointState, HttpAnnouncer, Lifecycle, LoggingLifecycle
 from serving.metrics import ServingMetrics
 from serving.runtime import Runtime, TorchRuntime, example_input
-from serving.settings import Executor, ServingSettings
+from serving.settings import Executor, ModelFormat, ServingSettings
 
 log = logging.getLogger("serving")
 
@@ -194,10 +195,23 @@ async def _serve(
 
 
 def _load(app: ServingApp, settings: ServingSettings, lifecycle: Lifecycle) -> float:
+    """Check the digests and load. Formats whose loading runs no code of the file's own
+    (all but pickle) are hashed on a thread while they load, and the model serves only once
+    the digests match; pickle is hashed first."""
     started = time.perf_counter()
     lifecycle.changed(EndpointState.loading)
-    verify_sha256(settings.path, settings.sha256)
-    app.runtime.load(settings.path)
+    if settings.format is ModelFormat.pickle or not settings.sha256:
+        verify_sha256(settings.path, settings.sha256)
+        app.runtime.load(settings.path)
+        return time.perf_counter() - started
+    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
+        check = pool.submit(verify_sha256, settings.path, settings.sha256)
+        try:
+            app.runtime.load(settings.path)
+        except Exception:
+            check.result()  # a digest mismatch explains a failed load best
+            raise
+        check.result()  # a mismatch raises: the loaded model never serves
     return time.perf_counter() - started
 
 

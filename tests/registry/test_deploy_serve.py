@@ -147,3 +147,77 @@ def test_stable_url_forwards_to_ready_endpoints(plane: Plane, tmp_path: Path) ->
         lambda: (r := httpx.get(f"{stable}/v2/models/{name}")).status_code == 503 and r,
     )
     assert answer.headers["retry-after"] == "1" and "no ready endpoint" in answer.json()["error"]
+
+
+def test_stable_url_streams_large_bodies_both_ways(plane: Plane, tmp_path: Path) -> None:
+    """Bodies past ``STREAM_AFTER`` go through as streams, and a call whose endpoint cannot
+    be reached before its first byte went out is still retried on another."""
+    from registry.serve import STREAM_AFTER
+
+    model, name = f"m-{uuid.uuid4().hex[:8]}", "big-bodies"
+    path, module = publish_mlp(plane, tmp_path, model)
+    body = {"name": name, "model": model, "version": 1, "replicas": 2}
+    plane.call("POST", "/deployments", 201, json=body)
+    worker = plane.call("POST", "/workers", 201, json={"name": "t", "cpu_slots": 2})["id"]
+    beat = plane.call("POST", f"/workers/{worker}/heartbeat", json={"replicas": []})
+    live, dead = (a["replica_id"] for a in beat["assignments"])
+    serving = ServerProcess(
+        [
+            *("--name", name, "--format", "torchscript", "--path", str(path)),
+            *("--signature", orjson.dumps(SIGNATURE).decode(), "--heartbeat-s", "0.5"),
+            *("--register-url", f"{plane.url}/api/v1", "--replica-id", live),
+            *("--max-batch-size", "1"),
+        ],
+        tmp_path,
+        "serving",
+    )
+    stable = f"{plane.url}/serve/{name}"
+    try:
+        serving.wait_ready()
+        wait_for(
+            "endpoint ready", lambda: httpx.get(f"{stable}/v2/health/ready").status_code == 200
+        )
+        gone = {"url": f"http://127.0.0.1:{free_port()}", "replica_id": dead, "status": "ready"}
+        plane.call("POST", "/endpoints", 201, json=gone)
+        rows = 3 * STREAM_AFTER // 16  # 3 MiB in (4 floats a row), 1.5 MiB out
+        x = np.random.default_rng(0).standard_normal((rows, 4), dtype=np.float32)
+        expected = module(torch.from_numpy(x)).detach().numpy()
+        header = orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "datatype": "FP32",
+                        "shape": [rows, 4],
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ],
+                "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+            }
+        )
+        payload = header + x.tobytes()
+
+        def pieces() -> Iterator[bytes]:  # a chunked upload: the body arrives in parts
+            for at in range(0, len(payload), 256 * 1024):
+                yield payload[at : at + 256 * 1024]
+
+        with httpx.Client(timeout=60) as http:
+            for _ in range(4):  # round robin: some calls meet the dead endpoint first
+                answer = http.post(
+                    f"{stable}/v2/models/{name}/infer",
+                    content=pieces(),
+                    headers={"Inference-Header-Content-Length": str(len(header))},
+                )
+                assert answer.status_code == 200, answer.text[:300]
+                size = int(answer.headers["inference-header-content-length"])
+                assert int(answer.headers["content-length"]) == len(answer.content)
+                y = np.frombuffer(answer.content[size:], dtype=np.float32).reshape(rows, 2)
+                np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+            small = http.post(  # held whole, as before
+                f"{stable}/v2/models/{name}/infer",
+                json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
+                                  "data": [1, 2, 3, 4]}]},
+            )  # fmt: skip
+            assert small.status_code == 200, small.text
+    finally:
+        assert serving.stop() == 0
