@@ -49,8 +49,10 @@ class BlobCache:
         self.max_bytes = max_bytes
         self.blobs = root / "blobs" / "sha256"
         self.replicas = root / "replicas"
+        self.stamps = root / "verified"  # per blob: what it looked like when it was hashed
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.replicas.mkdir(parents=True, exist_ok=True)
+        self.stamps.mkdir(parents=True, exist_ok=True)
         self._sweep_temporaries()
 
     def blob(self, digest: str) -> Path:
@@ -68,8 +70,12 @@ class BlobCache:
         if size != ref.size:
             log.warning("blob %s has %d bytes, expected %d: dropped", ref.sha256, size, ref.size)
             path.unlink(missing_ok=True)
+            self._stamp(ref.sha256).unlink(missing_ok=True)
             return False
+        vouched = self.verified(ref)
         os.utime(path)  # recently used: last to be evicted
+        if vouched:
+            self._stamp(ref.sha256).write_text(_stat_key(path))
         return True
 
     def ensure(self, ref: FileRef, fetch: Fetch, pinned: Iterable[str] = ()) -> tuple[Path, bool]:
@@ -88,9 +94,22 @@ class BlobCache:
             if digest.hexdigest() != ref.sha256:
                 raise DigestMismatch(ref, digest.hexdigest())
             os.replace(temp, target)
+            self._stamp(ref.sha256).write_text(_stat_key(target))
         finally:
             temp.unlink(missing_ok=True)
         return target, True
+
+    def verified(self, ref: FileRef) -> bool:
+        """The blob is the one this cache hashed when it pulled it: same inode, size and
+        mtime as then (a write changes its mtime; the links of replica directories do not),
+        so it need not be hashed again before loading."""
+        try:
+            return self._stamp(ref.sha256).read_text() == _stat_key(self.blob(ref.sha256))
+        except OSError:
+            return False
+
+    def _stamp(self, digest: str) -> Path:
+        return self.stamps / digest
 
     def materialise(self, assignment: Assignment) -> Path:
         """`replicas/<id>/` with each file linked to its blob; returns the serving `--path`."""
@@ -132,6 +151,7 @@ class BlobCache:
             used -= path.stat().st_size
             log.info("evicting blob %s (%d bytes) to make room", path.name, path.stat().st_size)
             path.unlink(missing_ok=True)
+            self._stamp(path.name).unlink(missing_ok=True)
         if used + size > self.max_bytes:
             raise CacheError(
                 f"cache full: {size} bytes needed, {used} of {self.max_bytes} bytes held by "
@@ -148,6 +168,11 @@ class BlobCache:
             path.unlink(missing_ok=True)
         for path in self.replicas.iterdir():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _stat_key(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}"
 
 
 def _hash_and_write(chunks: Iterator[bytes], fd: int) -> Any:

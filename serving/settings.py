@@ -69,6 +69,12 @@ class ServingSettings(BaseSettings):
         default_factory=list,
         description="expected digest: HEX for a file path, or RELPATH=HEX per file of a directory",
     )
+    sha256_verified: bool = Field(
+        False,
+        description="the --sha256 digests were verified by the deployer worker that started "
+        "this process (its cache hashed the bytes when it pulled them and checks they are "
+        "unchanged since): do not hash them again",
+    )
     signature: str | None = Field(
         None, description="version signature as JSON text or a path to a JSON file"
     )

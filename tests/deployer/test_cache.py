@@ -148,3 +148,23 @@ def test_a_new_worker_sweeps_partial_downloads_and_old_replica_directories(
     again = BlobCache(tmp_path, 1000)
     assert list(again.replicas.iterdir()) == []
     assert [p.name for p in again.blobs.iterdir()] == [ref.sha256]
+
+
+def test_a_pulled_blob_is_vouched_for_until_it_changes(tmp_path: Path) -> None:
+    """The worker hashed it when pulling: serving need not hash it again (--sha256-verified),
+    through cache hits and replica links, but not once its bytes were written to."""
+    data = b"weights" * 1000
+    ref = FileRef(path="model.pt", size=len(data), sha256=hashlib.sha256(data).hexdigest(), url="u")
+    cache = BlobCache(tmp_path, 1 << 20)
+    assert not cache.verified(ref)
+    path, _ = cache.ensure(ref, lambda _: iter([data]))
+    assert cache.verified(ref)
+    cache.materialise(_assignment("r1", "torchscript", [ref]))
+    time.sleep(0.01)
+    assert cache.ensure(ref, lambda _: iter([b"never"]))[1] is False  # a hit touches it
+    assert cache.verified(ref)
+    cache.release("r1")
+    assert cache.verified(ref)
+    with path.open("r+b") as f:  # flipped in place: same size, new mtime
+        f.write(b"W")
+    assert not cache.verified(ref)
