@@ -237,6 +237,8 @@ def deployed(
     path: Path, model: Model, setup: list[str], root: Path, auth: bool
 ) -> Iterator[Deployed]:
     """A control plane and a deployer worker on loopback, the model deployed on it."""
+    if str(REPO) not in sys.path:  # run as a script: bench/ is not a package on the path
+        sys.path.insert(0, str(REPO))
     from bench._common import ControlPlane
 
     home = root / f"home-{model.name}-{time.monotonic_ns()}"
