@@ -94,12 +94,16 @@ class ControlPlane:
         """Where to read a file's ranges: the presigned store URL the control plane redirects
         to (S3 stores), or the control plane itself."""
         if url.startswith(self.root + "/"):
-            answer = self._http.get(
-                url, params={"redirect": "true"}, headers=headers, follow_redirects=False
-            )
-            answer.close()
-            if answer.status_code in (302, 303, 307) and "location" in answer.headers:
-                return answer.headers["location"], {}  # our key is not for the store
+            with self._http.stream(  # a store without presigned URLs answers the bytes:
+                "GET",  # closed unread
+                url,
+                params={"redirect": "true"},
+                headers=headers,
+                follow_redirects=False,
+            ) as answer:
+                location = answer.headers.get("location")
+                if answer.status_code in (302, 303, 307) and location:
+                    return location, {}  # our key is not for the store
         return url, headers
 
     def _ranges(self, ref: FileRef, url: str, headers: dict[str, str]) -> Iterator[bytes]:
