@@ -52,7 +52,10 @@ def throwaway_postgres() -> Iterator[str]:
 
 
 class ControlPlane:
-    """`modelplane server` as a real process on a free loopback port, stopped by PID."""
+    """`modelplane server` as a real process on a free loopback port, stopped by PID. With
+    authentication on (the default) it gets an admin key: ``headers`` carry it."""
+
+    token: str | None = None
 
     def __init__(self, env: dict[str, str], *, workers: int = 1, log: Path) -> None:
         self.port = free_port()
@@ -73,6 +76,12 @@ class ControlPlane:
             stderr=subprocess.STDOUT,
         )
         self._wait_ready(log)
+        if full_env.get("MODELPLANE_AUTH_ENABLED", "true").lower() not in ("false", "0", "no"):
+            self.token = mint_admin(full_env)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _wait_ready(self, log: Path, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -119,3 +128,16 @@ def require_wrk() -> str:
     if path is None:
         sys.exit("wrk is needed as the load generator: apt-get install -y wrk (or make bench-deps)")
     return path
+
+
+def mint_admin(env: dict[str, str]) -> str:
+    """An admin key straight in the server's database (as `keys create --offline`)."""
+    from registry.schemas import KeyCreate, Scope
+    from registry.services.keys import mint_key
+
+    url = (
+        env.get("MODELPLANE_DATABASE_URL")
+        or f"sqlite+aiosqlite:///{env['MODELPLANE_HOME']}/registry.db"
+    )
+    body = KeyCreate(name="bench", scopes=[Scope.admin])
+    return asyncio.run(mint_key(url, body, by="bench")).token

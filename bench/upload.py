@@ -224,7 +224,7 @@ def main() -> None:
         cp = ControlPlane(env, log=tmp / "server.log")
         try:
             with (
-                httpx.Client(base_url=f"{cp.url}/api/v1", timeout=600) as api,
+                httpx.Client(base_url=f"{cp.url}/api/v1", timeout=600, headers=cp.headers) as api,
                 httpx.Client(timeout=120, limits=httpx.Limits(max_connections=PARALLEL)) as store,
             ):
                 api.post("/models", json={"name": "bench"}).raise_for_status()

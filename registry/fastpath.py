@@ -23,12 +23,13 @@ from starlette.types import Scope as AsgiScope
 
 from registry.app import API_PREFIX
 from registry.auth import header, incoming_request_id
-from registry.errors import InvalidSelector
+from registry.db import utcnow
+from registry.errors import InvalidSelector, Unauthenticated
 from registry.repositories.events import Actor
+from registry.repositories.versions import read_detail
 from registry.schemas import SLUG, Scope, VersionOut
-from registry.services.catalog import CatalogService
-from registry.services.common import Context, parse_selector
-from registry.services.keys import authenticate, bearer_token
+from registry.services.common import Context, parse_selector, reading_connection, version_out
+from registry.services.keys import bearer_token, check_key, record_use
 
 log = logging.getLogger("modelplane.registry")
 
@@ -55,8 +56,7 @@ class FastVersionReads:
             and scope["method"] == "GET"
             and not scope.get("root_path")
             and (match := _VERSION_PATH.match(scope["path"]))
-            and (await self._allowed(scope, match.group(1)))
-            and (body := await self._answer(*match.groups())) is not None
+            and (body := await self._answer(scope, *match.groups())) is not None
         ):
             rid = incoming_request_id(scope) or uuid.uuid4().hex
             headers = [
@@ -69,29 +69,28 @@ class FastVersionReads:
             return
         await self.app(scope, receive, send)
 
-    async def _allowed(self, scope: AsgiScope, name: str) -> bool:
-        """The key may read this model (checked against the database on every call, as the
-        app does); any doubt defers to the app, which answers the 401/403."""
-        if not self._auth:
-            return True
-        try:
-            token = bearer_token(header(scope, b"authorization"))
-            principal = await authenticate(self._context.sessions, token)
-        except Exception:
-            return False
-        return principal.has(Scope.read) and principal.reaches(name)
-
-    async def _answer(self, name: str, raw_selector: str) -> bytes | None:
+    async def _answer(self, scope: AsgiScope, name: str, raw_selector: str) -> bytes | None:
         if not _NAME.match(name):
             return None
         try:
             selector = parse_selector(raw_selector)
-        except InvalidSelector:
+            token = bearer_token(header(scope, b"authorization")) if self._auth else None
+        except (InvalidSelector, Unauthenticated):
             return None
-        catalog = CatalogService(self._context)
+        now = utcnow()
         try:
-            out = await catalog.find_version(name, selector)
-        except Exception as exc:  # the FastAPI route retries and maps it to its problem
+            # the key check and the read share one pooled connection (one checkout)
+            async with reading_connection(self._context.sessions) as connection:
+                if token is not None:
+                    check = await check_key(connection, token, now)
+                    if not (check.principal.has(Scope.read) and check.principal.reaches(name)):
+                        return None
+                rows = await read_detail(connection, name, selector)
+            if token is not None and check.stale:
+                await record_use(self._context.sessions, check.principal, now)
+        except Exception as exc:  # the FastAPI app retries and maps it to its problem
             log.debug("fast read of %s/%s deferred: %r", name, raw_selector, exc)
             return None
-        return _JSON.dump_json(out, by_alias=True) if out is not None else None
+        if not rows:
+            return None
+        return _JSON.dump_json(version_out(self._context, name, rows), by_alias=True)

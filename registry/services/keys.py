@@ -14,7 +14,9 @@ import hmac
 import secrets
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from registry.db import SessionFactory, utcnow
 from registry.errors import Forbidden, Unauthenticated
@@ -64,33 +66,52 @@ def bearer_token(header: str | None) -> str:
     return token.strip()
 
 
-async def authenticate(sessions: SessionFactory, token: str) -> Principal:
-    """The key behind ``token``; ``Unauthenticated`` for an unknown, wrong, revoked or
-    expired one (the same answer for unknown and wrong: no probing for prefixes)."""
+async def check_key(connection: AsyncConnection, token: str, now: datetime) -> KeyCheck:
+    """The key behind ``token``, read on ``connection``; ``Unauthenticated`` for an unknown,
+    wrong, revoked or expired one (the same answer for unknown and wrong: no probing for
+    prefixes)."""
     prefix = token_prefix(token)
     if prefix is None:
         raise Unauthenticated("the API key is malformed (tokens look like 'mp_' + 55 characters)")
-    now = utcnow()
-    async with reading_connection(sessions) as connection:
-        row = await key_by_prefix(connection, prefix)
-        digest = token_sha256(token)
-        # compare_digest even for a missing row, so timing does not tell the two apart
-        stored = row.token_sha256 if row is not None else "0" * 64
-        if not hmac.compare_digest(stored.encode(), digest.encode()) or row is None:
-            raise Unauthenticated("the API key is not valid")
-        if row.revoked_at is not None:
-            raise Unauthenticated("the API key was revoked")
-        if row.expires_at is not None and row.expires_at <= now:
-            raise Unauthenticated("the API key has expired")
-    # outside the read: never hold two pooled connections at once
-    if row.last_used_at is None or row.last_used_at < now - LAST_USED_GRANULARITY:
-        await _touch(sessions, row.id, now)
-    return Principal(
+    row = await key_by_prefix(connection, prefix)
+    digest = token_sha256(token)
+    # compare_digest even for a missing row, so timing does not tell the two apart
+    stored = row.token_sha256 if row is not None else "0" * 64
+    if not hmac.compare_digest(stored.encode(), digest.encode()) or row is None:
+        raise Unauthenticated("the API key is not valid")
+    if row.revoked_at is not None:
+        raise Unauthenticated("the API key was revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise Unauthenticated("the API key has expired")
+    principal = Principal(
         key_id=row.id,
         name=row.name,
         scopes=effective(row.scopes),
         model_globs=tuple(row.model_globs or ()),
     )
+    stale = row.last_used_at is None or row.last_used_at < now - LAST_USED_GRANULARITY
+    return KeyCheck(principal, stale)
+
+
+class KeyCheck(NamedTuple):
+    principal: Principal
+    stale: bool  # last_used_at is due for an update: ``record_use``
+
+
+async def authenticate(sessions: SessionFactory, token: str) -> Principal:
+    """``check_key`` on a pooled connection of its own, then ``record_use`` when due."""
+    now = utcnow()
+    async with reading_connection(sessions) as connection:
+        check = await check_key(connection, token, now)
+    # outside the read: never hold two pooled connections at once
+    if check.stale:
+        await record_use(sessions, check.principal, now)
+    return check.principal
+
+
+async def record_use(sessions: SessionFactory, principal: Principal, now: datetime) -> None:
+    if principal.key_id is not None:
+        await _touch(sessions, principal.key_id, now)
 
 
 async def _touch(sessions: SessionFactory, key_id: str, now: datetime) -> None:

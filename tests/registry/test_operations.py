@@ -10,6 +10,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from registry.app import create_app
+from registry.schemas import KeyCreate, Scope
+from registry.services.keys import mint_key
 from registry.settings import Settings
 from tests import pg
 from tests.registry.helpers import API, assert_problem
@@ -32,12 +34,14 @@ async def test_database_down_is_503_and_recovers(tmp_path: Path, postgres_url: s
         database_url=pg.database_url(url.database or "", port=proxy.port),
         storage_url=str(tmp_path / "artifacts"),
     )
-    app = create_app(settings)  # its own engine and pool, as in production
+    app = create_app(settings)  # its own engine and pool, as in production; auth on
+    key = await mint_key(postgres_url, KeyCreate(name="ops", scopes=[Scope.admin]))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     name = f"dbdown-{os.urandom(4).hex()}"
+    headers = {"Authorization": f"Bearer {key.token}"}  # checked against the database too
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        httpx.AsyncClient(transport=transport, base_url="http://t", headers=headers) as client,
     ):
         assert (await client.post(f"{API}/models", json={"name": name})).status_code == 201
         await proxy.stop()

@@ -70,6 +70,7 @@ def server(
         "MODELPLANE_HOME": str(home),
         "MODELPLANE_PORT": str(port),
         "MODELPLANE_WORKERS": "2",
+        "MODELPLANE_AUTH_ENABLED": "false",  # about processes and sockets, not keys
     }
     args = ["-c", SERVE] if request.param == "serve" else [*ASYNCIO_LOOP, "--port", str(port)]
     proc = subprocess.Popen(

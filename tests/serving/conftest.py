@@ -125,7 +125,7 @@ def servers(artifacts: dict[str, Artifact], log_dir: Path) -> Iterator[dict[str,
             server.stop()
 
 
-StartServer = Callable[[list[str], str], ServerProcess]
+StartServer = Callable[..., ServerProcess]  # (args, label, env=None)
 
 
 @pytest.fixture
@@ -133,8 +133,8 @@ def start_server(log_dir: Path) -> Iterator[StartServer]:
     """Starts dedicated servers for one test (drain, overload) and stops them after it."""
     mine: list[ServerProcess] = []
 
-    def start(args: list[str], label: str) -> ServerProcess:
-        mine.append(ServerProcess(args, log_dir, label))
+    def start(args: list[str], label: str, env: dict[str, str] | None = None) -> ServerProcess:
+        mine.append(ServerProcess(args, log_dir, label, env))
         return mine[-1]
 
     yield start

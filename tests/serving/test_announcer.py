@@ -21,6 +21,7 @@ class ControlPlane(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Recorder)
         self.calls: list[tuple[str, str, str | None]] = []  # method, path, status
         self.bodies: list[dict[str, object]] = []
+        self.authorization: list[str | None] = []
 
     @property
     def url(self) -> str:
@@ -35,6 +36,7 @@ class Recorder(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length)) if length else {}
         self.server.calls.append((self.command, self.path, body.get("status")))
         self.server.bodies.append(body)
+        self.server.authorization.append(self.headers.get("Authorization"))
         answer = b'{"id": "e1"}'
         self.send_response(200)
         self.send_header("Content-Length", str(len(answer)))
@@ -78,3 +80,15 @@ def test_endpoint_announces_states_heartbeats_and_deregisters(
     assert states.count("ready") >= 2, "no heartbeat while ready"
     assert calls[-1] == ("DELETE", "/api/v1/endpoints/e1", None)
     assert all(path == "/api/v1/endpoints/e1/heartbeat" for _, path, _ in calls[1:-1])
+
+
+def test_endpoint_sends_the_worker_key_from_the_environment(
+    artifacts: dict[str, Artifact], start_server: StartServer, control_plane: ControlPlane
+) -> None:
+    """The deployer hands serving processes its key in MODELPLANE_TOKEN (not a flag)."""
+    register = ["--register-url", control_plane.url + "/api/v1", "--replica-id", "r8"]
+    args = artifacts["mlp_pt2"].args() + register + ["--heartbeat-s", "0.2"]
+    token = "mp_" + "a" * 55
+    server = start_server(args, "announce-auth", {"MODELPLANE_TOKEN": token}).wait_ready()
+    assert server.stop() == 0
+    assert control_plane.authorization and set(control_plane.authorization) == {f"Bearer {token}"}
