@@ -208,10 +208,10 @@ async def _deny(scope: Scope, receive: Receive, send: Send, exc: RegistryError) 
     status = 401 if isinstance(exc, Unauthenticated) else 403
     if scope["path"].startswith("/serve/"):  # the inference protocol's error shape
         body = orjson.dumps({"error": str(exc)})
-        headers = [(b"content-type", b"application/json")]
+        raw = [(b"content-type", b"application/json")]
         if status == 401:
-            headers.append((b"www-authenticate", b"Bearer"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+            raw.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
         return
     challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
