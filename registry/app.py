@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from registry.auth import Authenticate, authorize
+from registry.auth import Authenticate, authorize, document_security
 from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.docs import install_docs
 from registry.problems import install_problem_handlers, use_problem_media_type
@@ -89,6 +89,7 @@ def create_app(
     install_problem_handlers(app)
     use_problem_media_type(app)
     install_docs(app, title="Modelplane")
+    document_security(app)
     for module in (models, versions, files, aliases, events, deployments, endpoints, workers, keys):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from http import HTTPStatus
 from typing import Any
 
 import orjson
-from fastapi import Request
+from fastapi import FastAPI, Request
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from registry.db import SessionFactory
 from registry.errors import Forbidden, RegistryError, Unauthenticated
 from registry.principal import ANONYMOUS, Principal
-from registry.problems import db_problem, problem
+from registry.problems import MEDIA_TYPE, db_problem, problem
 from registry.schemas import Scope as S
 from registry.services.keys import authenticate, bearer_token
 from registry.settings import Settings
@@ -240,3 +241,46 @@ def _echoing(send: Send, rid: bytes) -> Send:
         await send(message)
 
     return echo
+
+
+def document_security(app: FastAPI) -> None:
+    """The OpenAPI document says which operations need a key (bearer), and lists the
+    answers every operation can give before its own code runs: 401/403 (keys), 400 (a body
+    or cursor that does not parse), 413/415 (bodies), 431 (headers)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "an API key: `Authorization: Bearer mp_...`",
+        }
+        ref = {"$ref": "#/components/schemas/Problem"}
+        for item in schema.get("paths", {}).values():
+            for op in item.values():
+                responses = op.setdefault("responses", {})
+                statuses = ["431"]
+                if POLICY.get(op.get("operationId", "")):
+                    op["security"] = [{"bearer": []}]
+                    statuses += ["401", "403"]
+                params = [p.get("name") for p in op.get("parameters", [])]
+                if "requestBody" in op or "cursor" in params:
+                    statuses.append("400")
+                if "requestBody" in op:
+                    statuses += ["413", "415"]
+                for status in statuses:
+                    responses.setdefault(
+                        status,
+                        {
+                            "description": HTTPStatus(int(status)).phrase,
+                            "content": {MEDIA_TYPE: {"schema": ref}},
+                        },
+                    )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
