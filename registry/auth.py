@@ -29,7 +29,11 @@ from registry.db import SessionFactory
 from registry.errors import Forbidden, RegistryError, Unauthenticated
 from registry.principal import ANONYMOUS, Principal
 from registry.problems import MEDIA_TYPE, db_problem, problem
+from registry.repositories.deployments import model_of_deployment
+from registry.repositories.events import Actor
 from registry.schemas import Scope as S
+from registry.services.audit import record_denied
+from registry.services.common import reading_connection
 from registry.services.keys import authenticate, bearer_token
 from registry.settings import Settings
 
@@ -162,7 +166,22 @@ async def authorize(request: Request) -> None:
             f"the API key {principal.name!r} lacks the scope this call needs ({needs})",
             needs=sorted(s.value for s in rule),
         )
+    if principal.restricted:
+        await _check_reach(request, route, principal)
+
+
+async def _check_reach(request: Request, route: Any, principal: Principal) -> None:
+    """A key restricted to some models (globs) reaches those models and their deployments
+    only, and manages no keys (a restricted key could otherwise mint itself a wider one)."""
+    tags = set(getattr(route, "tags", ()))
+    if "keys" in tags:
+        raise Forbidden(f"the API key {principal.name!r} is restricted to some models: "
+                        "managing keys needs an unrestricted admin key")  # fmt: skip
     model = _model_of(request, route)
+    if model is None and "deployments" in tags and "name" in request.path_params:
+        sessions = request.app.state.sessions
+        async with reading_connection(sessions) as connection:
+            model = await model_of_deployment(connection, request.path_params["name"])
     if model is not None and not principal.reaches(model):
         raise Forbidden(f"the API key {principal.name!r} may not reach model {model!r}")
 
@@ -181,7 +200,7 @@ class Authenticate:
             return
         rid = incoming_request_id(scope) or uuid.uuid4().hex
         scope[REQUEST_ID] = rid
-        send = _echoing(send, rid.encode())
+        seen = _Seen(send, rid.encode())
         path: str = scope["path"]
         if not self.enabled:
             scope[PRINCIPAL] = ANONYMOUS
@@ -189,19 +208,49 @@ class Authenticate:
             try:
                 principal = await self._principal(scope)
             except RegistryError as exc:
-                await _deny(scope, receive, send, exc)
+                await _deny(scope, receive, seen.send, exc)
+                await self._audit(scope, seen, getattr(exc, "key_id", None))
                 return
             except (DBAPIError, PoolTimeout, OSError) as exc:
-                await db_problem(Request(scope), exc)(scope, receive, send)
+                await db_problem(Request(scope), exc)(scope, receive, seen.send)
                 return
             scope[PRINCIPAL] = principal
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, seen.send)
+        if seen.status in (401, 403):
+            await self._audit(scope, seen, None)
+
+    async def _audit(self, scope: Scope, seen: _Seen, key_id: str | None) -> None:
+        """Every denied request is an audit event: who (key, client), what, why."""
+        principal = principal_of(scope) if PRINCIPAL in scope else None
+        client = scope.get("client")
+        actor = Actor(
+            name=principal.name if principal is not None else "anonymous",
+            request_id=scope[REQUEST_ID],
+            client=client[0] if client else None,
+            key_id=principal.key_id if principal is not None else key_id,
+        )
+        try:
+            answer = orjson.loads(seen.body)
+            detail = str(answer.get("detail") or answer.get("error") or "")
+        except (orjson.JSONDecodeError, AttributeError):
+            detail = ""
+        await record_denied(
+            self.sessions, actor, scope["method"], scope["path"], seen.status, detail
+        )
 
     async def _principal(self, scope: Scope) -> Principal:
         token = bearer_token(header(scope, b"authorization"))
         principal = await authenticate(self.sessions, token)
-        if scope["path"].startswith("/serve/") and not principal.has(*SERVE_SCOPES):
-            raise Forbidden(f"the API key {principal.name!r} lacks the read scope to call models")
+        scope[PRINCIPAL] = principal  # the audit of a denial below names the key
+        if scope["path"].startswith("/serve/"):
+            if not principal.has(*SERVE_SCOPES):
+                raise Forbidden(f"the API key {principal.name!r} lacks the read scope")
+            if principal.restricted:
+                name = scope["path"][len("/serve/") :].split("/", 1)[0]
+                async with reading_connection(self.sessions) as connection:
+                    model = await model_of_deployment(connection, name)
+                if model is not None and not principal.reaches(model):
+                    raise Forbidden(f"the API key {principal.name!r} may not call {name!r}")
         return principal
 
 
@@ -232,15 +281,26 @@ def incoming_request_id(scope: Scope) -> str | None:
     return rid if rid is not None and _REQUEST_ID_OK.match(rid) else None
 
 
-def _echoing(send: Send, rid: bytes) -> Send:
-    async def echo(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers: list[Any] = list(message.get("headers", ()))
-            headers.append((b"x-request-id", rid))
-            message = {**message, "headers": headers}
-        await send(message)
+class _Seen:
+    """Wraps ``send``: echoes the request id and keeps what an audit of a denial needs
+    (the status, and the start of a 401/403 body for its detail)."""
 
-    return echo
+    __slots__ = ("_send", "_rid", "status", "body")
+
+    def __init__(self, send: Send, rid: bytes) -> None:
+        self._send, self._rid = send, rid
+        self.status = 0
+        self.body = b""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers: list[Any] = list(message.get("headers", ()))
+            headers.append((b"x-request-id", self._rid))
+            message = {**message, "headers": headers}
+        elif self.status in (401, 403) and len(self.body) < 4096:
+            self.body += message.get("body", b"")[:4096]
+        await self._send(message)
 
 
 def document_security(app: FastAPI) -> None:

@@ -201,6 +201,11 @@ class MultipartOut(BaseModel):
 class AliasSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=1)
+    protected: bool | None = Field(
+        default=None,
+        description="mark (true) or unmark (false) the alias protected; moving or deleting a "
+        "protected alias, and changing this, need the `promote` or `admin` scope",
+    )
 
 
 class AliasOut(BaseModel):
@@ -208,6 +213,7 @@ class AliasOut(BaseModel):
     alias: str
     version: int
     updated_at: datetime
+    protected: bool = False
 
 
 class AliasMove(BaseModel):
@@ -544,9 +550,8 @@ class Scope(StrEnum):
     worker = "worker"
 
 
-ModelGlob = Annotated[
-    str, StringConstraints(pattern=r"^[a-z0-9._*?\[\]!-]{1,63}$")
-]  # fnmatch syntax over model names, e.g. `team-a-*`
+# `*` and `?` over model names, e.g. `team-a-*`
+ModelGlob = Annotated[str, StringConstraints(pattern=r"^[a-z0-9._*?-]{1,63}$")]
 KeyLabel = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]

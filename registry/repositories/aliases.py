@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from registry.db import utcnow
 from registry.repositories.base import Repository
 from registry.tables import AliasHistoryRow, AliasRow, VersionRow
 
-ALIAS_COLUMNS = (AliasRow.id, AliasRow.name, VersionRow.version, AliasRow.updated_at)
+ALIAS_COLUMNS = (
+    AliasRow.id,
+    AliasRow.name,
+    VersionRow.version,
+    AliasRow.updated_at,
+    AliasRow.protected,
+)
 
 
 class AliasRepository(Repository):
     async def find(self, model_id: int, name: str, *, lock: bool = False) -> Any:
-        """(id, name, version, updated_at) of the alias, or ``None``."""
+        """(id, name, version, updated_at, protected) of the alias, or ``None``."""
         stmt = (
             select(*ALIAS_COLUMNS)
             .join(VersionRow, VersionRow.id == AliasRow.version_id)
@@ -57,6 +63,11 @@ class AliasRepository(Repository):
         else:
             row.version_id, row.updated_at = version_id, utcnow()
         await self._session.flush()
+
+    async def set_protected(self, alias_id: int, protected: bool) -> None:
+        await self._session.execute(
+            update(AliasRow).where(AliasRow.id == alias_id).values(protected=protected)
+        )
 
     async def delete(self, alias_id: int) -> None:
         await self._session.execute(delete(AliasRow).where(AliasRow.id == alias_id))

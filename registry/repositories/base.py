@@ -7,6 +7,7 @@ import binascii
 from typing import Any
 
 import orjson
+from sqlalchemy import ColumnElement, false, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,6 +27,18 @@ class Repository:
         if self._dialect == "postgresql":
             return postgresql.insert(table)
         return sqlite.insert(table)
+
+
+def glob_clause(column: Any, globs: tuple[str, ...]) -> ColumnElement[bool]:
+    """``column`` matches one of the fnmatch globs (``*``, ``?``), as SQL ``LIKE``."""
+    if not globs:
+        return false()
+    patterns = [
+        g.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        .replace("*", "%").replace("?", "_")
+        for g in globs
+    ]  # fmt: skip
+    return or_(*(column.like(p, escape="\\") for p in patterns))
 
 
 def encode_cursor(value: Any) -> str:

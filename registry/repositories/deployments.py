@@ -9,10 +9,11 @@ from typing import Any
 
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from registry.db import utcnow
 from registry.errors import DeploymentAlreadyExists, DeploymentNotFound
-from registry.repositories.base import Repository
+from registry.repositories.base import Repository, glob_clause
 from registry.tables import DeploymentRow, ModelRow, ReplicaRow, RevisionRow
 
 DEPLOYMENT_COLUMNS = (DeploymentRow, ModelRow.name.label("model"))
@@ -63,8 +64,13 @@ class DeploymentRepository(Repository):
         )
         return list(await self._session.scalars(stmt))
 
-    async def search(self, *, after: str | None, limit: int) -> list[tuple[DeploymentRow, str]]:
+    async def search(
+        self, *, after: str | None, limit: int, globs: tuple[str, ...] = ()
+    ) -> list[tuple[DeploymentRow, str]]:
+        """``globs``: only deployments of models whose name matches one (none: all)."""
         stmt = select(*DEPLOYMENT_COLUMNS).join(ModelRow).order_by(DeploymentRow.name)
+        if globs:
+            stmt = stmt.where(glob_clause(ModelRow.name, globs))
         if after is not None:
             stmt = stmt.where(DeploymentRow.name > after)
         return [(r[0], r[1]) for r in (await self._session.execute(stmt.limit(limit))).all()]
@@ -198,3 +204,13 @@ class ReplicaRepository(Repository):
                 .where(ReplicaRow.id.in_(wanted))
                 .execution_options(synchronize_session=False)
             )
+
+
+async def model_of_deployment(connection: AsyncConnection, name: str) -> str | None:
+    """The name of the model a deployment serves (``None``: no such deployment)."""
+    stmt = (
+        select(ModelRow.name)
+        .join(DeploymentRow, DeploymentRow.model_id == ModelRow.id)
+        .where(DeploymentRow.name == name)
+    )
+    return (await connection.execute(stmt)).scalar_one_or_none()

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from registry.db import table_of, utcnow
-from registry.repositories.base import Repository
+from registry.repositories.base import Repository, glob_clause
 from registry.tables import EventRow
 
 # A Core insert without RETURNING: nobody reads an event's id back inside the transaction.
@@ -63,16 +63,26 @@ class EventRepository(Repository):
         limit: int,
         newest_first: bool = False,
         target: str | None = None,
+        key_id: str | None = None,
+        request_id: str | None = None,
+        globs: tuple[str, ...] = (),
     ) -> list[EventRow]:
-        """Events in id order; ``after`` is the last id of the previous page, in that order."""
+        """Events in id order; ``after`` is the last id of the previous page, in that order.
+        ``globs``: only events about models whose name matches one (none: all)."""
         order = EventRow.id.desc() if newest_first else EventRow.id
         stmt = select(EventRow).order_by(order).limit(limit)
+        if globs:
+            stmt = stmt.where(glob_clause(EventRow.model, globs))
+        if target is not None:
+            stmt = stmt.where(EventRow.target == target)
+        if key_id is not None:
+            stmt = stmt.where(EventRow.actor_key_id == key_id)
+        if request_id is not None:
+            stmt = stmt.where(EventRow.request_id == request_id)
         if since is not None:
             stmt = stmt.where(EventRow.time >= since)
         if model is not None:
             stmt = stmt.where(EventRow.model == model)
-        if target is not None:
-            stmt = stmt.where(EventRow.target == target)
         if action is not None:
             stmt = stmt.where(EventRow.action == action)
         if after is not None:

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from registry.db import table_of, utcnow
 from registry.errors import ModelAlreadyExists, ModelNotFound
-from registry.repositories.base import Repository
+from registry.repositories.base import Repository, glob_clause
 from registry.tables import ModelRow
 
 _models = table_of(ModelRow)
@@ -45,9 +45,18 @@ class ModelRepository(Repository):
         return model_id
 
     async def search(
-        self, *, q: str | None, tags: dict[str, str], after: str | None, limit: int
+        self,
+        *,
+        q: str | None,
+        tags: dict[str, str],
+        after: str | None,
+        limit: int,
+        globs: tuple[str, ...] = (),
     ) -> list[ModelRow]:
+        """``globs``: only models whose name matches one (none: every model)."""
         stmt = select(ModelRow).order_by(ModelRow.name).limit(limit)
+        if globs:
+            stmt = stmt.where(glob_clause(ModelRow.name, globs))
         if q:
             stmt = stmt.where(ModelRow.name.contains(q.lower(), autoescape=True))
         for key, value in tags.items():

@@ -26,8 +26,10 @@ async def set_alias(
     name: ModelNamePath, alias: AliasPath, body: AliasSet, aliases: AliasDep
 ) -> AliasOut:
     """Create the alias or move it to a `ready` version. The previous target stays in the
-    alias history, and `…/rollback` returns to it."""
-    return await aliases.set_alias(name, alias, version=body.version)
+    alias history, and `…/rollback` returns to it. `protected: true` marks the alias
+    protected: from then on moving, rolling back or deleting it (and unmarking it) needs
+    the `promote` or `admin` scope (403 otherwise)."""
+    return await aliases.set_alias(name, alias, version=body.version, protected=body.protected)
 
 
 @router.get("/{alias}", summary="Resolve an alias", responses=problem_responses(404, 422))

@@ -32,12 +32,20 @@ async def list_events(
     order: Annotated[
         Literal["asc", "desc"], Query(description="`asc`: oldest first; `desc`: newest first")
     ] = "asc",
+    target: Annotated[
+        str | None, Query(description="only events with this target, e.g. `key:ID`")
+    ] = None,
+    key: Annotated[
+        str | None, Query(description="only events of this API key (actor_key_id)")
+    ] = None,
+    request_id: Annotated[str | None, Query(description="only events of this request")] = None,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> Page[EventOut]:
-    """Every change, oldest first (`order=desc`: newest first, e.g. for "recent events"):
-    who (actor), what (action, target), before and after, the request id (`X-Request-ID`)
-    and the client address."""
+    """Every change and every denied request (`request.denied`), oldest first (`order=desc`:
+    newest first, e.g. for "recent events"): who (actor, `actor_key_id`), what (action,
+    target), before and after, the request id (`X-Request-ID`) and the client address.
+    Append-only: no API edits or deletes events."""
     return await catalog.list_events(
         since=since,
         model=model,
@@ -46,4 +54,7 @@ async def list_events(
         cursor=cursor,
         limit=limit,
         newest_first=order == "desc",
+        target=target,
+        key_id=key,
+        request_id=request_id,
     )

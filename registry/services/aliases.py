@@ -4,20 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.errors import AliasNotFound, NoPreviousTarget, VersionNotFound, VersionNotReady
+from registry.errors import (
+    AliasNotFound,
+    Forbidden,
+    NoPreviousTarget,
+    VersionNotFound,
+    VersionNotReady,
+)
 from registry.repositories.aliases import AliasRepository
 from registry.repositories.base import decode_cursor
 from registry.repositories.events import EventRepository
 from registry.repositories.models import ModelRepository
 from registry.repositories.versions import VersionRepository
-from registry.schemas import AliasMove, AliasOut, Page
+from registry.schemas import AliasMove, AliasOut, Page, Scope
 from registry.services.common import Context, reading, to_page
 from registry.services.deployments import follow_alias
 from registry.tables import AliasHistoryRow
 
 
 def _alias_out(model: str, row: Any) -> AliasOut:
-    return AliasOut(model=model, alias=row.name, version=row.version, updated_at=row.updated_at)
+    return AliasOut(
+        model=model,
+        alias=row.name,
+        version=row.version,
+        updated_at=row.updated_at,
+        protected=row.protected,
+    )
+
+
+def _may_touch_protected(ctx: Context, model: str, alias: str, what: str) -> None:
+    if not ctx.principal.has(Scope.promote):  # admin implies promote
+        raise Forbidden(
+            f"alias {alias!r} of model {model!r} is protected: {what} needs the promote or "
+            f"admin scope (key {ctx.principal.name!r} has neither)"
+        )
 
 
 def _move_out(model: str, row: AliasHistoryRow) -> AliasMove:
@@ -32,18 +52,44 @@ def _move_out(model: str, row: AliasHistoryRow) -> AliasMove:
 
 
 async def move_alias(
-    ctx: Context, session: Any, model: str, model_id: int, alias: str, version: int, action: str
+    ctx: Context,
+    session: Any,
+    model: str,
+    model_id: int,
+    alias: str,
+    version: int,
+    action: str,
+    *,
+    protected: bool | None = None,
 ) -> AliasOut:
-    """Point ``alias`` at ready ``version`` inside the caller's transaction, with history."""
+    """Point ``alias`` at ready ``version`` inside the caller's transaction, with history.
+    A protected alias moves only for a key with `promote` (or `admin`); ``protected`` not
+    ``None`` (un)marks it, which needs the same."""
+    aliases = AliasRepository(session)
+    current = await aliases.find(model_id, alias, lock=True)
+    was_protected = bool(current is not None and current.protected)
+    if was_protected:
+        _may_touch_protected(ctx, model, alias, "moving it")
+    if protected is not None and protected != was_protected:
+        _may_touch_protected(ctx, model, alias, "changing its protection")
     target = await VersionRepository(session).find_by_number(model_id, version)
     if target is None:
         raise VersionNotFound(model, str(version))
     if target.status != "ready":
         raise VersionNotReady(model, version, target.status)
-    aliases = AliasRepository(session)
-    current = await aliases.find(model_id, alias)
     before = current.version if current is not None else None
     await aliases.point(model_id, alias, target.id)
+    if protected is not None and protected != was_protected:
+        row = await aliases.find(model_id, alias)
+        await aliases.set_protected(row.id, protected)
+        await EventRepository(session).add(
+            ctx.actor,
+            "alias.protected" if protected else "alias.unprotected",
+            model=model,
+            target=f"alias:{alias}",
+            before={"protected": was_protected},
+            after={"protected": protected},
+        )
     if before != version:
         await aliases.record_move(model_id, alias, before, version, ctx.actor.name)
         await EventRepository(session).add(
@@ -61,12 +107,21 @@ class AliasService:
         self._ctx = ctx
         self._sessions = ctx.sessions
 
-    async def set_alias(self, model: str, alias: str, *, version: int) -> AliasOut:
+    async def set_alias(
+        self, model: str, alias: str, *, version: int, protected: bool | None = None
+    ) -> AliasOut:
         """Point ``alias`` at a ready version; the move lands in history and the audit log."""
         async with self._sessions.begin() as session:
             model_id = (await ModelRepository(session).get(model, lock=True)).id
             return await move_alias(
-                self._ctx, session, model, model_id, alias, version, "alias.moved"
+                self._ctx,
+                session,
+                model,
+                model_id,
+                alias,
+                version,
+                "alias.moved",
+                protected=protected,
             )
 
     async def rollback_alias(self, model: str, alias: str) -> AliasOut:
@@ -74,8 +129,10 @@ class AliasService:
         async with self._sessions.begin() as session:
             model_id = (await ModelRepository(session).get(model, lock=True)).id
             aliases = AliasRepository(session)
-            if await aliases.find(model_id, alias) is None:
+            if (current := await aliases.find(model_id, alias, lock=True)) is None:
                 raise AliasNotFound(model, alias)
+            if current.protected:
+                _may_touch_protected(self._ctx, model, alias, "rolling it back")
             last = await aliases.history(model_id, alias, before=None, limit=1)
             if not last or last[0].from_version is None:
                 raise NoPreviousTarget(model, alias)
@@ -107,8 +164,10 @@ class AliasService:
         async with self._sessions.begin() as session:
             model_id = (await ModelRepository(session).get(model, lock=True)).id
             aliases = AliasRepository(session)
-            if (row := await aliases.find(model_id, alias)) is None:
+            if (row := await aliases.find(model_id, alias, lock=True)) is None:
                 raise AliasNotFound(model, alias)
+            if row.protected:
+                _may_touch_protected(self._ctx, model, alias, "deleting it")
             await aliases.delete(row.id)
             await aliases.record_move(model_id, alias, row.version, None, self._ctx.actor.name)
             await EventRepository(session).add(

@@ -13,6 +13,7 @@ from sqlalchemy import Row
 from registry.db import utcnow
 from registry.errors import (
     FilesMissing,
+    Forbidden,
     ModelHasAliases,
     VersionAliased,
     VersionImmutable,
@@ -104,6 +105,11 @@ class CatalogService:
     # -- models -------------------------------------------------------------------------
 
     async def create_model(self, body: ModelCreate) -> ModelOut:
+        if not self._ctx.principal.reaches(body.name):
+            raise Forbidden(
+                f"the API key {self._ctx.principal.name!r} may only create models matching "
+                f"{list(self._ctx.principal.model_globs)}"
+            )
         async with self._sessions.begin() as session:
             row = await ModelRepository(session).create(body.name, body.description, body.tags)
             out = model_out(row)
@@ -121,7 +127,7 @@ class CatalogService:
         after = decode_cursor(cursor, str)
         async with reading(self._sessions) as session:
             rows = await ModelRepository(session).search(
-                q=q, tags=tags, after=after, limit=limit + 1
+                q=q, tags=tags, after=after, limit=limit + 1, globs=self._ctx.principal.model_globs
             )
             return to_page(rows, limit, lambda r: r.name, model_out)
 
@@ -334,18 +340,26 @@ class CatalogService:
         limit: int,
         newest_first: bool = False,
         deployment: str | None = None,
+        target: str | None = None,
+        key_id: str | None = None,
+        request_id: str | None = None,
     ) -> Page[EventOut]:
+        """Keys restricted to some models see only the events about those models."""
         after = decode_cursor(cursor, int)
-        target = None if deployment is None else f"deployment:{deployment}"
+        if deployment is not None:
+            target = f"deployment:{deployment}"
         async with reading(self._sessions) as session:
             rows = await EventRepository(session).search(
                 since=since,
                 model=model,
-                target=target,
                 action=action,
                 after=after,
                 limit=limit + 1,
                 newest_first=newest_first,
+                target=target,
+                key_id=key_id,
+                request_id=request_id,
+                globs=self._ctx.principal.model_globs,
             )
             return to_page(rows, limit, lambda r: r.id, event_out)
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from registry.errors import (
     AliasNotFound,
     DeploymentDeleting,
+    Forbidden,
     NoPreviousRevision,
     RevisionNotFound,
     Unprocessable,
@@ -145,6 +146,10 @@ class DeploymentService:
 
     async def create_deployment(self, body: DeploymentCreate) -> DeploymentOut:
         """Deployment, revision 1 and its replicas; placement follows on worker heartbeats."""
+        if not self._ctx.principal.reaches(body.model):
+            raise Forbidden(
+                f"the API key {self._ctx.principal.name!r} may not deploy model {body.model!r}"
+            )
         async with self._sessions.begin() as session:
             # the model lock orders this against alias moves (follow_alias sees us)
             model_id = (await ModelRepository(session).get(body.model, lock=True)).id
@@ -175,7 +180,9 @@ class DeploymentService:
     async def list_deployments(self, *, cursor: str | None, limit: int) -> Page[DeploymentOut]:
         after = decode_cursor(cursor, str)
         async with reading(self._sessions) as session:
-            rows = await DeploymentRepository(session).search(after=after, limit=limit + 1)
+            rows = await DeploymentRepository(session).search(
+                after=after, limit=limit + 1, globs=self._ctx.principal.model_globs
+            )
             items = [await deployment_out(self._ctx, session, d, m) for d, m in rows[:limit]]
             page = to_page(rows, limit, lambda r: r[0].name, lambda r: r)
             return Page[DeploymentOut](items=items, next_cursor=page.next_cursor)

@@ -80,9 +80,9 @@ async def check_key(connection: AsyncConnection, token: str, now: datetime) -> K
     if not hmac.compare_digest(stored.encode(), digest.encode()) or row is None:
         raise Unauthenticated("the API key is not valid")
     if row.revoked_at is not None:
-        raise Unauthenticated("the API key was revoked")
+        raise _known(Unauthenticated("the API key was revoked"), row.id)
     if row.expires_at is not None and row.expires_at <= now:
-        raise Unauthenticated("the API key has expired")
+        raise _known(Unauthenticated("the API key has expired"), row.id)
     principal = Principal(
         key_id=row.id,
         name=row.name,
@@ -91,6 +91,12 @@ async def check_key(connection: AsyncConnection, token: str, now: datetime) -> K
     )
     stale = row.last_used_at is None or row.last_used_at < now - LAST_USED_GRANULARITY
     return KeyCheck(principal, stale)
+
+
+def _known(exc: Unauthenticated, key_id: str) -> Unauthenticated:
+    """The refused key's id, for the audit log (never in the answer)."""
+    exc.key_id = key_id  # type: ignore[attr-defined]
+    return exc
 
 
 class KeyCheck(NamedTuple):
