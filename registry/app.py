@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from registry.auth import Authenticate, authorize, document_security
 from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.docs import install_docs
+from registry.hardening import Hardening
 from registry.problems import install_problem_handlers, use_problem_media_type
 from registry.routes import (
     aliases,
@@ -98,6 +100,17 @@ def create_app(
     # /serve/... calls skip FastAPI's routing and its inner middleware entirely
     stable = app.state.stable = StableUrl(sessions, settings)
     app.add_middleware(ServeFront, stable=stable)
-    # outermost: request ids for every call, API keys before any body is read
+    # request ids for every call, API keys before any body is read
     app.add_middleware(Authenticate, sessions=sessions, settings=settings)
+    # header and body limits before anything else is looked at; browser-page headers
+    app.add_middleware(Hardening, settings=settings)
+    if origins := settings.cors_origin_list:  # off unless configured; outermost: preflights
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Range"],
+            expose_headers=["X-Request-ID", "ETag", "Content-Range"],
+            max_age=600,
+        )
     return app

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from registry.errors import (
     BadRequest,
@@ -155,7 +156,14 @@ def _on_unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
+def _on_disconnect(request: Request, exc: Exception) -> Response:
+    """The client went away (or the body limit cut it off): nobody reads this answer."""
+    log.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, _on_disconnect)
     app.add_exception_handler(RegistryError, _on_registry_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

@@ -80,5 +80,6 @@ def serve(settings: Settings) -> None:
         access_log=False,
         proxy_headers=True,
         timeout_keep_alive=30,
+        h11_max_incomplete_event_size=settings.max_header_bytes,  # when h11 is the parser
         log_level="info",
     )

@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     # Security: every /api/v1 and /serve call needs `Authorization: Bearer mp_...` with a key
     # whose scopes cover it (registry/auth.py). Off only for local experiments and tests.
     auth_enabled: bool = True
+    # Hardening (registry/hardening.py). Uploads of file bytes are bounded by max_upload_bytes.
+    max_request_bytes: int = Field(default=16 * 2**20, gt=0, description="other bodies")
+    max_header_bytes: int = Field(default=32 * 2**10, ge=1024, description="all headers")
+    cors_origins: str = Field(
+        default="", description="comma-separated origins allowed by CORS; empty: CORS off"
+    )
+    ui_csp: str = Field(
+        default="default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; "
+        "form-action 'self'; object-src 'none'",
+        description="Content-Security-Policy of the /ui pages",
+    )
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
@@ -54,6 +66,10 @@ class Settings(BaseSettings):
         if not self.storage_url:
             self.storage_url = str(self.home / "artifacts")
         return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def is_sqlite(self) -> bool:
