@@ -116,10 +116,18 @@ POLICY: dict[str, frozenset[S]] = {
 # The stable URL /serve/{deployment}/v2/... never reaches FastAPI's routing: checked in
 # ``Authenticate``.
 SERVE_SCOPES = READ
-# Routes outside /api/ that stay public whatever their operation id (Prometheus scrapes
-# /metrics without credentials; it carries no secrets). /docs, /redoc and /openapi.json are
-# not API routes: no dependency runs for them.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Routes outside /api/ that stay public whatever their operation id: Prometheus scrapes
+# /metrics without credentials (it carries no secrets); the dashboard's pages under /ui (and
+# a landing page at /) load without a key and call /api/ with one. /docs, /redoc and
+# /openapi.json are not API routes: no dependency runs for them.
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+PUBLIC_PREFIXES = ("/ui/",)
+
+
+def is_public_path(path: str) -> bool:
+    return path in PUBLIC_PATHS or path == "/ui" or path.startswith(PUBLIC_PREFIXES)
+
+
 # Tags of the routes whose ``{name}`` is a model name (model globs apply to it).
 MODEL_TAGS = frozenset({"models", "versions", "files", "aliases"})
 
@@ -151,7 +159,7 @@ async def authorize(request: Request) -> None:
     route = request.scope.get("route")
     rule = POLICY.get(getattr(route, "name", ""))
     if rule is None:
-        if request.url.path in PUBLIC_PATHS:
+        if is_public_path(request.url.path):
             return
         log.error("no access policy for %s %s: refused", request.method, request.url.path)
         raise Forbidden(f"no access policy covers {request.method} {request.url.path}")

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import text
 
 from registry.app import create_app
-from registry.auth import POLICY, PUBLIC_PATHS
+from registry.auth import POLICY, is_public_path
 from registry.db import SessionFactory
 from registry.fastpath import FastVersionReads
 from registry.settings import Settings
@@ -42,7 +42,7 @@ def test_every_route_has_an_access_policy(app: FastAPI) -> None:
     missing = [
         f"{method} {path} ({op})"
         for method, path, op in operations
-        if op not in POLICY and path not in PUBLIC_PATHS
+        if op not in POLICY and not is_public_path(path)
     ]
     assert missing == [], "routes without an entry in registry.auth.POLICY"
     # the app's own routes outside the OpenAPI document (/docs, /redoc) need a policy too
@@ -247,3 +247,22 @@ def test_offline_cli_mints_a_working_key(auth_settings: Settings, tmp_path: Path
     assert run.returncode == 0, run.stderr
     token = run.stdout.strip()
     assert re.fullmatch(r"mp_[0-9a-f]{12}[A-Za-z0-9_-]{43}", token), run.stdout
+
+
+async def test_a_route_without_a_policy_is_refused_and_ui_pages_are_public(
+    app: FastAPI, anon: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    """Fail closed: an API route nobody gave a policy answers 403 even to an admin key,
+    while the dashboard's pages (/ui) load without a key."""
+
+    @app.get("/api/v1/unlisted")
+    async def unlisted_route() -> dict[str, str]:
+        return {"leak": "yes"}
+
+    @app.get("/ui/page")
+    async def ui_page() -> dict[str, str]:
+        return {"page": "ok"}
+
+    body = assert_problem(await anon.get(f"{API}/unlisted", headers=admin), 403, "forbidden")
+    assert "no access policy" in body["detail"]
+    assert (await anon.get("/ui/page")).json() == {"page": "ok"}
