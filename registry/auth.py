@@ -312,28 +312,21 @@ class _Seen:
 
 
 def document_security(app: FastAPI) -> None:
-    """The OpenAPI document says which operations need a key (bearer), and lists the
-    answers every operation can give before its own code runs: 401/403 (keys), 400 (a body
-    or cursor that does not parse), 413/415 (bodies), 431 (headers)."""
+    """The OpenAPI document lists the answers every operation can give before its own code
+    runs: 401/403 (keys), 400 (a body or cursor that does not parse), 413/415 (bodies), 431
+    (headers). (The bearer scheme itself is declared by ``registry/docs.py``.)"""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
-        components = schema.setdefault("components", {})
-        components.setdefault("securitySchemes", {})["bearer"] = {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "an API key: `Authorization: Bearer mp_...`",
-        }
         ref = {"$ref": "#/components/schemas/Problem"}
         for item in schema.get("paths", {}).values():
             for op in item.values():
                 responses = op.setdefault("responses", {})
                 statuses = ["431"]
                 if POLICY.get(op.get("operationId", "")):
-                    op["security"] = [{"bearer": []}]
                     statuses += ["401", "403"]
                 params = [p.get("name") for p in op.get("parameters", [])]
                 if "requestBody" in op or "cursor" in params:

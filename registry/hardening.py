@@ -4,7 +4,8 @@
 ``max_request_bytes`` (413, counted as they stream, whatever Content-Length says), except on
 the routes that stream uploads (they enforce ``max_upload_bytes`` themselves) and the stable
 URL (its own cap). Pages a browser renders (``/ui``, ``/docs``, ``/redoc``) get security
-headers: no sniffing, no framing, a content security policy, no referrer.
+headers (those the page does not set itself): no sniffing, no framing, a content security
+policy, no referrer.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from registry.settings import Settings
 # Routes whose bodies are file bytes, streamed and bounded by ``max_upload_bytes``.
 _UPLOADS = re.compile(r"^/api/v1/models/[^/]+/versions(?::upload|/[^/]+/files/.+)$")
 _BROWSER_PAGES = ("/ui", "/docs", "/redoc")
-# FastAPI's /docs and /redoc load their scripts, styles and fonts from jsDelivr (and ReDoc
-# Google Fonts) and start them with an inline script.
+# /docs and /redoc (registry/docs.py) load their bundles from this origin and start them
+# with an inline script; ReDoc runs a worker from a blob.
 _DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src 'self' https://fonts.gstatic.com; img-src 'self' data: https:; "
-    "worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; "
-    "base-uri 'self'; form-action 'self'; object-src 'none'"
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; "
+    "object-src 'none'"
 )
 BROWSER_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -124,14 +124,14 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-    names = {k for k, _ in extra}
+    """Adds the headers the answer does not set itself (the dashboard sets its own CSP)."""
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers: list[Any] = [
-                (k, v) for k, v in message.get("headers", ()) if k.lower() not in names
-            ]
-            message = {**message, "headers": [*headers, *extra]}
+            headers: list[Any] = list(message.get("headers", ()))
+            present = {k.lower() for k, _ in headers}
+            headers += [(k, v) for k, v in extra if k not in present]
+            message = {**message, "headers": headers}
         await send(message)
 
     return sending
