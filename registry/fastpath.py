@@ -26,10 +26,11 @@ from registry.auth import header, incoming_request_id
 from registry.db import utcnow
 from registry.errors import InvalidSelector, Unauthenticated
 from registry.repositories.events import Actor
+from registry.repositories.keys import read_detail_with_key
 from registry.repositories.versions import read_detail
 from registry.schemas import SLUG, Scope, VersionOut
 from registry.services.common import Context, parse_selector, reading_connection, version_out
-from registry.services.keys import bearer_token, check_key, record_use
+from registry.services.keys import bearer_token, record_use, token_prefix, verify_key
 
 log = logging.getLogger("modelplane.registry")
 
@@ -77,17 +78,22 @@ class FastVersionReads:
             token = bearer_token(header(scope, b"authorization")) if self._auth else None
         except (InvalidSelector, Unauthenticated):
             return None
+        prefix = token_prefix(token) if token is not None else None
+        if token is not None and prefix is None:
+            return None
         now = utcnow()
         try:
-            # the key check and the read share one pooled connection (one checkout)
             async with reading_connection(self._context.sessions) as connection:
-                if token is not None:
-                    check = await check_key(connection, token, now)
-                    if not (check.principal.has(Scope.read) and check.principal.reaches(name)):
-                        return None
-                rows = await read_detail(connection, name, selector)
-            if token is not None and check.stale:
-                await record_use(self._context.sessions, check.principal, now)
+                if prefix is None:
+                    rows = await read_detail(connection, name, selector)
+                else:  # the key rides along the read: one round trip for both
+                    rows, key = await read_detail_with_key(connection, name, selector, prefix)
+            if token is not None and rows:
+                check = verify_key(key, token, now)
+                if not (check.principal.has(Scope.read) and check.principal.reaches(name)):
+                    return None
+                if check.stale:
+                    await record_use(self._context.sessions, check.principal, now)
         except Exception as exc:  # the FastAPI app retries and maps it to its problem
             log.debug("fast read of %s/%s deferred: %r", name, raw_selector, exc)
             return None

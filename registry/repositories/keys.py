@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Row, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from registry.db import table_of
 from registry.errors import KeyNotFound
 from registry.repositories.base import Repository
+from registry.repositories.versions import DETAIL, Selector, detail_kind, detail_params
 from registry.tables import ApiKeyRow
 
 KEYS = table_of(ApiKeyRow)
@@ -27,6 +29,29 @@ BY_PREFIX = select(
 )
 # `last_used_at` is written at most once per this period per key, not on every request.
 LAST_USED_GRANULARITY = timedelta(seconds=60)
+
+
+# The same columns, labelled, to ride along another statement (the hot version read).
+KEY_COLUMNS = tuple(c.label(f"key_{c.name}") for c in BY_PREFIX.selected_columns)
+_KEY_NAMES = tuple(c.name for c in BY_PREFIX.selected_columns)
+DETAIL_WITH_KEY = {
+    kind: stmt.add_columns(*KEY_COLUMNS).outerjoin(KEYS, KEYS.c.prefix == bindparam("key_prefix"))
+    for kind, stmt in DETAIL.items()
+}
+
+
+async def read_detail_with_key(
+    connection: AsyncConnection, model: str, selector: Selector, prefix: str
+) -> tuple[list[Row[Any]], Any]:
+    """The hot read and the key check in one round trip: the version's rows (as
+    ``read_detail``) and the key's check columns (``None`` for no such key, or when no
+    version matched: then nothing is answered from here anyway)."""
+    params = {**detail_params(model, selector), "key_prefix": prefix}
+    rows = list((await connection.execute(DETAIL_WITH_KEY[detail_kind(selector)], params)).all())
+    if not rows or rows[0].key_id is None:
+        return rows, None
+    first = rows[0]
+    return rows, SimpleNamespace(**{n: getattr(first, f"key_{n}") for n in _KEY_NAMES})
 
 
 async def key_by_prefix(connection: AsyncConnection, prefix: str) -> Any:

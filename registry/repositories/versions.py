@@ -39,13 +39,13 @@ DETAIL_COLUMNS = (
 )
 
 
-def _kind(selector: Selector) -> str:
+def detail_kind(selector: Selector) -> str:
     if isinstance(selector, int):
         return "number"
     return "latest" if selector == "latest" else "alias"
 
 
-def _params(model: str, selector: Selector) -> dict[str, Any]:
+def detail_params(model: str, selector: Selector) -> dict[str, Any]:
     if isinstance(selector, int):
         return {"model": model, "number": selector}
     if selector == "latest":
@@ -107,7 +107,7 @@ async def read_detail(
 
     A Core statement on a bare connection: the hot read calls this without any ORM session.
     """
-    result = await connection.execute(DETAIL[_kind(selector)], _params(model, selector))
+    result = await connection.execute(DETAIL[detail_kind(selector)], detail_params(model, selector))
     return list(result.all())
 
 
@@ -119,15 +119,15 @@ class VersionRepository(Repository):
     async def detail_locked(self, model: str, selector: Selector) -> list[Row[Any]]:
         """``detail``, with the version row locked until the transaction ends."""
         connection = await self._session.connection()
-        stmt = DETAIL_LOCKED[_kind(selector)]
-        return list((await connection.execute(stmt, _params(model, selector))).all())
+        stmt = DETAIL_LOCKED[detail_kind(selector)]
+        return list((await connection.execute(stmt, detail_params(model, selector))).all())
 
     async def find(self, model: str, selector: Selector, *, lock: bool = False) -> Row[Any] | None:
         """The version's ``VERSION_COLUMNS`` (a row, not an ORM object), or ``None``."""
-        stmt = (FIND_LOCKED if lock else FIND)[_kind(selector)]
+        stmt = (FIND_LOCKED if lock else FIND)[detail_kind(selector)]
         connection = await self._session.connection()
         row: Row[Any] | None = (
-            await connection.execute(stmt, _params(model, selector))
+            await connection.execute(stmt, detail_params(model, selector))
         ).one_or_none()
         return row
 

@@ -73,7 +73,11 @@ async def check_key(connection: AsyncConnection, token: str, now: datetime) -> K
     prefix = token_prefix(token)
     if prefix is None:
         raise Unauthenticated("the API key is malformed (tokens look like 'mp_' + 55 characters)")
-    row = await key_by_prefix(connection, prefix)
+    return verify_key(await key_by_prefix(connection, prefix), token, now)
+
+
+def verify_key(row: Any, token: str, now: datetime) -> KeyCheck:
+    """``check_key`` on the key's row (``None``: no key has the token's prefix)."""
     digest = token_sha256(token)
     # compare_digest even for a missing row, so timing does not tell the two apart
     stored = row.token_sha256 if row is not None else "0" * 64

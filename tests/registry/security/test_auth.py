@@ -263,3 +263,25 @@ async def test_a_route_without_a_policy_is_refused_and_ui_pages_are_public(
     assert "no access policy" in body["detail"]
     page = await anon.get("/ui/models")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
+async def test_fast_read_answers_itself_only_for_a_key_that_may_read(
+    app: FastAPI, as_admin: httpx.AsyncClient, mint: Mint, model: str
+) -> None:
+    """The key check rides along the hot read's one statement: a reading key is answered
+    there; anything else goes on to the app (which answers the 401/403 and audits it)."""
+    await ready_version(as_admin, model, {"a.bin": b"a"})
+    fast = FastVersionReads(app)
+
+    def scope(token: str | None) -> dict[str, Any]:
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        return {"type": "http", "headers": headers}
+
+    reader, worker = await mint("read"), await mint("worker")
+    narrow = await mint("read", model_globs=["zzz-*"])
+    assert await fast._answer(scope(reader["token"]), model, "1") is not None
+    wrong = reader["token"][:-1] + ("A" if reader["token"][-1] != "A" else "B")
+    for token in (None, worker["token"], narrow["token"], wrong):
+        assert await fast._answer(scope(token), model, "1") is None
+    await as_admin.post(f"{API}/keys/{reader['id']}/revoke")
+    assert await fast._answer(scope(reader["token"]), model, "1") is None
