@@ -108,11 +108,15 @@ def _call(method: str, path: str, url: str | None, token: str | None, **kw: Any)
     except httpx.HTTPError as exc:
         console.print(f"[red]cannot reach {base}[/red]: {exc}")
         raise typer.Exit(1) from exc
-    if answer.status_code >= 400:
-        detail = answer.json().get("detail", answer.text) if answer.content else ""
+    try:
+        body = answer.json() if answer.content else None
+    except ValueError:  # not our API (a proxy's page): say what came back
+        body = None
+    if answer.status_code >= 400 or body is None:
+        detail = body.get("detail") if isinstance(body, dict) else answer.text[:300]
         console.print(f"[red]{answer.status_code}[/red] {detail}")
         raise typer.Exit(1)
-    return answer.json()
+    return body
 
 
 def _database_url() -> str:
@@ -176,7 +180,7 @@ def create_key_command(
     console.print(
         f"key {answer['id']} ({', '.join(answer['scopes'])}) created; the token is shown once:"
     )
-    out.print(answer["token"], soft_wrap=True, highlight=False)
+    out.print(answer["token"], soft_wrap=True, highlight=False, markup=False)
 
 
 @keys_app.command("list")
@@ -195,8 +199,9 @@ def list_keys_command(
         for key in page["items"]:
             state = "revoked" if key["revoked_at"] else "active"
             globs = ",".join(key["model_globs"]) or "*"
-            out.print(f"{key['id']}  {key['prefix']}  {state:7}  {','.join(key['scopes']):20}  "
-                      f"models={globs}  {key['name']}")  # fmt: skip
+            line = (f"{key['id']}  {key['prefix']}  {state:7}  {','.join(key['scopes']):20}  "
+                    f"models={globs}  {key['name']}")  # fmt: skip
+            out.print(line, soft_wrap=True, highlight=False, markup=False)
         cursor = page.get("next_cursor")
         if not cursor:
             return

@@ -180,3 +180,28 @@ def test_up_runs_a_worker_that_serves_a_deployment(
         202,
         204,
     )
+
+
+def test_keys_cli_over_the_api_with_the_saved_key(platform: tuple[str, Path]) -> None:
+    """`modelplane keys create/list/revoke` find the server and key in credentials.json."""
+    url, home = platform
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+    env["MODELPLANE_HOME"] = str(home)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "client", "keys", *args],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    created = cli("create", "--name", "ci", "--scopes", "read", "--model-glob", "iris*")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{url}/api/v1/models", headers=headers).status_code == 200
+    listed = cli("list")
+    key_id = next(line.split()[0] for line in listed.stdout.splitlines() if line.endswith(" ci"))
+    assert "models=iris*" in listed.stdout
+    assert cli("revoke", key_id).returncode == 0
+    assert httpx.get(f"{url}/api/v1/models", headers=headers).status_code == 401
+    assert cli("revoke", "f" * 32).returncode == 1  # 404, said on stderr
