@@ -43,6 +43,12 @@ class TooLarge(RegistryError):
     code = "upload-too-large"
 
 
+class PreconditionFailed(RegistryError):
+    """An ``If-Match`` / ``If-None-Match`` condition did not hold (optimistic concurrency)."""
+
+    code = "precondition-failed"
+
+
 class InvalidPath(BadRequest):
     code = "invalid-path"
 
@@ -245,3 +251,11 @@ class KeyNotFound(NotFound):
 
     def __init__(self, key_id: str) -> None:
         super().__init__(f"no API key {key_id!r}")
+
+
+class AliasChanged(PreconditionFailed):
+    def __init__(self, model: str, alias: str, condition: str, etag: str | None) -> None:
+        now = f"its ETag is now {etag}" if etag is not None else "it does not exist"
+        super().__init__(
+            f"alias {alias!r} of model {model!r} does not satisfy {condition}: {now}", etag=etag
+        )

@@ -320,6 +320,10 @@ MAX_UNAVAILABLE = (
     "there is room). Default: 1 when replicas > 1, else 0 (a single replica is never stopped "
     "first: the rollout waits, `pending` with a reason)"
 )
+AUTO_ROLLBACK = (
+    "when a new revision fails (a replica cannot load, crash-loops, or its bytes do not "
+    "match), start a rollback to the revision before it at once"
+)
 
 
 class DeploymentCreate(BaseModel):
@@ -336,6 +340,7 @@ class DeploymentCreate(BaseModel):
     batching: Batching = Field(default_factory=Batching)
     allow_pickle: bool = False
     max_unavailable: int | None = Field(default=None, ge=0, le=256, description=MAX_UNAVAILABLE)
+    auto_rollback: bool = Field(default=False, description=AUTO_ROLLBACK)
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentCreate:
@@ -357,6 +362,7 @@ class DeploymentUpdate(BaseModel):
     batching: Batching | None = None
     allow_pickle: bool | None = None
     max_unavailable: int | None = Field(default=None, ge=0, le=256, description=MAX_UNAVAILABLE)
+    auto_rollback: bool | None = Field(default=None, description=AUTO_ROLLBACK)
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentUpdate:
@@ -375,6 +381,7 @@ class DeploymentSpec(BaseModel):
     batching: Batching
     allow_pickle: bool = False
     max_unavailable: int | None = None  # None: the default rule (see ``unavailable_budget``)
+    auto_rollback: bool = False
 
     def unavailable_budget(self) -> int:
         """Replicas that may stop before their replacements are ready, when nothing else fits."""
@@ -415,6 +422,7 @@ class DeploymentOut(BaseModel):
     batching: Batching
     allow_pickle: bool
     max_unavailable: int = Field(description="the value in force (" + MAX_UNAVAILABLE + ")")
+    auto_rollback: bool = Field(description=AUTO_ROLLBACK)
     revision: int
     status: DeploymentStatus
     status_reason: str | None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from registry.db import utcnow
 from registry.repositories.base import Repository
@@ -81,6 +81,13 @@ class AliasRepository(Repository):
             )
         )
         await self._session.flush()
+
+    async def last_move(self, model_id: int, name: str) -> int | None:
+        """Id of the alias's newest history row: it changes on every move (its ETag)."""
+        stmt = select(func.max(AliasHistoryRow.id)).where(
+            AliasHistoryRow.model_id == model_id, AliasHistoryRow.alias == name
+        )
+        return (await self._session.execute(stmt)).scalar_one_or_none()
 
     async def history(
         self, model_id: int, name: str, *, before: int | None, limit: int

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from registry.errors import (
+    AliasChanged,
     AliasNotFound,
     Forbidden,
     NoPreviousTarget,
@@ -51,6 +53,52 @@ def _move_out(model: str, row: AliasHistoryRow) -> AliasMove:
     )
 
 
+@dataclass(frozen=True)
+class TaggedAlias:
+    """An alias and its entity tag (``ETag``): a new one on every move, never reused."""
+
+    alias: AliasOut
+    etag: str
+
+
+@dataclass(frozen=True)
+class Preconditions:
+    """``If-Match`` / ``If-None-Match`` as the client sent them (``None``: absent). Checked
+    under the model's row lock, so a check and the move it guards cannot interleave with
+    another move."""
+
+    if_match: str | None = None
+    if_none_match: str | None = None
+
+    def check(self, model: str, alias: str, etag: str | None) -> None:
+        if self.if_match is not None and not _matches(self.if_match, etag):
+            raise AliasChanged(model, alias, f"If-Match: {self.if_match}", etag)
+        if self.if_none_match is not None and _matches(self.if_none_match, etag):
+            raise AliasChanged(model, alias, f"If-None-Match: {self.if_none_match}", etag)
+
+
+ANY = Preconditions()
+
+
+def _matches(header: str, etag: str | None) -> bool:
+    """RFC 9110 strong comparison: ``*`` matches an existing alias, else one of the listed
+    tags must equal its ETag (weak ``W/`` tags never match)."""
+    if etag is None:
+        return False
+    tags = {tag.strip() for tag in header.split(",")}
+    return "*" in tags or etag in tags
+
+
+async def alias_etag(session: Any, model_id: int, alias: str) -> str | None:
+    """The alias's ETag, ``None`` when absent: its newest history row's id (a new one on
+    every move), and ``p`` while it is protected."""
+    aliases = AliasRepository(session)
+    if (row := await aliases.find(model_id, alias)) is None:
+        return None
+    mark = "p" if row.protected else ""
+    return f'"{await aliases.last_move(model_id, alias)}{mark}"'
+
+
 async def move_alias(
     ctx: Context,
     session: Any,
@@ -78,7 +126,8 @@ async def move_alias(
     if target.status != "ready":
         raise VersionNotReady(model, version, target.status)
     before = current.version if current is not None else None
-    await aliases.point(model_id, alias, target.id)
+    if before != version:  # a move to where it points already changes nothing, ETag included
+        await aliases.point(model_id, alias, target.id)
     if protected is not None and protected != was_protected:
         row = await aliases.find(model_id, alias)
         await aliases.set_protected(row.id, protected)
@@ -102,18 +151,31 @@ async def move_alias(
     return _alias_out(model, await aliases.find(model_id, alias))
 
 
+async def _tagged(session: Any, model_id: int, out: AliasOut) -> TaggedAlias:
+    etag = await alias_etag(session, model_id, out.alias)
+    assert etag is not None
+    return TaggedAlias(out, etag)
+
+
 class AliasService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._sessions = ctx.sessions
 
     async def set_alias(
-        self, model: str, alias: str, *, version: int, protected: bool | None = None
-    ) -> AliasOut:
+        self,
+        model: str,
+        alias: str,
+        *,
+        version: int,
+        protected: bool | None = None,
+        conditions: Preconditions = ANY,
+    ) -> TaggedAlias:
         """Point ``alias`` at a ready version; the move lands in history and the audit log."""
         async with self._sessions.begin() as session:
             model_id = (await ModelRepository(session).get(model, lock=True)).id
-            return await move_alias(
+            conditions.check(model, alias, await alias_etag(session, model_id, alias))
+            out = await move_alias(
                 self._ctx,
                 session,
                 model,
@@ -123,20 +185,24 @@ class AliasService:
                 "alias.moved",
                 protected=protected,
             )
+            return await _tagged(session, model_id, out)
 
-    async def rollback_alias(self, model: str, alias: str) -> AliasOut:
+    async def rollback_alias(
+        self, model: str, alias: str, *, conditions: Preconditions = ANY
+    ) -> TaggedAlias:
         """Move the alias back to the version it pointed at before its last move."""
         async with self._sessions.begin() as session:
             model_id = (await ModelRepository(session).get(model, lock=True)).id
             aliases = AliasRepository(session)
             if (current := await aliases.find(model_id, alias, lock=True)) is None:
                 raise AliasNotFound(model, alias)
+            conditions.check(model, alias, await alias_etag(session, model_id, alias))
             if current.protected:
                 _may_touch_protected(self._ctx, model, alias, "rolling it back")
             last = await aliases.history(model_id, alias, before=None, limit=1)
             if not last or last[0].from_version is None:
                 raise NoPreviousTarget(model, alias)
-            return await move_alias(
+            out = await move_alias(
                 self._ctx,
                 session,
                 model,
@@ -145,13 +211,14 @@ class AliasService:
                 last[0].from_version,
                 "alias.rolled_back",
             )
+            return await _tagged(session, model_id, out)
 
-    async def get_alias(self, model: str, alias: str) -> AliasOut:
+    async def get_alias(self, model: str, alias: str) -> TaggedAlias:
         async with reading(self._sessions) as session:
             model_id = await ModelRepository(session).get_id(model)
             if (row := await AliasRepository(session).find(model_id, alias)) is None:
                 raise AliasNotFound(model, alias)
-            return _alias_out(model, row)
+            return await _tagged(session, model_id, _alias_out(model, row))
 
     async def list_aliases(self, model: str, *, cursor: str | None, limit: int) -> Page[AliasOut]:
         after = decode_cursor(cursor, str)
@@ -160,12 +227,15 @@ class AliasService:
             rows = await AliasRepository(session).search(model_id, after=after, limit=limit + 1)
             return to_page(rows, limit, lambda r: r.name, lambda r: _alias_out(model, r))
 
-    async def delete_alias(self, model: str, alias: str) -> None:
+    async def delete_alias(
+        self, model: str, alias: str, *, conditions: Preconditions = ANY
+    ) -> None:
         async with self._sessions.begin() as session:
             model_id = (await ModelRepository(session).get(model, lock=True)).id
             aliases = AliasRepository(session)
             if (row := await aliases.find(model_id, alias, lock=True)) is None:
                 raise AliasNotFound(model, alias)
+            conditions.check(model, alias, await alias_etag(session, model_id, alias))
             if row.protected:
                 _may_touch_protected(self._ctx, model, alias, "deleting it")
             await aliases.delete(row.id)

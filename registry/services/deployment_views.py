@@ -121,6 +121,7 @@ async def deployment_out(
         batching=spec.batching,
         allow_pickle=spec.allow_pickle,
         max_unavailable=spec.unavailable_budget(),
+        auto_rollback=spec.auto_rollback,
         revision=row.revision,
         status=DeploymentStatus(row.status),
         status_reason=reason,

@@ -19,7 +19,7 @@ from registry.errors import (
 )
 from registry.repositories.aliases import AliasRepository
 from registry.repositories.base import decode_cursor
-from registry.repositories.deployments import DeploymentRepository, ReplicaRepository
+from registry.repositories.deployments import DeploymentRepository
 from registry.repositories.events import EventRepository
 from registry.repositories.fleet import EndpointRepository
 from registry.repositories.models import ModelRepository
@@ -43,7 +43,7 @@ from registry.services.deployment_views import (
     replica_outs,
     revision_out,
 )
-from registry.services.rollout import reconcile
+from registry.services.rollout import begin_revision, reconcile
 from registry.tables import DeploymentRow, VersionRow
 
 Changed: TypeAlias = Callable[[str], None]
@@ -80,21 +80,9 @@ async def start_revision(
     reason: RevisionReason,
 ) -> None:
     """A new revision and its replicas, beside the old ones; then the rollout rule."""
-    repo = DeploymentRepository(session)
-    revision = await repo.add_revision(
-        deployment, version.id, version.version, spec.model_dump(mode="json"), reason.value
-    )
-    await ReplicaRepository(session).add(revision, spec.replicas, spec.gpus)
-    deployment.alias = spec.alias
-    deployment.status_reason = None
-    await EventRepository(session).add(
-        ctx.actor,
-        "deployment.revision_created",
-        model=model,
-        target=f"deployment:{deployment.name}",
-        after={"revision": revision.revision, "version": version.version, "reason": reason.value},
-    )
-    await reconcile(ctx, session, deployment, model, fresh=True)
+    settings = spec.model_dump(mode="json")
+    target = (version.id, version.version)
+    await begin_revision(ctx, session, deployment, model, target, settings, reason.value)
 
 
 async def follow_alias(

@@ -1,21 +1,25 @@
 """The rollout rule, deterministic: from a deployment's replicas (and, when a new replica fits
 nowhere, the room left on live workers), what to stop, what to forget, and the deployment's
-status. ``reconcile`` applies it under the deployment's row lock."""
+status. ``reconcile`` applies it under the deployment's row lock; ``begin_revision`` starts a
+new revision, and a failed one with ``auto_rollback`` set starts a rollback to the revision
+before it by itself."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.db import utcnow
 from registry.repositories.deployments import DeploymentRepository, ReplicaRepository
 from registry.repositories.events import Actor, EventRepository
+from registry.repositories.versions import VersionRepository
 from registry.schemas import DeploymentSpec
 from registry.services.common import Context
 from registry.services.placement import SERVING_DONE, Capacity, fleet_room
-from registry.tables import DeploymentRow, ReplicaRow
+from registry.tables import DeploymentRow, ReplicaRow, RevisionRow
 
 
 @dataclass
@@ -168,6 +172,71 @@ def _make_room(
     return [], f"{why}: waiting for new replicas to be ready (max_unavailable {budget})"
 
 
+async def begin_revision(
+    ctx: Context,
+    session: AsyncSession,
+    deployment: DeploymentRow,
+    model: str,
+    version: tuple[int, int],
+    settings: dict[str, Any],
+    reason: str,
+) -> None:
+    """A new revision of (version id, number) with ``settings`` and its replicas, beside
+    the old ones; then the rollout rule."""
+    repo = DeploymentRepository(session)
+    version_id, number = version
+    revision = await repo.add_revision(deployment, version_id, number, settings, reason)
+    await ReplicaRepository(session).add(revision, int(settings["replicas"]), settings["gpus"])
+    deployment.alias = settings.get("alias")
+    deployment.status_reason = None
+    await EventRepository(session).add(
+        ctx.actor,
+        "deployment.revision_created",
+        model=model,
+        target=f"deployment:{deployment.name}",
+        after={"revision": revision.revision, "version": number, "reason": reason},
+    )
+    await reconcile(ctx, session, deployment, model, fresh=True)
+
+
+async def _roll_back_failed(
+    ctx: Context,
+    session: AsyncSession,
+    deployment: DeploymentRow,
+    model: str,
+    failed: RevisionRow,
+) -> None:
+    """``auto_rollback``: a failed revision gives way to a copy of the one before it. Never
+    for a rollback (no loop between two bad revisions), nor towards a version no longer
+    ready."""
+    repo = DeploymentRepository(session)
+    if failed.reason == "rollback" or deployment.revision < 2:
+        return
+    earlier = await repo.revision(deployment.id, deployment.revision - 1)
+    if earlier is None:
+        return
+    target = await VersionRepository(session).find_by_number(deployment.model_id, earlier.version)
+    if target is None or target.status != "ready":
+        return
+    await EventRepository(session).add(
+        ctx.actor,
+        "deployment.auto_rolled_back",
+        model=model,
+        target=f"deployment:{deployment.name}",
+        before={"revision": failed.revision, "version": failed.version},
+        after={"to_revision": earlier.revision, "version": earlier.version},
+    )
+    await begin_revision(
+        ctx,
+        session,
+        deployment,
+        model,
+        (target.id, target.version),
+        earlier.settings,
+        "rollback",
+    )
+
+
 async def reconcile(
     ctx: Context,
     session: AsyncSession,
@@ -208,7 +277,10 @@ async def reconcile(
         await events.add(actor, "deployment.deleted", model=model, target=where)
         return False
     if (decided.status, decided.reason) != (deployment.status, deployment.status_reason):
+        failing = decided.status == "failed" and deployment.status != "failed"
         await _transition(events, actor, deployment, model, decided)
+        if failing and current is not None and spec is not None and spec.auto_rollback:
+            await _roll_back_failed(ctx, session, deployment, model, current)
     await session.flush()
     return True
 

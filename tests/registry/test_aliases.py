@@ -110,3 +110,85 @@ async def test_events_newest_first_pages_backwards(client: httpx.AsyncClient, mo
     assert newest == [e["id"] for e in reversed(oldest)] and len(newest) == 4
     assert rest.json()["next_cursor"] is None
     assert_problem(await client.get(f"{API}/events", params={"order": "sideways"}), 422)
+
+
+async def test_if_match_moves_only_an_unmoved_alias(client: httpx.AsyncClient, model: str) -> None:
+    one = await ready_version(client, model, {"w": b"1"})
+    two = await ready_version(client, model, {"w": b"2"})
+    created = await client.put(alias_url(model), json={"version": one})
+    got = await client.get(alias_url(model))
+    etag = got.headers["etag"]
+    assert etag == created.headers["etag"] and etag.startswith('"')
+
+    moved = await client.put(alias_url(model), json={"version": two}, headers={"If-Match": etag})
+    assert moved.status_code == 200, moved.text
+    assert moved.headers["etag"] != etag
+    stale = await client.put(alias_url(model), json={"version": one}, headers={"If-Match": etag})
+    problem = assert_problem(stale, 412, "precondition-failed")
+    assert problem["etag"] == moved.headers["etag"]
+    assert (await client.get(alias_url(model))).json()["version"] == two
+
+    listed = f'"nope", {moved.headers["etag"]}'
+    again = await client.put(alias_url(model), json={"version": one}, headers={"If-Match": listed})
+    assert again.status_code == 200 and again.json()["version"] == one
+    weak = await client.put(
+        alias_url(model), json={"version": two}, headers={"If-Match": "W/" + again.headers["etag"]}
+    )
+    assert_problem(weak, 412, "precondition-failed")
+
+
+async def test_if_match_star_and_if_none_match_star(client: httpx.AsyncClient, model: str) -> None:
+    one = await ready_version(client, model, {"w": b"1"})
+    two = await ready_version(client, model, {"w": b"2"})
+    star = {"If-Match": "*"}
+    assert_problem(await client.put(alias_url(model), json={"version": one}, headers=star), 412)
+    assert_problem(await client.get(alias_url(model)), 404, "alias-not-found")
+    create_only = {"If-None-Match": "*"}
+    created = await client.put(alias_url(model), json={"version": one}, headers=create_only)
+    assert created.status_code == 200, created.text
+    taken = await client.put(alias_url(model), json={"version": two}, headers=create_only)
+    problem = assert_problem(taken, 412, "precondition-failed")
+    assert problem["etag"] == created.headers["etag"]
+    moved = await client.put(alias_url(model), json={"version": two}, headers=star)
+    assert moved.status_code == 200 and moved.json()["version"] == two
+
+
+async def test_a_move_to_the_same_version_keeps_the_etag(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    one = await ready_version(client, model, {"w": b"1"})
+    first = await client.put(alias_url(model), json={"version": one})
+    same = await client.put(
+        alias_url(model), json={"version": one}, headers={"If-Match": first.headers["etag"]}
+    )
+    assert same.status_code == 200 and same.headers["etag"] == first.headers["etag"]
+    assert same.json() == first.json()
+    history = (await client.get(alias_url(model) + "/history")).json()["items"]
+    assert len(history) == 1
+
+
+async def test_if_match_guards_rollback_and_delete(client: httpx.AsyncClient, model: str) -> None:
+    one = await ready_version(client, model, {"w": b"1"})
+    two = await ready_version(client, model, {"w": b"2"})
+    first = await client.put(alias_url(model), json={"version": one})
+    second = await client.put(alias_url(model), json={"version": two})
+    stale = {"If-Match": first.headers["etag"]}
+    assert_problem(await client.post(alias_url(model) + "/rollback", headers=stale), 412)
+    assert_problem(await client.delete(alias_url(model), headers=stale), 412)
+    fresh = {"If-Match": second.headers["etag"]}
+    rolled = await client.post(alias_url(model) + "/rollback", headers=fresh)
+    assert rolled.status_code == 200 and rolled.json()["version"] == one
+    assert_problem(await client.delete(alias_url(model), headers=fresh), 412)
+    gone = await client.delete(alias_url(model), headers={"If-Match": rolled.headers["etag"]})
+    assert gone.status_code == 204
+
+
+def test_alias_routes_document_etag_and_412() -> None:
+    from registry.app import create_app
+    from registry.settings import Settings
+
+    schema = create_app(Settings()).openapi()
+    put = schema["paths"]["/api/v1/models/{name}/aliases/{alias}"]["put"]
+    assert "ETag" in put["responses"]["200"]["headers"]
+    assert "412" in put["responses"]
+    assert {p["name"] for p in put["parameters"]} >= {"if-match", "if-none-match"}

@@ -193,6 +193,65 @@ async def test_a_failed_new_revision_keeps_the_old_one_serving(
     assert (back["revision"], back["version"]) == (3, v1)
 
 
+async def test_auto_rollback_starts_a_rollback_when_a_revision_fails(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model, b"1")
+    v2 = await deployable(client, model, b"2")
+    created = await deploy(client, model, name="web", version=v1)
+    assert created["auto_rollback"] is False
+    worker = await register_worker(client, cpu_slots=3)
+    [old] = [a["replica_id"] for a in await heartbeat(client, worker)]
+    await announce(client, old)
+    patched = await client.patch(
+        f"{API}/deployments/web", json={"version": v2, "auto_rollback": True}
+    )
+    assert patched.json()["auto_rollback"] is True
+    [new] = [a["replica_id"] for a in await heartbeat(client, worker) if a["revision"] == 2]
+    reason = "model.pt: cannot load: boom"
+    assignments = await heartbeat(client, worker, {old: "ready", new: ("failed", reason)})
+    web = await get_deployment(client, "web")
+    assert (web["revision"], web["version"], web["auto_rollback"]) == (3, v1, False)
+    assert web["status"] in ("pending", "rolling_out"), web
+    desired = {a["replica_id"]: (a["revision"], a["desired"]) for a in assignments}
+    assert desired[old] == (1, "run") and desired[new] == (2, "stop")
+    revisions = (await client.get(f"{API}/deployments/web/revisions")).json()["items"]
+    assert [(r["revision"], r["version"], r["reason"]) for r in revisions] == [
+        (3, v1, "rollback"),
+        (2, v2, "update"),
+        (1, v1, "create"),
+    ]
+    actions = [e["action"] for e in await events_of(client, model)]
+    assert actions.index("deployment.failed") < actions.index("deployment.auto_rolled_back")
+    [back] = [e for e in await events_of(client, model) if e["action"].endswith("rolled_back")]
+    assert back["before"] == {"revision": 2, "version": v2}
+    assert back["after"] == {"to_revision": 1, "version": v1}
+    [fresh] = [a for a in await heartbeat(client, worker) if a["revision"] == 3]
+    await announce(client, fresh["replica_id"])
+    now = await heartbeat(client, worker, {old: "ready", fresh["replica_id"]: "ready"})
+    assert {a["replica_id"]: a["desired"] for a in now}[old] == "stop"  # one for one
+    await heartbeat(client, worker, {old: "stopped", new: "stopped", fresh["replica_id"]: "ready"})
+    assert (await get_deployment(client, "web"))["status"] == "available"
+
+
+async def test_a_failed_rollback_is_not_rolled_back_again(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model, b"1")
+    v2 = await deployable(client, model, b"2")
+    await deploy(client, model, name="web", version=v1, auto_rollback=True)
+    worker = await register_worker(client, cpu_slots=3)
+    [first] = [a["replica_id"] for a in await heartbeat(client, worker)]
+    await heartbeat(client, worker, {first: ("failed", "cannot load")})
+    assert (await get_deployment(client, "web"))["revision"] == 1  # nothing before revision 1
+    await client.patch(f"{API}/deployments/web", json={"version": v2})
+    await client.post(f"{API}/deployments/web/rollback", json={"to_revision": 1})
+    [again] = [a["replica_id"] for a in await heartbeat(client, worker) if a["revision"] == 3]
+    await heartbeat(client, worker, {again: ("failed", "cannot load")})
+    web = await get_deployment(client, "web")
+    assert (web["revision"], web["status"]) == (3, "failed")
+
+
 async def test_endpoints_report_the_replica_state(client: httpx.AsyncClient, model: str) -> None:
     v1 = await deployable(client, model)
     await deploy(client, model, name="web", version=v1)
