@@ -64,6 +64,7 @@ class SeaweedServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="seaweed-")) if workdir is None else workdir
         self.log_path = self.workdir / "weed.log"
         self.endpoint_url = ""
+        self._ports: list[int] | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> SeaweedServer:
@@ -85,11 +86,24 @@ class SeaweedServer:
                 return
             except RuntimeError:
                 self.stop(remove=False)
+                self._ports = None
                 if attempt == START_ATTEMPTS:
                     raise
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: data and ports are kept for ``restart``."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start again on the same ports and data (after ``kill`` or ``stop(remove=False)``)."""
+        self.stop(remove=False)
+        self._start_once()
+
     def _start_once(self) -> None:
-        s3, master, volume, filer = free_ports(4)
+        self._ports = self._ports or free_ports(4)
+        s3, master, volume, filer = self._ports
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         command = [
