@@ -29,6 +29,7 @@ FLAGS = (
     "warm_spare",
     "drain_timeout_s",
     "max_restarts",
+    "crash_reset_s",
     "serving_heartbeat_s",
     "serving_log_level",
 )

@@ -58,6 +58,7 @@ class Replica:
     log_path: Path | None = None
     pull: Future[Path] | None = None
     ready: bool = False
+    ready_since: float | None = None
     restarts: int = 0
 
     def update(self, **changes: object) -> None:
@@ -73,7 +74,9 @@ class Executor:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.replicas: dict[str, Replica] = {}
         self.policy = Policy(
-            max_restarts=settings.max_restarts, drain_timeout_s=settings.drain_timeout_s
+            max_restarts=settings.max_restarts,
+            drain_timeout_s=settings.drain_timeout_s,
+            crash_reset_s=settings.crash_reset_s,
         )
         self.serving_heartbeat_s = settings.serving_heartbeat_s or 5.0
         self._pulls = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pull")
@@ -134,10 +137,18 @@ class Executor:
         if code is None:
             if replica.state.stopping_since is None and not replica.ready:
                 replica.ready = self._is_ready(replica)
-                if replica.ready:
-                    replica.update(crashes=0)
+                replica.ready_since = now if replica.ready else None
+            # Crashes are forgiven only once a start has stayed up: a model that loads and
+            # then dies on every Nth call is a crash loop too, not a string of fresh starts.
+            since = replica.ready_since
+            if (
+                replica.state.crashes
+                and since is not None
+                and now - since >= self.policy.crash_reset_s
+            ):
+                replica.update(crashes=0)
             return
-        replica.process, replica.ready = None, False
+        replica.process, replica.ready, replica.ready_since = None, False, None
         rid = replica.assignment.replica_id
         if replica.state.stopping_since is not None:
             log.info("replica %s: stopped (%s)", rid, _exit_text(code, replica.log_path))

@@ -19,6 +19,7 @@ BACKOFF_CAP_S = 30.0
 @dataclass(frozen=True)
 class Policy:
     max_restarts: int = 5  # crashes of one replica before it is reported failed
+    crash_reset_s: float = 60.0  # ready this long forgives earlier crashes
     drain_timeout_s: float = 30.0  # SIGTERM → SIGKILL
     backoff_base_s: float = BACKOFF_BASE_S
     backoff_cap_s: float = BACKOFF_CAP_S
@@ -38,7 +39,7 @@ class ProcessState:
     stopping_since: float | None = None  # when SIGTERM was sent
     exited_at: float | None = None
     exit_reason: str | None = None  # "exited with code 1: <last stderr line>"
-    crashes: int = 0  # exits while wanted, since the last start that became ready
+    crashes: int = 0  # exits while wanted, since a start stayed ready for crash_reset_s
     failed_reason: str | None = None  # terminal: bad sha256, crash loop
 
     @property

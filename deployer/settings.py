@@ -49,6 +49,9 @@ class WorkerSettings(BaseSettings):
     )
     drain_timeout_s: float = Field(30.0, gt=0, description="SIGTERM → SIGKILL for a replica")
     max_restarts: int = Field(5, ge=0, description="restarts of a crashing replica before failed")
+    crash_reset_s: float = Field(
+        60.0, gt=0, description="a replica ready this long has its earlier crashes forgiven"
+    )
     serving_heartbeat_s: float | None = Field(
         None, gt=0, description="serving processes' heartbeat (default: the worker's)"
     )

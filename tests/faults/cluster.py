@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
+import orjson
 
 from tests.e2e.platform import ControlPlane
 from tests.support.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
@@ -76,3 +82,59 @@ def alias_history(http: httpx.Client, model: str, alias: str) -> list[dict[str, 
         out += page["items"]
         if not (cursor := page["next_cursor"]):
             return out[::-1]
+
+
+class Load(threading.Thread):
+    """Calls ``/v2/models/{model}/infer`` at a steady ``rate`` from ``concurrency`` callers
+    (aiohttp on its own event loop), recording every call's start, latency and outcome."""
+
+    def __init__(self, url: str, model: str, *, rate: float = 300, concurrency: int = 8) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{url}/v2/models/{model}/infer"
+        self.rate, self.concurrency = rate, concurrency
+        self.calls: list[tuple[float, float]] = []  # (started, seconds) of each success
+        self.failures: list[str] = []
+        self.seen: Counter[float] = Counter()  # first output value: which version answered
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=15)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await asyncio.gather(*(self._caller(session) for _ in range(self.concurrency)))
+
+    async def _caller(self, session: aiohttp.ClientSession) -> None:
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X}]}
+        interval = self.concurrency / self.rate
+        due = time.monotonic()
+        while not self._halt.is_set():
+            started = time.monotonic()
+            try:
+                async with session.post(self.url, json=body) as answer:
+                    text = await answer.text()
+                    if answer.status == 200:
+                        self.seen[orjson.loads(text)["outputs"][0]["data"][0]] += 1
+                        self.calls.append((started, time.monotonic() - started))
+                    else:
+                        self.failures.append(f"{answer.status}: {text[:200]}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.failures.append(repr(exc))
+            due += interval
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(30)
+
+    def window(self, start: float, end: float) -> tuple[float, float]:
+        """(calls/s, p99 ms) of the successful calls started in [start, end)."""
+        took = sorted(s for t, s in list(self.calls) if start <= t < end)
+        if not took:
+            return 0.0, float("nan")
+        p99 = took[min(len(took) - 1, int(len(took) * 0.99))]
+        return len(took) / max(end - start, 1e-9), p99 * 1000
+
+
+X = [1.0, 2.0, 3.0, 4.0]

@@ -4,11 +4,17 @@ processes on loopback, each test bounded in time. Helpers in ``tests/faults/clus
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import pytest
 
+from tests.e2e.conftest import Platform
+from tests.e2e.platform import ControlPlane, Worker
+from tests.faults.cluster import cp_env, s3_env
 from tests.pg import postgres_unavailable, throwaway_database
+from tests.support.seaweed import SeaweedServer
 
 
 def need_postgres() -> None:
@@ -24,3 +30,60 @@ def pg_url() -> Iterator[str]:
     need_postgres()
     with throwaway_database("mp_faults") as url:
         yield url
+
+
+LEASE_TTL_S = float(os.environ.get("MODELPLANE_TEST_LEASE_TTL_S", "4"))
+HEARTBEAT_S = LEASE_TTL_S / 4
+PORTS = {"w1": "43000-43499", "w2": "43500-43999", "w3": "44000-44499"}
+
+
+@dataclass
+class FaultPlatform(Platform):
+    """The e2e platform with the faults package's settings: auth off, a small database
+    pool, leases of ``MODELPLANE_TEST_LEASE_TTL_S`` (default 4 s), its own port ranges."""
+
+    def start_worker(self, name: str) -> Worker:
+        worker = Worker(
+            self.log_dir,
+            self.cp.url,
+            name,
+            cpu_slots="3",
+            drain_timeout_s="10",
+            port_range=PORTS[name],
+            serving_heartbeat_s=str(HEARTBEAT_S),
+            max_restarts="1",  # a crash loop fails after one restart, not after a minute
+        )
+        self.workers[name] = worker
+        return worker
+
+    env: dict[str, str] = field(default_factory=dict)  # another control plane's settings
+
+
+@pytest.fixture(scope="package")
+def plane(
+    seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FaultPlatform]:
+    need_postgres()
+    log_dir = tmp_path_factory.mktemp("faults")
+    bucket = f"faults-{uuid.uuid4().hex[:12]}"
+    seaweed.client().create_bucket(Bucket=bucket)
+    with throwaway_database("mp_faults") as database_url:
+        env = cp_env(
+            database_url,
+            f"s3://{bucket}/mp",
+            lease_ttl_s=str(LEASE_TTL_S),
+            heartbeat_s=str(HEARTBEAT_S),
+            serve_cache_s="0.2",
+            **s3_env(seaweed.endpoint_url),
+        )
+        cp = ControlPlane(log_dir, env)
+        platform = FaultPlatform(cp, {}, log_dir, bucket, seaweed, env)
+        try:
+            cp.wait_ready()
+            platform.start_worker("w1")
+            platform.start_worker("w2")
+            yield platform
+        finally:
+            for worker in platform.workers.values():
+                worker.stop()
+            cp.stop()
