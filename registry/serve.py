@@ -198,7 +198,11 @@ class StableUrl:
         for again in (True, False):
             try:
                 return await self._call(method, url, headers, body, send, sent)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            except (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                aiohttp.ClientPayloadError,  # the endpoint died with its answer half read
+            ) as exc:
                 if sent[0]:
                     raise _Sent from exc
                 streamed = isinstance(body, _Streamed) and body.started

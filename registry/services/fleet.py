@@ -35,6 +35,7 @@ from registry.tables import DeploymentRow, EndpointRow, ReplicaRow, WorkerRow
 
 # States only a running serving process knows; its endpoint's word beats the worker's.
 PROCESS_STATES = frozenset({"loading", "warming", "ready", "unhealthy", "draining"})
+LIVE = frozenset({"loading", "warming", "ready"})
 
 
 class FleetService:
@@ -143,13 +144,36 @@ class FleetService:
                 continue  # not (or no longer) this worker's: absent from its assignments
             state = report.state.value
             endpoint = endpoints.get(replica.id)
+            deployment, model = locked[replica.deployment_id]
+            if state == "unhealthy" and endpoint is not None and endpoint.status in LIVE:
+                await self._process_exited(session, endpoint, deployment.name, model, report.reason)
             if state in PROCESS_STATES:
                 state = _process_state(state, endpoint)
             replica.restarts = report.restarts
-            deployment, model = locked[replica.deployment_id]
             await set_state(
                 self._ctx, session, replica, (deployment.name, model), state, report.reason, now
             )
+
+    async def _process_exited(
+        self,
+        session: AsyncSession,
+        endpoint: EndpointRow,
+        deployment: str,
+        model: str,
+        reason: str | None,
+    ) -> None:
+        """The worker saw the endpoint's process exit (it cannot say so itself): the
+        endpoint is `unhealthy`, off the stable URL, until the restart registers anew."""
+        before = endpoint.status
+        endpoint.status, endpoint.reason = "unhealthy", reason
+        await EventRepository(session).add(
+            self._ctx.actor,
+            "endpoint.status_changed",
+            model=model,
+            target=f"deployment:{deployment}",
+            before=before,
+            after={"endpoint": endpoint.id, "status": endpoint.status, "reason": reason},
+        )
 
     async def _claim(
         self,

@@ -234,6 +234,33 @@ async def test_auto_rollback_starts_a_rollback_when_a_revision_fails(
     assert (await get_deployment(client, "web"))["status"] == "available"
 
 
+async def test_a_process_the_worker_saw_exit_makes_its_endpoint_unhealthy(
+    client: httpx.AsyncClient, model: str
+) -> None:
+    v1 = await deployable(client, model)
+    await deploy(client, model, name="web", version=v1)
+    worker = await register_worker(client)
+    [replica] = [a["replica_id"] for a in await heartbeat(client, worker)]
+    first = await announce(client, replica)
+    await heartbeat(client, worker, {replica: "ready"})
+    crashed = "exited with code -9; retry after 1s"
+    await heartbeat(client, worker, {replica: ("unhealthy", crashed)})
+    [endpoint] = (await client.get(f"{API}/deployments/web/endpoints")).json()["items"]
+    assert (endpoint["id"], endpoint["status"]) == (first, "unhealthy")
+    web = await get_deployment(client, "web")
+    assert replicas_of(web)[0]["state"] == "unhealthy" and web["observed"]["ready_replicas"] == 0
+    second = await announce(client, replica)  # the restarted process registers anew
+    await heartbeat(client, worker, {replica: "ready"})
+    [endpoint] = (await client.get(f"{API}/deployments/web/endpoints")).json()["items"]
+    assert (endpoint["id"], endpoint["status"]) == (second, "ready")
+    changes = [
+        (e["before"], e["after"]["status"])
+        for e in await events_of(client, model)
+        if e["action"] == "endpoint.status_changed"
+    ]
+    assert changes == [("ready", "unhealthy")]
+
+
 async def test_a_failed_rollback_is_not_rolled_back_again(
     client: httpx.AsyncClient, model: str
 ) -> None:
