@@ -47,6 +47,7 @@ class FaultPlatform(Platform):
             self.log_dir,
             self.cp.url,
             name,
+            self.cp.worker_token,
             cpu_slots="3",
             drain_timeout_s="10",
             port_range=PORTS[name],

@@ -39,9 +39,11 @@ RATE = float(os.environ.get("MODELPLANE_TEST_LOAD_RATE", "250"))
 def push_two_versions(plane: FaultPlatform, model: str, tmp_path: Path) -> None:
     """v1: TorchScript y = x + 1; v2: torch.export y = x + 2."""
     v1 = torchscript_bytes(1.0, tmp_path / f"{model}-1.pt")
-    push_version(plane.cp.url, model, {"model.pt": v1}, "torchscript", signature=SIGNATURE)
+    push_version(
+        plane.cp.url, model, {"model.pt": v1}, "torchscript", plane.token, signature=SIGNATURE
+    )
     v2 = torch_export_bytes(2.0, tmp_path / f"{model}-2.pt2")
-    push_version(plane.cp.url, model, {"model.pt2": v2}, "torch_export")
+    push_version(plane.cp.url, model, {"model.pt2": v2}, "torch_export", plane.token)
 
 
 def deploy(plane: FaultPlatform, name: str, version: int, **settings: Any) -> None:
@@ -149,9 +151,8 @@ def test_kill9_of_a_worker_time_to_recovery(plane: FaultPlatform, tmp_path: Path
 
     def elsewhere() -> bool:
         moved = [e for e in ready_endpoints(plane, "orphaned", 1) if e["url"] != endpoint["url"]]
-        return bool(moved) and infer_json(f"{plane.cp.url}/serve/orphaned", "orphaned") == [
-            2.0, 3.0, 4.0, 5.0,
-        ]  # fmt: skip
+        answer = infer_json(f"{plane.cp.url}/serve/orphaned", "orphaned", plane.token)
+        return bool(moved) and answer == [2.0, 3.0, 4.0, 5.0]
 
     wait_for("orphaned served by the other worker", elsewhere, LEASE_TTL_S + 60, plane.logs)
     took = time.monotonic() - killed
@@ -165,8 +166,12 @@ def test_a_version_that_cannot_load_is_rolled_back_automatically(
     plane: FaultPlatform, tmp_path: Path
 ) -> None:
     v1 = torchscript_bytes(1.0, tmp_path / "fallback-1.pt")
-    push_version(plane.cp.url, "fallback", {"model.pt": v1}, "torchscript", signature=SIGNATURE)
-    push_version(plane.cp.url, "fallback", {"model.pt": b"not TorchScript"}, "torchscript")
+    push_version(
+        plane.cp.url, "fallback", {"model.pt": v1}, "torchscript", plane.token, signature=SIGNATURE
+    )
+    push_version(
+        plane.cp.url, "fallback", {"model.pt": b"not TorchScript"}, "torchscript", plane.token
+    )
     deploy(plane, "fallback", 1, auto_rollback=True)
     load = Load(f"{plane.cp.url}/serve/fallback", "fallback", rate=50, concurrency=2)
     load.start()
@@ -195,9 +200,13 @@ def test_a_model_crashing_every_nth_call_fails_and_is_rolled_back(
     plane: FaultPlatform, tmp_path: Path
 ) -> None:
     v1 = torchscript_bytes(1.0, tmp_path / "flaky-1.pt")
-    push_version(plane.cp.url, "flaky", {"model.pt": v1}, "torchscript", signature=SIGNATURE)
+    push_version(
+        plane.cp.url, "flaky", {"model.pt": v1}, "torchscript", plane.token, signature=SIGNATURE
+    )
     v2 = pickled_bytes(CrashEveryN(25, 2.0), tmp_path / "flaky-2.pt")
-    push_version(plane.cp.url, "flaky", {"model.pt": v2}, "pickle", signature=SIGNATURE)
+    push_version(
+        plane.cp.url, "flaky", {"model.pt": v2}, "pickle", plane.token, signature=SIGNATURE
+    )
     deploy(plane, "flaky", 1, replicas=2, auto_rollback=True, allow_pickle=True)
     load = Load(f"{plane.cp.url}/serve/flaky", "flaky", rate=40, concurrency=2)
     load.start()
