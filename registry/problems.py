@@ -123,7 +123,7 @@ def _on_db_error(request: Request, exc: Exception) -> Response:
         )
     # Connection-level failures are the database being away; anything else is our bug.
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
+        isinstance(exc, DBAPIError) and (exc.connection_invalidated or _server_away(exc))
     ):
         return _on_unavailable(request, exc)
     return _on_unexpected(request, exc)
@@ -132,6 +132,13 @@ def _on_db_error(request: Request, exc: Exception) -> Response:
 def db_problem(request: Request, exc: Exception) -> Response:
     """A database failure outside FastAPI's handlers (the authentication middleware)."""
     return _on_db_error(request, exc)
+
+
+def _server_away(exc: DBAPIError) -> bool:
+    """SQLSTATE class 08 (connection exception) or 57P01-57P03: the server is shutting down,
+    crashed, or still starting up (asyncpg raises these as plain ``DBAPIError``)."""
+    state = str(getattr(exc.orig, "sqlstate", None) or "")
+    return state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def _on_artifact_missing(request: Request, exc: Exception) -> Response:
