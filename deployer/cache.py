@@ -9,6 +9,7 @@ present under its name is always whole and right. Replicas see their files throu
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ Fetch = Callable[[FileRef], Iterator[bytes]]
 SINGLE_FILE_FORMATS = frozenset({"torchscript", "torch_export", "pickle"})
 WRITE_AHEAD = 8  # chunks hashed but not yet written (at most 8 ranged pieces: 64 MiB)
 WRITERS = 4
+DISK_MARGIN = 64 * 1024  # the filesystem's own blocks: a file needs a little more than its size
 
 
 class CacheError(Exception):
@@ -79,10 +81,31 @@ class BlobCache:
         return True
 
     def ensure(self, ref: FileRef, fetch: Fetch, pinned: Iterable[str] = ()) -> tuple[Path, bool]:
-        """The blob of `ref`, downloaded unless cached; returns (path, downloaded)."""
+        """The blob of `ref`, downloaded unless cached; returns (path, downloaded). A disk
+        that fills up during the download (something else writes there too) gets the blobs
+        no replica uses evicted and one more try, then a `CacheError` saying so."""
         if self.has(ref):
             return self.blob(ref.sha256), False
-        self._make_room(ref.size, keep=set(pinned) | {ref.sha256})
+        keep = set(pinned) | {ref.sha256}
+        self._make_room(ref.size, keep)
+        try:
+            return self._download(ref, fetch), True
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            log.warning("disk full while downloading %s: evicting unused blobs", ref.sha256)
+        self._evict_for_disk(ref.size, keep)
+        try:
+            return self._download(ref, fetch), True
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise CacheError(
+                f"disk full: no room for {ref.path} ({ref.size} bytes) in {self.blobs} "
+                "even after evicting every blob no replica uses; nothing kept"
+            ) from exc
+
+    def _download(self, ref: FileRef, fetch: Fetch) -> Path:
         target = self.blob(ref.sha256)
         fd, temp_name = tempfile.mkstemp(prefix=".part-", dir=self.blobs)
         temp = Path(temp_name)
@@ -97,7 +120,7 @@ class BlobCache:
             self._stamp(ref.sha256).write_text(_stat_key(target))
         finally:
             temp.unlink(missing_ok=True)
-        return target, True
+        return target
 
     def verified(self, ref: FileRef) -> bool:
         """The blob is the one this cache hashed when it pulled it: same inode, size and
@@ -157,9 +180,28 @@ class BlobCache:
                 f"cache full: {size} bytes needed, {used} of {self.max_bytes} bytes held by "
                 "blobs of running replicas"
             )
+        self._evict_for_disk(size, keep)
+
+    def _evict_for_disk(self, size: int, keep: set[str]) -> None:
+        """Evict blobs no replica uses, least recently used first, until the disk has room
+        for `size` more bytes (the size bound may allow more than the disk holds)."""
+        blobs = sorted(
+            (p for p in self.blobs.iterdir() if not p.name.startswith(".") and p.name not in keep),
+            key=lambda p: p.stat().st_mtime,
+        )
         free = shutil.disk_usage(self.blobs).free
-        if size > free:
-            raise CacheError(f"disk full: {size} bytes needed, {free} bytes free in {self.blobs}")
+        for path in blobs:
+            if size <= free - DISK_MARGIN:
+                return
+            log.info("evicting blob %s: the disk is full", path.name)
+            path.unlink(missing_ok=True)
+            self._stamp(path.name).unlink(missing_ok=True)
+            free = shutil.disk_usage(self.blobs).free
+        if size > free - DISK_MARGIN:
+            raise CacheError(
+                f"disk full: {size} bytes needed, {free} bytes free in {self.blobs} after "
+                "evicting every blob no replica uses"
+            )
 
     def _sweep_temporaries(self) -> None:
         """Partial downloads and replica directories of a worker that died: a new worker
