@@ -83,7 +83,8 @@ class Report:
     ops: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     kills: Counter[str] = field(default_factory=Counter)
-    server_errors: list[str] = field(default_factory=list)
+    server_errors: list[str] = field(default_factory=list)  # 500s our calls got
+    logged_errors: list[str] = field(default_factory=list)  # 500s anyone got (the cp log)
     audit: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     calls: int = 0
@@ -101,7 +102,9 @@ class Report:
         print("  kills:", dict(sorted(self.kills.items())) or "none")
         print(f"  inference through the stable URL: {self.calls} answered, "
               f"{self.failed_calls} failed, p99 {self.p99_ms:.1f} ms")  # fmt: skip
-        print("  500s:", len(self.server_errors), self.server_errors[:3])
+        print("  500s to the soak's calls:", len(self.server_errors), self.server_errors[:3])
+        print("  unhandled errors in the control-plane log (any caller, workers included):",
+              len(self.logged_errors), self.logged_errors[:3])  # fmt: skip
         print("  audit:", self.audit)
         print("  consistency:", "OK" if self.consistent else f"FAILED: {self.problems[:10]}")
 
@@ -302,6 +305,8 @@ class Soak:
         for failure in load.failures:
             self.report.failures[f"infer:{failure.split(':')[0][:40]}"] += 1
         self.audit()
+        log = self.cp.log_path.read_text(errors="replace")  # every incarnation appends to it
+        self.report.logged_errors = re.findall(r"unhandled error on [^\n]*", log)
         return self.report
 
     def audit(self) -> None:
@@ -427,7 +432,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     options = parser.parse_args()
     report = run_soak(options.duration, kill_every=options.kill_every, seed=options.seed)
-    raise SystemExit(0 if report.consistent and not report.server_errors else 1)
+    clean = not report.server_errors and not report.logged_errors
+    raise SystemExit(0 if report.consistent and clean else 1)
 
 
 if __name__ == "__main__":

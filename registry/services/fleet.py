@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from registry.db import utcnow
@@ -217,10 +218,16 @@ class FleetService:
             replicas = ReplicaRepository(session)
             if (found := await replicas.find(body.replica_id)) is None:
                 raise ReplicaNotFound(body.replica_id)
-            [(deployment, model)] = await DeploymentRepository(session).lock([found.deployment_id])
-            [replica] = [
+            locked = await DeploymentRepository(session).lock([found.deployment_id])
+            if not locked:  # the deployment went while we waited for its lock
+                raise ReplicaNotFound(body.replica_id)
+            [(deployment, model)] = locked
+            now_there = [
                 r for r in await replicas.of_deployments([deployment.id]) if r.id == found.id
             ]
+            if not now_there:  # forgotten while we waited for the deployment's lock
+                raise ReplicaNotFound(body.replica_id)
+            [replica] = now_there
             endpoints = EndpointRepository(session)
             await endpoints.delete(e.id for e in await endpoints.of_replica(replica.id))
             revisions = await DeploymentRepository(session).revisions_by_id([replica.revision_id])
@@ -308,8 +315,14 @@ class FleetService:
         endpoints = EndpointRepository(session)
         if (found := await endpoints.find(endpoint_id)) is None:
             raise EndpointNotFound(endpoint_id)
-        [(deployment, model)] = await DeploymentRepository(session).lock([found.deployment_id])
-        await session.refresh(found)
+        locked = await DeploymentRepository(session).lock([found.deployment_id])
+        if not locked:  # the deployment went while we waited for its lock
+            raise EndpointNotFound(endpoint_id)
+        [(deployment, model)] = locked
+        try:
+            await session.refresh(found)
+        except InvalidRequestError as exc:  # deleted while we waited for the lock
+            raise EndpointNotFound(endpoint_id) from exc
         return found, deployment, model
 
     async def _mirror(
