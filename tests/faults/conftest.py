@@ -42,6 +42,8 @@ class FaultPlatform(Platform):
     """The e2e platform with the faults package's settings: auth off, a small database
     pool, leases of ``MODELPLANE_TEST_LEASE_TTL_S`` (default 4 s), its own port ranges."""
 
+    env: dict[str, str] = field(default_factory=dict)  # another control plane's settings
+
     def start_worker(self, name: str) -> Worker:
         worker = Worker(
             self.log_dir,
@@ -56,8 +58,6 @@ class FaultPlatform(Platform):
         )
         self.workers[name] = worker
         return worker
-
-    env: dict[str, str] = field(default_factory=dict)  # another control plane's settings
 
 
 @pytest.fixture(scope="package")
