@@ -1,5 +1,5 @@
 """Scenario 10: SIGTERM to every kind of process while work is in flight. A control plane
-finishes the upload it is streaming and the inference calls it is forwarding, then exits 0;
+finishes the upload it is streaming, then exits;
 a worker drains its serving process (calls in flight finish; later ones fail cleanly, 503
 with Retry-After, until the replica runs on the other worker) and exits 0. Nothing is left
 half-written. (A serving process alone: tests/serving/test_process.py.)"""
@@ -68,7 +68,10 @@ def test_sigterm_control_plane_finishes_the_upload_in_flight(
     assert signalled.is_set()
     [answer] = answers
     assert isinstance(answer, httpx.Response) and answer.status_code == 200, answer
-    assert cp.process.wait(30) == 0, cp.log()
+    # uvicorn finishes what is in flight, then re-raises the signal: dying by SIGTERM after
+    # "Finished server process" is its clean exit.
+    assert cp.process.wait(30) in (0, -signal.SIGTERM), cp.log()
+    assert "Finished server process" in cp.log_path.read_text()
     # Another control plane finds the file stored whole: the version finalizes.
     done = httpx.post(f"{plane.cp.api}/models/interrupted/versions/1/finalize", timeout=30)
     assert done.status_code == 200 and done.json()["status"] == "ready", done.text
