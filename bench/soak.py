@@ -19,7 +19,7 @@ against its key, every alias history a chain that ends where the alias points an
 the audit log, every deployment settled and answering. Exit status 1 if the audit fails or a
 call got a 500.
 
-``tests/faults/test_soak.py`` runs a short one (``run_soak(75)``) in ``make test``.
+``tests/faults/test_soak.py`` runs a short one (``run_soak(60)``) in ``make test``.
 """
 
 from __future__ import annotations

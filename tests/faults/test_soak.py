@@ -1,4 +1,4 @@
-"""The CI-sized soak (``bench/soak.py``): 75 s of uploads, alias moves, deployment updates
+"""The CI-sized soak (``bench/soak.py``): 60 s of uploads, alias moves, deployment updates
 and rollbacks, inference through the stable URL, and kill -9 of serving processes, workers
 and the control plane every ~15 s; then the consistency audit must pass and no call may
 have been answered 500."""
@@ -12,7 +12,7 @@ import pytest
 from bench.soak import run_soak
 from tests.faults.conftest import need_postgres
 
-DURATION = float(os.environ.get("MODELPLANE_TEST_SOAK_S", "75"))
+DURATION = float(os.environ.get("MODELPLANE_TEST_SOAK_S", "60"))
 
 
 @pytest.mark.timeout(DURATION + 360)
