@@ -140,7 +140,7 @@ def test_kill9_of_one_of_two_replicas_loses_no_call(plane: FaultPlatform, tmp_pa
     changes = [
         e["after"]["state"]
         for e in events(plane, "twin", "replica.state_changed")
-        if e["target"] == f"replica:{replica['id']}"
+        if e["after"].get("replica") == replica["id"]
     ]
     after_kill = changes[changes.index("ready") + 1 :]
     assert "unhealthy" in after_kill and after_kill[-1] == "ready", changes
