@@ -44,13 +44,13 @@ class FaultPlatform(Platform):
 
     env: dict[str, str] = field(default_factory=dict)  # another control plane's settings
 
-    def start_worker(self, name: str) -> Worker:
+    def start_worker(self, name: str, cpu_slots: int = 3) -> Worker:
         worker = Worker(
             self.log_dir,
             self.cp.url,
             name,
             self.cp.worker_token,
-            cpu_slots="3",
+            cpu_slots=str(cpu_slots),
             drain_timeout_s="10",
             port_range=PORTS[name],
             serving_heartbeat_s=str(HEARTBEAT_S),
