@@ -296,10 +296,11 @@ def login(
 
 
 def _register_groups() -> None:
-    from client import cli_deploy, cli_registry
+    from client import cli_deploy, cli_registry, gc
 
     cli_registry.register(app)
     cli_deploy.register(app)
+    gc.register(app)
 
 
 _register_groups()

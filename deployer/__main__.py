@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from deployer.settings import WorkerSettings
 from deployer.worker import Worker
+from registry.logs import configure_logging
 
 FLAGS = (
     "control_plane",
@@ -32,6 +33,9 @@ FLAGS = (
     "crash_reset_s",
     "serving_heartbeat_s",
     "serving_log_level",
+    "metrics_port",
+    "metrics_address",
+    "log_format",
 )
 
 
@@ -66,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"python -m deployer: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    configure_logging(
+        settings.log_format, level, static={"process": "deployer", "worker": settings.name}
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe and heartbeat
     stop = threading.Event()

@@ -10,6 +10,7 @@ process to the thread that forked it, so a worker killed with -9 takes its proce
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import os
@@ -29,6 +30,7 @@ from deployer.cache import BlobCache, CacheError, sha256_args
 from deployer.children import die_with_parent
 from deployer.client import ControlPlane
 from deployer.contract import Assignment, ReplicaReport, ReplicaState, digests
+from deployer.metrics import WorkerMetrics
 from deployer.plan import (
     Action,
     Fail,
@@ -42,6 +44,7 @@ from deployer.plan import (
     Stop,
 )
 from deployer.settings import WorkerSettings
+from registry.logs import request_id
 
 log = logging.getLogger("deployer.executor")
 
@@ -66,10 +69,17 @@ class Replica:
 
 
 class Executor:
-    def __init__(self, settings: WorkerSettings, control_plane: ControlPlane) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        control_plane: ControlPlane,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.control_plane = control_plane
+        self.metrics = metrics or WorkerMetrics()
         self.cache = BlobCache(settings.cache_dir, settings.cache_max_bytes)
+        self.metrics.track_cache(self.cache.used_bytes)
         self.logs = settings.cache_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.replicas: dict[str, Replica] = {}
@@ -91,8 +101,12 @@ class Executor:
 
     def observe(self, now: float) -> None:
         for replica in self.replicas.values():
-            self._observe_pull(replica, now)
-            self._observe_process(replica, now)
+            token = request_id.set(replica.assignment.request_id)  # on every log line
+            try:
+                self._observe_pull(replica, now)
+                self._observe_process(replica, now)
+            finally:
+                request_id.reset(token)
         self._keep_spare()
 
     def _keep_spare(self) -> None:
@@ -156,6 +170,7 @@ class Executor:
             return
         reason = _exit_text(code, replica.log_path)
         log.warning("replica %s: serving process %s", rid, reason)
+        self.metrics.errors.labels("exit").inc()
         replica.update(
             pid=None, exited_at=now, exit_reason=reason, crashes=replica.state.crashes + 1
         )
@@ -227,14 +242,30 @@ class Executor:
         replica = self.replicas.setdefault(assignment.replica_id, Replica(assignment))
         replica.update(pulling=True)
         pinned = {d for r in self.replicas.values() for d in digests(r.assignment)}
-        replica.pull = self._pulls.submit(self._fetch, assignment, frozenset(pinned))
+        # The pull thread logs under the caller's request id (contextvars don't follow
+        # a submit by themselves).
+        context = contextvars.copy_context()
+        replica.pull = self._pulls.submit(context.run, self._fetch, assignment, frozenset(pinned))
 
     def _fetch(self, assignment: Assignment, pinned: frozenset[str]) -> Path:
-        started, downloaded = time.monotonic(), 0
+        started = time.monotonic()
+        try:
+            return self._fetch_files(assignment, pinned, started)
+        except Exception:
+            self.metrics.errors.labels("pull").inc()
+            self.metrics.pull_seconds.labels("error").observe(time.monotonic() - started)
+            raise
+
+    def _fetch_files(self, assignment: Assignment, pinned: frozenset[str], started: float) -> Path:
+        downloaded = 0
         for ref in assignment.files:
             _, fresh = self.cache.ensure(ref, self.control_plane.download, pinned)
             downloaded += ref.size if fresh else 0
+            result = "miss" if fresh else "hit"
+            self.metrics.cache_lookups.labels(result).inc()
+            self.metrics.cache_bytes.labels(result).inc(ref.size)
         path = self.cache.materialise(assignment)
+        self.metrics.pull_seconds.labels("ok").observe(time.monotonic() - started)
         log.info(
             "replica %s: %s v%d pulled in %.2fs (%d bytes downloaded, rest cached)",
             assignment.replica_id,
@@ -271,6 +302,7 @@ class Executor:
                 )
         if replica.state.exited_at is not None:
             replica.restarts += 1
+        self.metrics.starts.inc()
         replica.ready = False
         replica.update(pid=replica.process.pid, stopping_since=None)
         log.info(
@@ -321,6 +353,8 @@ class Executor:
             args += ["--signature", orjson.dumps(assignment.signature).decode()]
         if assignment.allow_pickle:
             args.append("--allow-pickle")
+        if assignment.request_id:
+            args += ["--request-id", assignment.request_id]
         return args
 
     def _signal(self, replica: Replica, signum: signal.Signals) -> None:

@@ -56,6 +56,13 @@ class WorkerSettings(BaseSettings):
         None, gt=0, description="serving processes' heartbeat (default: the worker's)"
     )
     serving_log_level: str = Field("warning", description="serving processes' log level")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus /metrics on this port (0: any free)"
+    )
+    metrics_address: str = Field("127.0.0.1", description="address the /metrics port binds")
+    log_format: str = Field(
+        "auto", pattern="^(auto|json|text)$", description="json, text, or auto (JSON if no TTY)"
+    )
 
     @field_validator("control_plane")
     @classmethod

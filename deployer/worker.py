@@ -10,8 +10,10 @@ import time
 from deployer.client import ControlPlane, WorkerLapsed
 from deployer.contract import Assignment, ReplicaReport, WorkerLease, WorkerRegistration
 from deployer.executor import Executor
+from deployer.metrics import WorkerMetrics
 from deployer.plan import Action, plan
 from deployer.settings import WorkerSettings
+from registry.logs import request_id
 
 log = logging.getLogger("deployer.worker")
 
@@ -20,7 +22,14 @@ class Worker:
     def __init__(self, settings: WorkerSettings, stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.control_plane = ControlPlane(settings.control_plane, token=settings.token, stop=stop)
-        self.executor = Executor(settings, self.control_plane)
+        self.metrics = WorkerMetrics()
+        self.executor = Executor(settings, self.control_plane, self.metrics)
+        self.metrics_url: str | None = None
+        if settings.metrics_port is not None:
+            server, _ = self.metrics.serve(settings.metrics_address, settings.metrics_port)
+            host, port = server.server_address[:2]
+            self.metrics_url = f"http://{host}:{port}/metrics"
+            log.info("metrics on %s", self.metrics_url)
         self.lease: WorkerLease | None = None
         self.assignments: list[Assignment] = []
         self._last_reports: list[ReplicaReport] | None = None
@@ -46,6 +55,7 @@ class Worker:
                 self.lease = self.control_plane.register(body)
             except Exception as exc:
                 log.warning("registering with %s failed: %s", self.settings.control_plane, exc)
+                self.metrics.errors.labels("register").inc()
                 stop.wait(delay)
                 delay = min(delay * 2, 10.0)
                 continue
@@ -72,6 +82,7 @@ class Worker:
                     self.register(stop)
                 except Exception:
                     log.exception("worker %s: tick failed", self._id)
+                    self.metrics.errors.labels("tick").inc()
                 stop.wait(self.settings.poll_s)
         finally:
             log.info("stopping: draining %d replicas", len(self.executor.replicas))
@@ -88,6 +99,7 @@ class Worker:
         self.executor.observe(now)
         self._act(now)
         reports = self.executor.reports(now)
+        self.metrics.set_replicas(r.state.value for r in reports)
         claim = self._free_capacity() and now >= self._last_heartbeat + self.settings.claim_s
         if claim or now >= self._next_heartbeat or reports != self._last_reports:
             self._heartbeat(reports, now)
@@ -116,6 +128,7 @@ class Worker:
             raise
         except Exception as exc:  # keep running what we have; the lease may lapse
             log.warning("worker %s: heartbeat failed: %s", self.lease.id, exc)
+            self.metrics.errors.labels("heartbeat").inc()
             self._next_heartbeat = now + min(self.lease.heartbeat_s, 2.0)
             return
         self.executor.remember(self.assignments)
@@ -124,6 +137,20 @@ class Worker:
         self._next_heartbeat = now + self.lease.heartbeat_s
 
     def _apply(self, action: Action, now: float) -> None:
+        token = request_id.set(self._request_id_of(action))  # on the action's log lines
+        try:
+            self._apply_logged(action, now)
+        finally:
+            request_id.reset(token)
+
+    def _request_id_of(self, action: Action) -> str | None:
+        assignment = getattr(action, "assignment", None)
+        if assignment is None:
+            known = self.executor.replicas.get(getattr(action, "replica_id", ""))
+            assignment = known.assignment if known is not None else None
+        return assignment.request_id if assignment is not None else None
+
+    def _apply_logged(self, action: Action, now: float) -> None:
         try:
             self.executor.apply(action, now)
         except Exception as exc:
@@ -131,4 +158,5 @@ class Worker:
                 getattr(action, "assignment", None), "replica_id", "?"
             )
             log.exception("worker %s: %s for replica %s failed", self._id, action, rid)
+            self.metrics.errors.labels("action").inc()
             self.executor.fail(str(rid), f"{type(action).__name__.lower()} failed: {exc}")

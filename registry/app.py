@@ -13,6 +13,8 @@ from registry.auth import Authenticate, authorize, document_security
 from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.docs import install_docs
 from registry.hardening import Hardening
+from registry.jobs import Jobs
+from registry.metrics import ControlPlaneMetrics, Observe
 from registry.problems import install_problem_handlers, use_problem_media_type
 from registry.routes import (
     aliases,
@@ -20,10 +22,12 @@ from registry.routes import (
     endpoints,
     events,
     files,
+    gc,
     health,
     keys,
     models,
     versions,
+    webhooks,
     workers,
 )
 from registry.serve import ServeFront, StableUrl
@@ -70,7 +74,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        jobs = Jobs(sessions, app.state.store, settings, app.state.metrics)
+        jobs.start()
+        try:
+            yield
+        finally:
+            await jobs.stop()
         await stable.close()
         if engine is not None:
             await engine.dispose()
@@ -88,12 +97,18 @@ def create_app(
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.store = store if store is not None else store_from_settings(settings)
+    app.state.metrics = metrics = ControlPlaneMetrics()
     install_problem_handlers(app)
     use_problem_media_type(app)
     install_docs(app, title="Modelplane")
     document_security(app)
-    for module in (models, versions, files, aliases, events, deployments, endpoints, workers, keys):
+    templates = {route.name: route.path for route in health.router.routes}  # type: ignore[attr-defined]
+    for module in (
+        models, versions, files, aliases, events, deployments, endpoints, workers, keys,
+        webhooks, gc,
+    ):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX)
+        templates |= {r.name: API_PREFIX + r.path for r in module.router.routes}  # type: ignore[attr-defined]
     app.include_router(health.router)
     # The dashboard is its own small app: HTML pages and errors, outside the OpenAPI doc.
     app.mount("/ui", create_ui(API_PREFIX), name="ui")
@@ -104,6 +119,9 @@ def create_app(
     app.add_middleware(Authenticate, sessions=sessions, settings=settings)
     # header and body limits before anything else is looked at; browser-page headers
     app.add_middleware(Hardening, settings=settings)
+    # metrics of every call (refused ones and /serve too), the request id chosen and put
+    # on the log records
+    app.add_middleware(Observe, metrics=metrics, templates=templates)
     if origins := settings.cors_origin_list:  # off unless configured; outermost: preflights
         app.add_middleware(
             CORSMiddleware,

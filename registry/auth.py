@@ -112,6 +112,15 @@ POLICY: dict[str, frozenset[S]] = {
     "list_keys": ADMIN,
     "get_key": ADMIN,
     "revoke_key": ADMIN,
+    # operations: GET /metrics (no key: Prometheus scrapes it), POST /api/v1/gc
+    "get_metrics": PUBLIC,
+    "collect_garbage": ADMIN,
+    # webhooks: /api/v1/webhooks... (their secrets sign what is sent)
+    "create_webhook": ADMIN,
+    "list_webhooks": ADMIN,
+    "get_webhook": ADMIN,
+    "delete_webhook": ADMIN,
+    "list_deliveries": ADMIN,
 }
 # The stable URL /serve/{deployment}/v2/... never reaches FastAPI's routing: checked in
 # ``Authenticate``.
@@ -206,7 +215,8 @@ class Authenticate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = incoming_request_id(scope) or uuid.uuid4().hex
+        # ``metrics.Observe`` (outside) may have chosen it already: one id per request
+        rid = scope.get(REQUEST_ID) or incoming_request_id(scope) or uuid.uuid4().hex
         scope[REQUEST_ID] = rid
         seen = _Seen(send, rid.encode())
         path: str = scope["path"]

@@ -16,7 +16,9 @@ from registry.services.common import Context, Selector, parse_selector
 from registry.services.deployments import DeploymentService
 from registry.services.files import FileService
 from registry.services.fleet import FleetService
+from registry.services.gc import GcService
 from registry.services.keys import KeyService
+from registry.services.webhooks import WebhookService
 
 
 def context_of(request: Request) -> Context:
@@ -30,7 +32,7 @@ def context_of(request: Request) -> Context:
         client=request.client.host if request.client else None,
         key_id=principal.key_id,
     )
-    return Context(state.sessions, state.store, state.settings, actor, principal)
+    return Context(state.sessions, state.store, state.settings, actor, principal, state.metrics)
 
 
 async def get_catalog(request: Request) -> CatalogService:
@@ -90,3 +92,15 @@ async def get_keys(request: Request) -> KeyService:
 
 
 KeyDep = Annotated[KeyService, Depends(get_keys)]
+
+
+async def get_webhooks(request: Request) -> WebhookService:
+    return WebhookService(context_of(request))
+
+
+async def get_gc(request: Request) -> GcService:
+    return GcService(context_of(request))
+
+
+WebhookDep = Annotated[WebhookService, Depends(get_webhooks)]
+GcDep = Annotated[GcService, Depends(get_gc)]

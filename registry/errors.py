@@ -259,3 +259,10 @@ class AliasChanged(PreconditionFailed):
         super().__init__(
             f"alias {alias!r} of model {model!r} does not satisfy {condition}: {now}", etag=etag
         )
+
+
+class WebhookNotFound(NotFound):
+    code = "webhook-not-found"
+
+    def __init__(self, webhook: str) -> None:
+        super().__init__(f"webhook {webhook!r} does not exist")

@@ -69,9 +69,16 @@ def problem(
     return Response(orjson.dumps(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def _count(request: Request, kind: str) -> None:
+    """``modelplane_errors_total{kind}``: every problem answer, by its type."""
+    if (metrics := getattr(request.app.state, "metrics", None)) is not None:
+        metrics.errors.labels(kind).inc()
+
+
 def _on_registry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
     status = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
+    _count(request, exc.code)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return problem(
         status, exc.code, str(exc), instance=request.url.path, headers=headers, **exc.extra
@@ -85,6 +92,7 @@ def _on_validation_error(request: Request, exc: Exception) -> Response:
         for e in exc.errors()
     ]
     fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors)
+    _count(request, "validation-error")
     return problem(
         422,
         "validation-error",
@@ -98,12 +106,14 @@ def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    _count(request, code)
     return problem(exc.status_code, code, detail, instance=request.url.path, headers=exc.headers)
 
 
 def _on_unavailable(request: Request, exc: Exception) -> Response:
     what = "artifact store" if isinstance(exc, StorageUnavailable) else "database"
     log.warning("%s unavailable on %s %s: %s", what, request.method, request.url.path, exc)
+    _count(request, f"{what.replace(' ', '-')}-unavailable")
     return problem(
         503,
         f"{what.replace(' ', '-')}-unavailable",
@@ -115,6 +125,7 @@ def _on_unavailable(request: Request, exc: Exception) -> Response:
 
 def _on_db_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, IntegrityError):  # e.g. a version a deployment revision refers to
+        _count(request, "still-referenced")
         return problem(
             409,
             "still-referenced",
@@ -143,6 +154,7 @@ def _server_away(exc: DBAPIError) -> bool:
 
 def _on_artifact_missing(request: Request, exc: Exception) -> Response:
     log.error("recorded blob missing from the store on %s: %s", request.url.path, exc)
+    _count(request, "blob-missing")
     return problem(
         404,
         "blob-missing",
@@ -152,11 +164,13 @@ def _on_artifact_missing(request: Request, exc: Exception) -> Response:
 
 
 def _on_invalid_upload(request: Request, exc: Exception) -> Response:
+    _count(request, "invalid-upload")
     return problem(400, "invalid-upload", str(exc), instance=request.url.path)
 
 
 def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    _count(request, "internal-error")
     return problem(
         500,
         "internal-error",

@@ -537,6 +537,11 @@ class Assignment(BaseModel):
     gpu_ids: list[int]
     batching: Batching
     allow_pickle: bool
+    request_id: str | None = Field(
+        None,
+        description="X-Request-ID of the request that made the deployment's newest revision "
+        "(the rollout this replica's actions belong to): workers and serving processes log it",
+    )
 
 
 class Assignments(BaseModel):
@@ -601,3 +606,86 @@ class KeyOut(BaseModel):
 
 class KeyCreated(KeyOut):
     token: str = Field(description="the secret, shown this once: `Authorization: Bearer mp_…`")
+
+
+# -- operations: webhooks, garbage collection ----------------------------------------------
+
+
+class WebhookEvent(StrEnum):
+    version_ready = "version.ready"
+    alias_moved = "alias.moved"
+    deployment_revision_created = "deployment.revision_created"
+    rollout_finished = "rollout.finished"
+    rollout_failed = "rollout.failed"
+    endpoint_unhealthy = "endpoint.unhealthy"
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: Annotated[
+        str, StringConstraints(pattern=r"^https?://[^\s/?#]+[^\s]*$", max_length=2048)
+    ] = Field(description="where events are POSTed (http or https)")
+    events: list[WebhookEvent] = Field(min_length=1, description="event types to receive")
+    description: str = Field("", max_length=2000)
+    secret: Annotated[str, StringConstraints(min_length=16, max_length=128)] | None = Field(
+        None, description="HMAC-SHA256 key for the signatures (default: generated, shown once)"
+    )
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    events: list[WebhookEvent]
+    description: str
+    created_by: str
+    created_at: datetime
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="the signing secret; shown only in this answer")
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    webhook_id: str
+    event_id: str
+    type: WebhookEvent
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    payload: dict[str, Any]
+
+
+class GcBlob(BaseModel):
+    sha256: str
+    size: int
+    modified: datetime
+
+
+class GcUpload(BaseModel):
+    key: str = Field(description="the temporary key the parts were going to")
+    upload_id: str | None = Field(description="None: a leftover temporary object")
+    created_at: datetime
+
+
+class GcReport(BaseModel):
+    dry_run: bool
+    skipped: bool = Field(
+        False, description="another control-plane replica was sweeping: nothing was done"
+    )
+    blobs: list[GcBlob] = Field(description="unreferenced blobs removed (or to remove)")
+    bytes: int = Field(description="their total size")
+    uploads: list[GcUpload] = Field(
+        description="abandoned direct uploads past the TTL aborted (or to abort)"
+    )
+    kept_recent: int = Field(description="unreferenced blobs kept: younger than the grace period")

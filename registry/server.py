@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import shutil
 import socket
 from asyncio import Transport
 from typing import Any
@@ -15,6 +16,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from registry.app import create_app
 from registry.fastpath import FastVersionReads
+from registry.logs import configure_logging
+from registry.metrics import MULTIPROC_ENV
 from registry.settings import Settings
 
 # Worker processes rebuild the app from this (spawned workers share no memory with us).
@@ -58,6 +61,7 @@ def app_from_environment() -> FastVersionReads:
     return_big_buffers_to_the_os()
     raw = os.environ.get(SETTINGS_ENV)
     settings = Settings.model_validate_json(raw) if raw else Settings()
+    configure_logging(settings.log_format, settings.log_level, static={"process": "registry"})
     app = FastVersionReads(create_app(settings))
     # The app's long-lived objects (routes, schemas, compiled statements) go out of the
     # collector's reach: full collections under load then stay short, and so does p99.
@@ -69,6 +73,9 @@ def app_from_environment() -> FastVersionReads:
 def serve(settings: Settings) -> None:
     """Serve the API on ``settings.host:settings.port`` until interrupted."""
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    configure_logging(settings.log_format, settings.log_level, static={"process": "registry"})
+    if settings.workers > 1:
+        use_multiprocess_metrics(settings)
     uvicorn.run(
         "registry.server:app_from_environment",
         factory=True,
@@ -81,5 +88,21 @@ def serve(settings: Settings) -> None:
         proxy_headers=True,
         timeout_keep_alive=30,
         h11_max_incomplete_event_size=settings.max_header_bytes,  # when h11 is the parser
-        log_level="info",
+        log_level=settings.log_level,
+        log_config=None,  # our handler (JSON when not on a terminal) for uvicorn's loggers
+        # uvicorn kills a worker process that does not answer its ping within this; its
+        # default (5 s) killed workers still importing on a loaded machine, over and over
+        timeout_worker_healthcheck=60,
     )
+
+
+def use_multiprocess_metrics(settings: Settings) -> None:
+    """Worker processes write their samples under ``$MODELPLANE_HOME/prometheus/<port>``
+    (emptied now: samples of processes from an earlier run would be summed in) and
+    ``/metrics`` sums every process's. An explicit ``PROMETHEUS_MULTIPROC_DIR`` wins."""
+    if os.environ.get(MULTIPROC_ENV):
+        return
+    path = settings.home / "prometheus" / str(settings.port)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(path.resolve())

@@ -58,6 +58,21 @@ class Settings(BaseSettings):
         "form-action 'self'; object-src 'none'",
         description="Content-Security-Policy of the /ui pages",
     )
+    # Garbage collection: a periodic sweep (0 turns it off; `POST /api/v1/gc` still works).
+    gc_interval_s: float = Field(default=3600.0, ge=0)
+    # An unreferenced blob younger than this is kept: its version row may not be committed yet.
+    gc_grace_s: float = Field(default=3600.0, ge=0)
+    # Direct (multipart) uploads untouched for this long are aborted and their rows dropped.
+    upload_ttl_s: float = Field(default=7 * 86400.0, gt=0)
+    # Webhooks: the dispatcher's poll period (0 turns it off), attempts and backoff.
+    webhook_poll_s: float = Field(default=1.0, ge=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_s: float = Field(default=2.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # Logs: "json", "text", or "auto" (JSON when stderr is not a terminal).
+    log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
+    log_level: str = "info"
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

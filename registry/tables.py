@@ -164,6 +164,9 @@ class RevisionRow(Base):
     version: Mapped[int]
     settings: Mapped[dict[str, Any]] = mapped_column(Json)
     reason: Mapped[str] = mapped_column(String(16))
+    # The request that made the revision (X-Request-ID): workers and serving processes
+    # log it for everything they do for the revision, so one grep follows a rollout.
+    request_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
@@ -247,3 +250,50 @@ class ApiKeyRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
     last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class WebhookRow(Base):
+    """A subscription: signed JSON POSTs to ``url`` for the event types in ``events``."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list[str]] = mapped_column(Json)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class OutboxRow(Base):
+    """An event webhooks may want, written in the transaction that records the event; the
+    dispatcher fans it out into deliveries (the request never waits for a receiver)."""
+
+    __tablename__ = "webhook_outbox"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class DeliveryRow(Base):
+    """One event for one webhook: attempts, their outcome, and when to try next."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from registry.logs import configure_logging
 from serving.artifacts import ArtifactError
 from serving.server import run_workers, serve
 from serving.settings import ServingSettings
@@ -62,8 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"python -m serving: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    # Our own lines (lifecycle transitions, a handful) at info; uvicorn's at --log-level.
+    configure_logging(
+        settings.log_format,
+        logging.INFO,
+        static={"process": "serving", "model": settings.name, "version": settings.version}
+        | ({"replica": settings.replica_id} if settings.replica_id else {}),
+        default_request_id=settings.request_id,
     )
     if settings.workers > 1:
         return run_workers(settings, argv)

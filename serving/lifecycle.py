@@ -59,9 +59,11 @@ class HttpAnnouncer:
         heartbeat_s: float,
         *,
         token: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         self._base = register_url.rstrip("/")
         self._token = token
+        self._request_id = request_id  # the control plane's events about us carry it
         self._endpoint = endpoint
         self._heartbeat_s = heartbeat_s
         self._state = EndpointState.loading
@@ -108,6 +110,8 @@ class HttpAnnouncer:
         request.add_header("Content-Type", "application/json")
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
+        if self._request_id:
+            request.add_header("X-Request-ID", self._request_id)
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 raw = response.read()

@@ -72,7 +72,11 @@ def make_lifecycle(settings: ServingSettings) -> Lifecycle:
         "replica_id": settings.replica_id,
     }
     return HttpAnnouncer(
-        settings.register_url, endpoint, settings.heartbeat_s, token=settings.token
+        settings.register_url,
+        endpoint,
+        settings.heartbeat_s,
+        token=settings.token,
+        request_id=settings.request_id,
     )
 
 
@@ -121,6 +125,7 @@ def uvicorn_config(app: ServingApp, settings: ServingSettings) -> uvicorn.Config
         loop="uvloop",
         lifespan="off",
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's lines go through our handler (JSON when not a TTY)
         access_log=False,
         server_header=False,
         date_header=False,
@@ -134,6 +139,10 @@ def serve(settings: ServingSettings, *, reuse_port: bool = False) -> int:
     import torch
 
     torch.set_num_threads(settings.torch_threads)
+    log.info(
+        "serving %s version %s from %s on %s:%d",
+        settings.name, settings.version, settings.path, settings.host, settings.port,
+    )  # fmt: skip
     app = build_app(settings)
     lifecycle = make_lifecycle(settings)
     config = uvicorn_config(app, settings)

@@ -108,3 +108,13 @@ class ServingSettings(BaseSettings):
         False, description="bind with SO_REUSEPORT (set by --workers for its processes)"
     )
     log_level: str = Field("warning", description="uvicorn log level")
+    log_format: str = Field(
+        "auto",
+        pattern="^(auto|json|text)$",
+        description="logs: json, text, or auto (JSON unless stderr is a terminal)",
+    )
+    request_id: str | None = Field(
+        None,
+        description="request id of the rollout that started this process: on every log "
+        "line, and sent as X-Request-ID when announcing to the control plane",
+    )

@@ -85,6 +85,7 @@ class DeploymentRepository(Repository):
         version: int,
         spec: dict[str, Any],
         reason: str,
+        request_id: str | None = None,
     ) -> RevisionRow:
         deployment.revision += 1
         deployment.updated_at = utcnow()
@@ -95,6 +96,7 @@ class DeploymentRepository(Repository):
             version=version,
             settings=spec,
             reason=reason,
+            request_id=request_id,
         )
         self._session.add(row)
         await self._session.flush()

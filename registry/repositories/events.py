@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,10 +11,30 @@ from sqlalchemy import insert, select
 
 from registry.db import table_of, utcnow
 from registry.repositories.base import Repository, glob_clause
-from registry.tables import EventRow
+from registry.tables import EventRow, OutboxRow
 
 # A Core insert without RETURNING: nobody reads an event's id back inside the transaction.
 INSERT_EVENT = insert(table_of(EventRow))
+INSERT_OUTBOX = insert(table_of(OutboxRow))
+
+# Audit actions webhooks can subscribe to, under their webhook event type.
+WEBHOOK_TYPES = {
+    "version.ready": "version.ready",
+    "alias.moved": "alias.moved",
+    "alias.rolled_back": "alias.moved",
+    "deployment.revision_created": "deployment.revision_created",
+    "deployment.rollout_finished": "rollout.finished",
+    "deployment.failed": "rollout.failed",
+}
+
+
+def webhook_type(action: str, after: Any) -> str | None:
+    """The webhook event type an audit event is, if any (some depend on the new state)."""
+    if action == "version.created" and after == "ready":  # one-shot uploads are born ready
+        return "version.ready"
+    if action == "endpoint.status_changed" and isinstance(after, dict):
+        return "endpoint.unhealthy" if after.get("status") == "unhealthy" else None
+    return WEBHOOK_TYPES.get(action)
 
 
 @dataclass(frozen=True)
@@ -37,21 +58,39 @@ class EventRepository(Repository):
         before: Any = None,
         after: Any = None,
     ) -> None:
-        await self._session.execute(
-            INSERT_EVENT,
-            {
-                "time": utcnow(),
-                "actor": actor.name,
-                "action": action,
-                "model": model,
-                "target": target,
-                "before": before,
-                "after": after,
-                "request_id": actor.request_id,
-                "client": actor.client,
-                "actor_key_id": actor.key_id,
-            },
-        )
+        """Record the event; one webhooks may want also goes to the outbox, in the same
+        transaction (the dispatcher delivers it later, never this request)."""
+        event = {
+            "time": utcnow(),
+            "actor": actor.name,
+            "action": action,
+            "model": model,
+            "target": target,
+            "before": before,
+            "after": after,
+            "request_id": actor.request_id,
+            "client": actor.client,
+            "actor_key_id": actor.key_id,
+        }
+        await self._session.execute(INSERT_EVENT, event)
+        if (kind := webhook_type(action, after)) is not None:
+            event_id = uuid.uuid4().hex
+            payload = {
+                **event,
+                "id": event_id,
+                "type": kind,
+                "time": event["time"].isoformat(),
+            }
+            del payload["client"], payload["actor_key_id"]
+            await self._session.execute(
+                INSERT_OUTBOX,
+                {
+                    "event_id": event_id,
+                    "type": kind,
+                    "payload": payload,
+                    "created_at": event["time"],
+                },
+            )
 
     async def search(
         self,

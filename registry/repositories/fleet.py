@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, select
+from sqlalchemy.orm import aliased
 
 from registry.repositories.base import Repository
 from registry.tables import (
@@ -130,7 +131,9 @@ async def version_files(session: Any, version_ids: Iterable[int]) -> dict[int, l
 
 async def revision_details(session: Any, revision_ids: Iterable[int]) -> dict[int, Any]:
     """Per revision id: deployment name, model name, version number, format, signature and
-    settings, as an assignment needs them."""
+    settings, as an assignment needs them; and the request id of the deployment's newest
+    revision (the rollout in progress, which old replicas' drains are part of too)."""
+    current = aliased(RevisionRow)
     wanted = set(revision_ids)
     if not wanted:
         return {}
@@ -141,6 +144,7 @@ async def revision_details(session: Any, revision_ids: Iterable[int]) -> dict[in
             RevisionRow.version_id,
             RevisionRow.version,
             RevisionRow.settings,
+            current.request_id,
             DeploymentRow.name.label("deployment"),
             ModelRow.name.label("model"),
             VersionRow.format,
@@ -149,6 +153,13 @@ async def revision_details(session: Any, revision_ids: Iterable[int]) -> dict[in
         .join(DeploymentRow, DeploymentRow.id == RevisionRow.deployment_id)
         .join(VersionRow, VersionRow.id == RevisionRow.version_id)
         .join(ModelRow, ModelRow.id == VersionRow.model_id)
+        .outerjoin(
+            current,
+            and_(
+                current.deployment_id == DeploymentRow.id,
+                current.revision == DeploymentRow.revision,
+            ),
+        )
         .where(RevisionRow.id.in_(wanted))
     )
     return {r.id: r for r in (await session.execute(stmt)).all()}

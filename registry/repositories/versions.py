@@ -98,6 +98,9 @@ _versions, _files, _blobs = table_of(VersionRow), table_of(FileRow), table_of(Bl
 INSERT_VERSION = insert(_versions).returning(_versions.c.id)
 INSERT_FILES = insert(_files)
 STORED = select(_blobs.c.sha256).where(_blobs.c.sha256.in_(bindparam("digests", expanding=True)))
+# KEY SHARE: garbage collection's FOR UPDATE of the same rows waits for this transaction
+# (then sees the files that now refer to the blob), or this waits for GC (and sees no row).
+STORED_LOCKED = STORED.with_for_update(read=True, key_share=True)
 
 
 async def read_detail(
@@ -201,7 +204,9 @@ class BlobRepository(Repository):
         stmt = self._insert(BlobRow).values(sha256=sha256, size=size, created_at=utcnow())
         await self._session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
 
-    async def stored(self, digests: set[str]) -> set[str]:
+    async def stored(self, digests: set[str], *, lock: bool = False) -> set[str]:
+        """Which digests have bytes stored; ``lock`` keeps GC off them until the commit."""
         if not digests:
             return set()
-        return set(await self._session.scalars(STORED, {"digests": list(digests)}))
+        stmt = STORED_LOCKED if lock else STORED
+        return set(await self._session.scalars(stmt, {"digests": list(digests)}))

@@ -171,7 +171,12 @@ class CatalogService:
         async with self._sessions.begin() as session:
             out = await self._create_version(session, name, body)
             await self._event(session, "version.created", name, out.version, after=out.version)
-            return out
+        self._count_version("manifest")
+        return out
+
+    def _count_version(self, kind: str) -> None:
+        if (metrics := self._ctx.metrics) is not None:
+            metrics.versions_created.labels(kind).inc()
 
     async def _create_version(self, session: Any, name: str, body: VersionCreate) -> VersionOut:
         model_id, number = await ModelRepository(session).next_version(name)
@@ -194,7 +199,7 @@ class CatalogService:
         values = {**vars(version), "metadata": body.metadata}
         del values["metadata_"]
         await VersionRepository(session).add(values, files)
-        stored = await BlobRepository(session).stored({f.sha256 for f in body.files})
+        stored = await BlobRepository(session).stored({f.sha256 for f in body.files}, lock=True)
         rows = [
             _FileDetail(version, f["path"], f["size"], f["sha256"], f["sha256"] in stored)
             for f in sorted(files, key=lambda f: f["path"])
@@ -216,9 +221,11 @@ class CatalogService:
                 await move_alias(
                     self._ctx, session, name, row.model_id, alias, out.version, "alias.moved"
                 )
-            return version_out(
+            ready = version_out(
                 self._ctx, name, await VersionRepository(session).detail(name, out.version)
             )
+        self._count_version("oneshot")
+        return ready
 
     async def list_versions(
         self, name: str, *, status: str | None, cursor: str | None, limit: int

@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import Row
@@ -31,6 +31,9 @@ from registry.schemas import (
 from registry.settings import Settings
 from storage.base import ArtifactStore, DirectUploadStore
 
+if TYPE_CHECKING:  # registry.metrics imports registry.auth, which imports services
+    from registry.metrics import ControlPlaneMetrics
+
 API_PREFIX = "/api/v1"
 _ALIAS = re.compile(r"^@[a-z0-9][a-z0-9._-]{0,62}$")
 MAX_PARTS = 10_000
@@ -47,6 +50,7 @@ class Context:
     settings: Settings
     actor: Actor
     principal: Principal = ANONYMOUS  # the caller's key (every scope when auth is off)
+    metrics: ControlPlaneMetrics | None = None
 
     @property
     def direct(self) -> DirectUploadStore | None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from anyio import CancelScope, to_thread
 
@@ -44,6 +45,9 @@ from registry.services.catalog import CatalogService
 from registry.services.common import Context, reading
 from registry.tables import UploadRow
 from storage.base import BlobWriter, DigestMismatch, DirectUploadStore, StoredObject, blob_key
+
+if TYPE_CHECKING:  # registry.metrics imports registry.auth, which imports services
+    from registry.metrics import ControlPlaneMetrics
 
 BUFFER = 2 * 2**20  # bytes gathered before one hop to a worker thread
 
@@ -171,9 +175,16 @@ class FileService:
                 expected_size=ref.size,
                 actual_size=content_length,
             )
+        start = time.perf_counter()
         stored = await self._write(ref, body, limit)
         await self._record(ref, stored, "file.uploaded")
+        self._count_upload("proxied", stored.size, start)
         return self._file_out(ref)
+
+    def _count_upload(self, kind: str, size: int, start: float) -> None:
+        if (metrics := self._ctx.metrics) is not None:
+            metrics.upload_bytes.labels(kind).inc(size)
+            metrics.upload_seconds.labels(kind).observe(time.perf_counter() - start)
 
     async def _write(self, ref: FileRef, body: AsyncIterable[bytes], limit: int) -> StoredObject:
         writer = await to_thread.run_sync(self._store.writer, blob_key(ref.sha256))
@@ -286,6 +297,7 @@ class FileService:
             return self._file_out(ref)
         if (upload := await self._find_upload(ref)) is None:
             raise NoUploadInProgress(path)
+        start = time.perf_counter()
         await self._assemble(direct, ref, upload)
         try:
             stored = await to_thread.run_sync(
@@ -300,6 +312,7 @@ class FileService:
         await to_thread.run_sync(direct.promote, upload.temp_key, blob_key(ref.sha256))
         await self._record(ref, stored, "file.uploaded")
         await self._forget_upload(upload)
+        self._count_upload("multipart", stored.size, start)
         return self._file_out(ref)
 
     async def _assemble(self, direct: DirectUploadStore, ref: FileRef, upload: UploadRow) -> None:
@@ -328,9 +341,11 @@ class FileService:
         catalog = CatalogService(self._ctx)
         await catalog.get_model(model)  # 404 before any byte is stored
         specs = []
+        start = time.perf_counter()
         for path, file in form.files:
             stored = await self.store_local(file, self.upload_limit)
             specs.append(FileSpec(path=path, size=stored.size, sha256=stored.sha256))
+        self._count_upload("oneshot", sum(s.size for s in specs), start)
         body = VersionCreate(files=specs, format=form.format, description=form.description)
         return await catalog.create_ready_version(model, body, form.alias)
 
@@ -378,7 +393,7 @@ class FileService:
         """Open the range now (errors surface before the answer starts); stream it later,
         in the store's big pieces (S3 prefetches ranges in parallel)."""
         pieces = await to_thread.run_sync(self._store.chunks, blob_key(ref.sha256), start, end)
-        return _stream(pieces)
+        return _stream(pieces, self._ctx.metrics)
 
 
 def _hash_file(file: BinaryIO, limit: int) -> tuple[str, int]:
@@ -392,12 +407,19 @@ def _hash_file(file: BinaryIO, limit: int) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-async def _stream(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
+async def _stream(
+    pieces: Iterator[bytes], metrics: ControlPlaneMetrics | None
+) -> AsyncIterator[bytes]:
     """One thread hop per piece (a few MiB), never blocking the event loop."""
+    start, sent = time.perf_counter(), 0
     try:
         while (piece := await to_thread.run_sync(next, pieces, None)) is not None:
             yield piece
+            sent += len(piece)
     finally:
+        if metrics is not None:
+            metrics.download_bytes.inc(sent)
+            metrics.download_seconds.observe(time.perf_counter() - start)
         with CancelScope(shield=True):  # a client gone mid-download still stops the reads
             await to_thread.run_sync(_close, pieces)
 

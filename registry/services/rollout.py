@@ -185,7 +185,9 @@ async def begin_revision(
     the old ones; then the rollout rule."""
     repo = DeploymentRepository(session)
     version_id, number = version
-    revision = await repo.add_revision(deployment, version_id, number, settings, reason)
+    revision = await repo.add_revision(
+        deployment, version_id, number, settings, reason, ctx.actor.request_id
+    )
     await ReplicaRepository(session).add(revision, int(settings["replicas"]), settings["gpus"])
     deployment.alias = settings.get("alias")
     deployment.status_reason = None

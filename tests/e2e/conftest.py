@@ -47,6 +47,7 @@ class Platform:
             port_range=_PORTS[name],
             serving_heartbeat_s=str(HEARTBEAT_S),
             max_restarts="1",  # a crash loop fails after one restart, not after a minute
+            metrics_port="0",  # any free port; the worker logs it
         )
         self.workers[name] = worker
         return worker

@@ -60,6 +60,7 @@ _PARAMS = {
     "worker_id": "w0",
     "endpoint_id": "e0",
     "key_id": "0" * 32,
+    "webhook_id": "0" * 32,
 }
 
 

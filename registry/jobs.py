@@ -1,0 +1,77 @@
+"""Periodic work in every control-plane process: webhook delivery and garbage collection.
+
+Both are safe with many processes and replicas: deliveries are claimed with ``SKIP
+LOCKED`` and garbage collection takes a Postgres advisory lock (one sweep at a time).
+A failed pass is logged and the next one runs on schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from registry.db import SessionFactory
+from registry.metrics import ControlPlaneMetrics
+from registry.repositories.events import Actor
+from registry.services.common import Context
+from registry.services.gc import GcService
+from registry.services.webhooks import WebhookDispatcher
+from registry.settings import Settings
+from storage.base import ArtifactStore
+
+log = logging.getLogger("modelplane.jobs")
+
+
+class Jobs:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        store: ArtifactStore,
+        settings: Settings,
+        metrics: ControlPlaneMetrics | None = None,
+    ) -> None:
+        self._settings = settings
+        self.dispatcher = WebhookDispatcher(sessions, settings, metrics)
+        self._gc_context = Context(sessions, store, settings, Actor(name="gc"), metrics=metrics)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        settings = self._settings
+        if settings.webhook_poll_s > 0:
+            self._spawn("webhooks", self.dispatcher.run_once, settings.webhook_poll_s, 0.0)
+        if settings.gc_interval_s > 0:
+            # Replicas started together should not all try at once (they would skip anyway).
+            first = settings.gc_interval_s * (0.5 + random.random() / 2)
+            self._spawn("gc", self.collect_garbage, settings.gc_interval_s, first)
+
+    async def collect_garbage(self) -> None:
+        await GcService(self._gc_context).collect(dry_run=False)
+
+    def _spawn(
+        self, name: str, step: Callable[[], Awaitable[object]], every: float, first: float
+    ) -> None:
+        self._tasks.append(asyncio.create_task(_every(name, step, every, first), name=name))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.dispatcher.close()
+
+
+async def _every(
+    name: str, step: Callable[[], Awaitable[object]], every: float, first: float
+) -> None:
+    await asyncio.sleep(first)
+    while True:
+        try:
+            await step()
+        except Exception:
+            log.exception("background job %s failed; next pass in %.0fs", name, every)
+        await asyncio.sleep(every)
