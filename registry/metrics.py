@@ -98,7 +98,7 @@ class ControlPlaneMetrics:
         """This process's series (all processes' in multiprocess mode), then ``database``."""
         if (path := os.environ.get(MULTIPROC_ENV)) is not None:
             registry = CollectorRegistry()
-            MultiProcessCollector(registry, path)
+            MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
             out = generate_latest(registry)
         else:
             out = generate_latest(self.registry)

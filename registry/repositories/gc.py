@@ -16,7 +16,7 @@ from registry.tables import AliasRow, BlobRow, FileRow, RevisionRow, UploadRow, 
 GC_LOCK_KEY = 0x6D702D6763
 
 
-def _referenced() -> Select[tuple[str]]:
+def _referenced() -> Select[str]:
     """Digests a version that is not failed refers to (pending uploads, ready, archived),
     or that any version an alias or a deployment revision points at refers to."""
     return (

@@ -85,6 +85,7 @@ class GcService:
         removed = candidates if dry_run else await self._remove(candidates, cutoff)
         report = GcReport(
             dry_run=dry_run,
+            skipped=False,
             blobs=[
                 GcBlob(sha256=i.key.removeprefix(BLOB_PREFIX), size=i.size, modified=i.modified)
                 for i in removed
