@@ -7,7 +7,13 @@ from collections.abc import Callable, Iterable, Iterator
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -54,6 +60,7 @@ class WorkerMetrics(Collector):
         self._states: dict[str, int] = {}
         self._cache_used: Callable[[], int] = lambda: 0
         r.register(self)
+        ProcessCollector(registry=r)
 
     def set_replicas(self, states: Iterable[str]) -> None:
         self._states = dict(Tally(states))

@@ -16,7 +16,13 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -86,6 +92,8 @@ class ControlPlaneMetrics:
             "modelplane_gc_removed_bytes", "Bytes freed by garbage collection", registry=r
         )
         self._http: dict[tuple[str, str, int], Any] = {}
+        # this process's memory, CPU and open files (not summed in multiprocess mode)
+        ProcessCollector(registry=r)
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)

@@ -70,6 +70,7 @@ class ServingApp:
         self.checked = runtime.checked
         self._specs: dict[str, TensorSpec] = {}
         self._metadata = b""
+        metrics.track_serving(lambda: self.serving)
 
     def mark_ready(self) -> None:
         """Call on the event loop once the runtime is loaded and warmed up."""

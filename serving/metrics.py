@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -65,8 +65,10 @@ class ServingMetrics(Collector):
         self.batch_size = FastHistogram(BATCH_BUCKETS)
         self.load_seconds = Gauge()
         self._queue_depth: Callable[[], float] = lambda: 0.0
+        self._serving: Callable[[], bool] = lambda: False
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, fds
 
     def observe(self, outcome: str, seconds: float) -> None:
         histogram = self.latency.get(outcome)
@@ -76,6 +78,9 @@ class ServingMetrics(Collector):
 
     def track_queue_depth(self, read: Callable[[], float]) -> None:
         self._queue_depth = read
+
+    def track_serving(self, read: Callable[[], bool]) -> None:
+        self._serving = read
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -109,4 +114,10 @@ class ServingMetrics(Collector):
             labels=names,
         )
         load.add_metric(values, self.load_seconds.value)
-        yield from (requests, latency, batches, depth, load)
+        ready = GaugeMetricFamily(
+            "modelplane_serving_ready",
+            "1 while the model is loaded and calls are taken (0 loading or draining)",
+            labels=names,
+        )
+        ready.add_metric(values, 1.0 if self._serving() else 0.0)
+        yield from (requests, latency, batches, depth, load, ready)

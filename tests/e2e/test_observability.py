@@ -142,6 +142,9 @@ def test_every_process_serves_metrics(plane: Platform, tmp_path: Path) -> None:
         v for (n, labels), v in serving.items()
         if n == "modelplane_inference_requests_total" and ("model", name) in labels
     ) >= 3  # fmt: skip
+    assert value(serving, "modelplane_serving_ready", model=name, version="1") == 1
+    assert value(serving, "process_resident_memory_bytes") > 0
+    assert value(cp, "process_resident_memory_bytes") > 0
 
     pulled = 0.0
     for worker in plane.workers.values():
@@ -152,6 +155,7 @@ def test_every_process_serves_metrics(plane: Platform, tmp_path: Path) -> None:
         metrics = samples(found[-1])  # a log appended to by an earlier process of that name
         pulled += value(metrics, "modelplane_worker_pull_duration_seconds_count", outcome="ok")
         assert ("modelplane_worker_cache_used_bytes", frozenset()) in metrics
+        assert value(metrics, "process_resident_memory_bytes") > 0
     assert pulled >= 1
 
 
