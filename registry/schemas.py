@@ -438,6 +438,9 @@ class RevisionOut(BaseModel):
     settings: dict[str, Any]
     reason: RevisionReason
     created_at: datetime
+    request_id: str | None = Field(
+        None, description="X-Request-ID of the request that made it (grep the logs for it)"
+    )
 
 
 class RollbackRequest(BaseModel):

@@ -34,6 +34,7 @@ def revision_out(deployment: str, row: RevisionRow) -> RevisionOut:
         settings=row.settings,
         reason=RevisionReason(row.reason),
         created_at=row.created_at,
+        request_id=row.request_id,
     )
 
 

@@ -110,6 +110,8 @@ def test_a_rollouts_request_id_reaches_worker_and_serving_logs(
     assert any(r["message"].startswith("serving traced version 2") for r in serving)
     assert traced(workers, first)  # the first deployment's actions carry its own id
 
+    revisions = api(plane, "GET", f"/deployments/{name}/revisions").json()["items"]
+    assert {r["revision"]: r["request_id"] for r in revisions} == {1: first, 2: rollout}
     events = api(plane, "GET", "/events", params={"limit": 1000}).json()["items"]
     tagged = {e["action"] for e in events if e["request_id"] == rollout}
     # the API call, and the new serving process announcing itself under the same id
