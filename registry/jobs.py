@@ -48,7 +48,10 @@ class Jobs:
             self._spawn("gc", self.collect_garbage, settings.gc_interval_s, first)
 
     async def collect_garbage(self) -> None:
+        """One GC round: unreferenced blobs, abandoned uploads, old webhook deliveries."""
         await GcService(self._gc_context).collect(dry_run=False)
+        if pruned := await self.dispatcher.prune():
+            log.info("pruned %d finished webhook deliveries", pruned)
 
     def _spawn(
         self, name: str, step: Callable[[], Awaitable[object]], every: float, first: float

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=2.0, gt=0)
     webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # Delivered and failed deliveries stay in the log this long (pruned with each GC round).
+    webhook_retention_s: float = Field(default=30 * 86400.0, gt=0)
     # Logs: "json", "text", or "auto" (JSON when stderr is not a terminal).
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
     log_level: str = "info"

@@ -118,6 +118,15 @@ class OutboxRepository(Repository):
         )
         return list((await self._session.execute(stmt)).all())
 
+    async def prune(self, before: datetime) -> int:
+        """Drop finished deliveries (delivered or failed) created before ``before``."""
+        result = await self._session.execute(
+            delete(DeliveryRow).where(
+                DeliveryRow.status != "pending", DeliveryRow.created_at < before
+            )
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
     async def record_attempt(
         self,
         delivery_id: int,

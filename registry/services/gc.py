@@ -27,7 +27,7 @@ from registry.repositories.events import EventRepository
 from registry.repositories.gc import GcRepository, advisory_lock
 from registry.schemas import GcBlob, GcReport, GcUpload
 from registry.services.common import Context
-from storage.base import BLOB_PREFIX, ObjectInfo
+from storage.base import BLOB_PREFIX, ObjectInfo, StorageError
 
 log = logging.getLogger("modelplane.gc")
 
@@ -144,9 +144,13 @@ class GcService:
             return out
         direct = self._ctx.direct
         for row in rows:
-            if direct is not None:
-                await to_thread.run_sync(direct.abort_multipart, row.temp_key, row.upload_id)
-            await to_thread.run_sync(self._store.delete, row.temp_key)
+            try:
+                if direct is not None:
+                    await to_thread.run_sync(direct.abort_multipart, row.temp_key, row.upload_id)
+                await to_thread.run_sync(self._store.delete, row.temp_key)
+            except StorageError as exc:  # the row stays: the next sweep tries again
+                log.warning("could not abort upload %s of %s: %s", row.upload_id, row.temp_key, exc)
+                continue
             async with self._sessions.begin() as session:
                 await GcRepository(session).forget_upload(row.id)
         for temp in orphans:

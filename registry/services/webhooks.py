@@ -193,6 +193,12 @@ class WebhookDispatcher:
             await asyncio.gather(*(self._deliver(d) for d in due))
         return len(due)
 
+    async def prune(self) -> int:
+        """Forget finished deliveries older than ``webhook_retention_s`` (the log is bounded)."""
+        before = utcnow() - timedelta(seconds=self._settings.webhook_retention_s)
+        async with self._sessions.begin() as session:
+            return await OutboxRepository(session).prune(before)
+
     async def _fan_out(self) -> int:
         async with self._sessions.begin() as session:
             repo = OutboxRepository(session)

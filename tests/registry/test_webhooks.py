@@ -247,3 +247,30 @@ async def test_webhook_bad_input_and_missing_are_problems(hooks: httpx.AsyncClie
     assert "secret" not in shown and shown["events"] == ["rollout.failed"]
     assert (await hooks.delete(f"{url}/{hook['id']}")).status_code == 204
     assert_problem(await hooks.get(f"{url}/{hook['id']}"), 404, "webhook-not-found")
+
+
+async def test_finished_deliveries_are_pruned_after_the_retention(
+    hooks: httpx.AsyncClient,
+    hook_settings: Settings,
+    sessions: SessionFactory,
+    receiver: Receiver,
+    model: str,
+) -> None:
+    hook = await subscribe(hooks, receiver, ["version.ready"])
+    await ready_version(hooks, model, {"w.bin": os.urandom(8)})
+    url = f"{API}/webhooks/{hook}/deliveries"
+    dispatcher = WebhookDispatcher(sessions, hook_settings)
+    try:
+        await dispatch_until(dispatcher, lambda: bool(mine(receiver, model)))
+        assert (await dispatcher.prune()) == 0  # within the retention: kept
+    finally:
+        await dispatcher.close()
+    assert len((await hooks.get(url)).json()["items"]) == 1
+    await asyncio.sleep(0.05)
+    short = WebhookDispatcher(
+        sessions, hook_settings.model_copy(update={"webhook_retention_s": 0.01})
+    )
+    assert (await short.prune()) >= 1
+    await short.close()
+    assert (await hooks.get(url)).json()["items"] == []
+    assert (await hooks.delete(f"{API}/webhooks/{hook}")).status_code == 204
