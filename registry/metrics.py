@@ -172,8 +172,14 @@ class Observe:
         found by name (unique: the operation id), as the matched route object may not
         carry the prefix its router was included under."""
         route = scope.get("route")
-        if route is not None and (template := self.templates.get(route.name)) is not None:
+        if (
+            route is not None
+            and not scope.get("root_path")
+            and (template := self.templates.get(route.name)) is not None
+        ):
             return template
         if scope["path"].startswith("/serve/"):
             return "/serve/{deployment}"
+        if root := scope.get("root_path"):  # a mounted app (the /ui dashboard): its prefix
+            return f"{root}/*"
         return "unmatched"

@@ -60,6 +60,7 @@ async def test_requests_are_counted_by_route_template_and_status(
     assert (await front.post(f"{API}/models", json={"name": "Bad Name"})).status_code == 422
     assert (await front.get("/serve/nope/v2/health/ready")).status_code == 404
     assert (await front.get("/no/such/path")).status_code == 404
+    ui = await front.get("/ui/")
 
     found = await scrape(front)
     read = f"{API}/models/{{name}}/versions/{{v}}"
@@ -70,6 +71,7 @@ async def test_requests_are_counted_by_route_template_and_status(
     assert value(found, COUNT, method="PUT", route=put, status="200") == 1
     assert value(found, COUNT, method="GET", route="/serve/{deployment}", status="404") == 1
     assert value(found, COUNT, method="GET", route="unmatched", status="404") == 1
+    assert value(found, COUNT, method="GET", route="/ui/*", status=str(ui.status_code)) == 1
     assert value(found, "modelplane_errors_total", kind="version-not-found") == 1
     assert value(found, "modelplane_errors_total", kind="validation-error") == 1
     assert value(found, "modelplane_upload_bytes_total", kind="proxied") == 1000
