@@ -108,7 +108,7 @@ async def test_request_ids_are_answered_back_and_recorded(
     updated = [e for e in events if e["action"] == "model.updated"]
     assert updated[-1]["request_id"] == generated
     # the hot read answers a caller's id back too
-    number = await ready_version(front, model, {"x.bin": b"x"})
+    number = await ready_version(front, model, {"x.bin": os.urandom(8)})  # Postgres is shared
     read = await front.get(
         f"{API}/models/{model}/versions/{number}", headers={"X-Request-ID": "hot-1"}
     )

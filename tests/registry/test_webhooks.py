@@ -141,8 +141,14 @@ async def test_events_are_signed_delivered_and_retried(
     log = (await hooks.get(f"{API}/webhooks/{hook}/deliveries")).json()["items"]
     for delivery in log:
         if delivery["payload"]["model"] == model:
-            assert delivery["status"] == "delivered" and delivery["attempts"] == 3
+            # two refusals, then through (one more if a loaded machine timed a call out)
+            assert delivery["status"] == "delivered" and delivery["attempts"] >= 3
             assert delivery["last_status_code"] == 204 and delivery["delivered_at"]
+            calls = [
+                c for c in receiver.calls
+                if c["headers"]["Modelplane-Delivery"] == str(delivery["id"])
+            ]  # fmt: skip
+            assert len(calls) >= 3 and len(calls) <= delivery["attempts"]
     assert (await hooks.delete(f"{API}/webhooks/{hook}")).status_code == 204
 
 
