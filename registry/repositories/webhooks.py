@@ -79,7 +79,8 @@ class OutboxRepository(Repository):
             }
             for event in events
             for hook in hooks
-            if event.type in hook.events
+            # a webhook gets what happened after it was created, not older outbox rows
+            if event.type in hook.events and event.created_at >= hook.created_at
         ]
         if rows:
             await self._session.execute(insert(table_of(DeliveryRow)), rows)

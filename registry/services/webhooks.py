@@ -44,6 +44,7 @@ log = logging.getLogger("modelplane.webhooks")
 
 SIGNATURE_HEADER = "Modelplane-Signature"
 BATCH = 100
+CONCURRENCY = 16  # deliveries in flight at once per process
 MAX_ERROR = 500
 
 
@@ -190,7 +191,13 @@ class WebhookDispatcher:
         async with self._sessions.begin() as session:
             due = await OutboxRepository(session).claim_due(BATCH, lease)
         if due:
-            await asyncio.gather(*(self._deliver(d) for d in due))
+            limit = asyncio.Semaphore(CONCURRENCY)
+
+            async def deliver(delivery: Any) -> None:
+                async with limit:
+                    await self._deliver(delivery)
+
+            await asyncio.gather(*(deliver(d) for d in due))
         return len(due)
 
     async def prune(self) -> int:
