@@ -33,7 +33,6 @@ async def test_database_down_is_503_and_recovers(tmp_path: Path, postgres_url: s
         home=tmp_path,
         database_url=pg.database_url(url.database or "", port=proxy.port),
         storage_url=str(tmp_path / "artifacts"),
-        auth_enabled=False,
     )
     app = create_app(settings)  # its own engine and pool, as in production; auth on
     key = await mint_key(postgres_url, KeyCreate(name="ops", scopes=[Scope.admin]))
