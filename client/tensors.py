@@ -12,24 +12,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from serving.protocol import NUMERIC_DTYPES
+
 HEADER = "Inference-Header-Content-Length"
 _LEN = struct.Struct("<I")
 
-DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BF16": np.dtype(np.uint16),
-}
+DTYPES = NUMERIC_DTYPES  # one table with the serving side (its module imports numpy only)
 _FROM_NUMPY = {dtype: name for name, dtype in DTYPES.items() if name != "BF16"}
 
 
