@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -21,6 +22,14 @@ LEASE_TTL_S = 4.0
 HEARTBEAT_S = 1.0
 
 
+_PORTS = {
+    "w1": "41000-41499",
+    "w2": "41500-41999",
+    "w3": "42000-42499",
+    "full": "42500-42999",
+}
+
+
 @dataclass
 class Platform:
     cp: ControlPlane
@@ -28,6 +37,10 @@ class Platform:
     log_dir: Path
     bucket: str
     seaweed: SeaweedServer
+    # serving ports per worker name, and slots per worker (FaultPlatform has its own)
+    port_ranges: ClassVar[dict[str, str]] = _PORTS
+    cpu_slots: ClassVar[int] = 2
+    serving_heartbeat_s: ClassVar[float] = HEARTBEAT_S
 
     @property
     def token(self) -> str | None:
@@ -36,29 +49,21 @@ class Platform:
     def logs(self) -> str:
         return "\n".join([self.cp.log(), *(w.log() for w in self.workers.values())])
 
-    def start_worker(self, name: str, cpu_slots: int = 2) -> Worker:
+    def start_worker(self, name: str, cpu_slots: int | None = None) -> Worker:
         worker = Worker(
             self.log_dir,
             self.cp.url,
             name,
             self.cp.worker_token,
-            cpu_slots=str(cpu_slots),
+            cpu_slots=str(self.cpu_slots if cpu_slots is None else cpu_slots),
             drain_timeout_s="10",
-            port_range=_PORTS[name],
-            serving_heartbeat_s=str(HEARTBEAT_S),
+            port_range=self.port_ranges[name],
+            serving_heartbeat_s=str(self.serving_heartbeat_s),
             max_restarts="1",  # a crash loop fails after one restart, not after a minute
             metrics_port="0",  # any free port; the worker logs it
         )
         self.workers[name] = worker
         return worker
-
-
-_PORTS = {
-    "w1": "41000-41499",
-    "w2": "41500-41999",
-    "w3": "42000-42499",
-    "full": "42500-42999",
-}
 
 
 @pytest.fixture(scope="package")

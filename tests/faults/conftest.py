@@ -7,11 +7,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
 from tests.e2e.conftest import Platform
-from tests.e2e.platform import ControlPlane, Worker
+from tests.e2e.platform import ControlPlane
 from tests.faults.cluster import cp_env, s3_env
 from tests.pg import postgres_unavailable, throwaway_database
 from tests.support.seaweed import SeaweedServer
@@ -44,20 +45,9 @@ class FaultPlatform(Platform):
 
     env: dict[str, str] = field(default_factory=dict)  # another control plane's settings
 
-    def start_worker(self, name: str, cpu_slots: int = 3) -> Worker:
-        worker = Worker(
-            self.log_dir,
-            self.cp.url,
-            name,
-            self.cp.worker_token,
-            cpu_slots=str(cpu_slots),
-            drain_timeout_s="10",
-            port_range=PORTS[name],
-            serving_heartbeat_s=str(HEARTBEAT_S),
-            max_restarts="1",  # a crash loop fails after one restart, not after a minute
-        )
-        self.workers[name] = worker
-        return worker
+    port_ranges: ClassVar[dict[str, str]] = PORTS
+    cpu_slots: ClassVar[int] = 3
+    serving_heartbeat_s: ClassVar[float] = HEARTBEAT_S
 
 
 @pytest.fixture(scope="package")
