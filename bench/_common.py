@@ -69,7 +69,7 @@ class ControlPlane:
         }
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "client", "server", "--migrate"],
+            [sys.executable, "-m", "cli", "server", "--migrate"],
             env=full_env,
             cwd=ROOT,
             stdout=self._log,
@@ -132,7 +132,7 @@ def require_wrk() -> str:
 
 def mint_admin(env: dict[str, str]) -> str:
     """An admin key straight in the server's database (as `keys create --offline`)."""
-    from registry.schemas import KeyCreate, Scope
+    from contract.schemas import KeyCreate, Scope
     from registry.services.keys import mint_key
 
     url = (

@@ -28,7 +28,7 @@ from boto3.s3.transfer import TransferConfig
 from bench._common import ControlPlane
 from bench.upload import make_file, make_file_digest, mbps, renew, rotated, warm_up
 from client import Client
-from tests.support.seaweed import SeaweedServer
+from devstack.seaweed import SeaweedServer
 
 PARALLEL = 8
 

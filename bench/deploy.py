@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from bench._common import ROOT, ControlPlane, free_port, throwaway_postgres
-from tests.support.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
+from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
 
 WIDTH = 2048
 OUT = ROOT / "bench" / "out"

@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 
+from devstack.seaweed import SeaweedServer
 from tests.e2e.platform import (
     SIGNATURE,
     Process,
@@ -52,7 +53,6 @@ from tests.e2e.platform import (
 )
 from tests.faults.cluster import Load, alias_history, events, manifest, s3_env, sha
 from tests.pg import throwaway_database
-from tests.support.seaweed import SeaweedServer
 
 API = "/api/v1"
 SERVED = "soak-serve"  # the deployed model (its versions are TorchScript y = x + c)
@@ -62,13 +62,13 @@ PORTS = {"w1": "45000-45499", "w2": "45500-45999"}
 
 
 class ControlPlane(Process):
-    """``python -m client server --migrate`` on a fixed port, so a restart keeps its URL."""
+    """``python -m cli server --migrate`` on a fixed port, so a restart keeps its URL."""
 
     def __init__(self, log_dir: Path, env: dict[str, str], port: int) -> None:
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         full = {**base_env(), **env, "MODELPLANE_HOST": "127.0.0.1"}
         full["MODELPLANE_PORT"] = str(port)
-        super().__init__(["-m", "client", "server", "--migrate"], log_dir / "cp.log", full)
+        super().__init__(["-m", "cli", "server", "--migrate"], log_dir / "cp.log", full)
 
     def wait_ready(self, timeout: float = 90) -> None:
         def ready() -> bool:

@@ -37,7 +37,7 @@ import httpx
 from boto3.s3.transfer import TransferConfig
 
 from bench._common import ControlPlane, reset_peak_rss, rss_kib
-from tests.support.seaweed import SeaweedServer
+from devstack.seaweed import SeaweedServer
 
 CHUNK = 8 << 20  # boto3's TransferConfig multipart_chunksize
 PARALLEL = 8  # boto3's TransferConfig default is 10 threads; both sides use 8 here

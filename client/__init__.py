@@ -1,4 +1,4 @@
-"""Modelplane's Python SDK (``Client``) and the ``modelplane`` command line (``client.cli``)."""
+"""Modelplane's Python SDK (``Client``): the only job of this package. The command line is `cli`."""
 
 from client.errors import (
     ApiError,

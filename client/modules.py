@@ -14,28 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from client.errors import ModelplaneError
+from contract.dtypes import torch_datatype
 
 FORMATS = ("torchscript", "torch_export")
 MAX_BATCH = 65536
-V2 = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
-    "bfloat16": "BF16",
-}
 
 
 def _datatype(tensor: Any) -> str:
-    name = str(tensor.dtype).removeprefix("torch.")
-    if name not in V2:
+    datatype = torch_datatype(tensor.dtype)
+    if datatype is None:
         raise ModelplaneError(f"tensor dtype {tensor.dtype} has no v2 datatype")
-    return V2[name]
+    return datatype
 
 
 def as_tuple(example_inputs: Any) -> tuple[Any, ...]:

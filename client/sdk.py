@@ -40,7 +40,7 @@ from client.transfer import (
     version_path,
 )
 from client.transport import API, Transport
-from registry.schemas import (
+from contract.schemas import (
     AliasMove,
     AliasOut,
     DeploymentOut,

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.protocol import NUMERIC_DTYPES
+from contract.dtypes import FROM_NUMPY, NUMERIC_DTYPES
 
 HEADER = "Inference-Header-Content-Length"
 _LEN = struct.Struct("<I")
 
-DTYPES = NUMERIC_DTYPES  # one table with the serving side (its module imports numpy only)
-_FROM_NUMPY = {dtype: name for name, dtype in DTYPES.items() if name != "BF16"}
+DTYPES = NUMERIC_DTYPES
+_FROM_NUMPY = FROM_NUMPY
 
 
 class TensorError(ValueError):

@@ -35,7 +35,7 @@ from client.errors import (
     from_response,
 )
 from client.transport import API, Transport
-from registry.schemas import FileOut, MultipartOut, VersionOut, VersionStatus, check_path
+from contract.schemas import FileOut, MultipartOut, VersionOut, VersionStatus, check_path
 
 BUFFER = 8 * 2**20  # hashing reads; hashlib releases the GIL on buffers this size
 RANGE = 8 * 2**20  # ranged GETs of a pull straight from the store

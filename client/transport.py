@@ -11,8 +11,9 @@ import httpx
 import urllib3
 
 from client.errors import ConnectionFailed, Unavailable, from_response
+from contract.paths import API_PREFIX
 
-API = "/api/v1"
+API = API_PREFIX
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 

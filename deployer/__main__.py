@@ -11,9 +11,9 @@ from types import FrameType
 
 from pydantic import ValidationError
 
+from contract.logs import configure_logging
 from deployer.settings import WorkerSettings
 from deployer.worker import Worker
-from registry.logs import configure_logging
 
 FLAGS = (
     "control_plane",

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import httpx
 
+from contract.paths import API_PREFIX
 from deployer.contract import (
     Assignment,
     FileRef,
@@ -51,7 +52,7 @@ class ControlPlane:
         stop: threading.Event | None = None,
     ) -> None:
         self.root = base_url.rstrip("/")
-        self.api = self.root + "/api/v1"
+        self.api = self.root + API_PREFIX
         self._http = httpx.Client(base_url=self.api, timeout=TIMEOUT)
         self.token = token
         # sent to the control plane only, never to another host (a presigned store URL)

@@ -1,6 +1,6 @@
 """The worker's side of docs/deployments-contract.md ("Worker protocol").
 
-The bodies are the control plane's own (`registry.schemas`, pydantic + stdlib only), so
+The bodies are the control plane's own (`contract.schemas`, pydantic + stdlib only), so
 both ends validate the same shapes. `WorkerLease` reads only the three fields of the
 registration answer the worker needs, so a richer answer never breaks a worker.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from registry.schemas import Assignment, ReplicaReport, ReplicaState, WorkerHeartbeat
-from registry.schemas import AssignmentFile as FileRef
-from registry.schemas import Assignments as HeartbeatAnswer
-from registry.schemas import WorkerRegister as WorkerRegistration
+from contract.schemas import Assignment, ReplicaReport, ReplicaState, WorkerHeartbeat
+from contract.schemas import AssignmentFile as FileRef
+from contract.schemas import Assignments as HeartbeatAnswer
+from contract.schemas import WorkerRegister as WorkerRegistration
 
 __all__ = [
     "Assignment",

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from contract.logs import request_id
 from deployer.cache import BlobCache, CacheError, sha256_args
 from deployer.children import die_with_parent
 from deployer.client import ControlPlane
@@ -44,7 +45,6 @@ from deployer.plan import (
     Stop,
 )
 from deployer.settings import WorkerSettings
-from registry.logs import request_id
 
 log = logging.getLogger("deployer.executor")
 
@@ -407,7 +407,7 @@ class Executor:
 
 @dataclass
 class Spare:
-    """A `python -m deployer.spare` waiting on stdin for the argv of its serving process."""
+    """A `python -m serving.spare` waiting on stdin for the argv of its serving process."""
 
     process: subprocess.Popen[bytes]
     log_path: Path
@@ -417,7 +417,7 @@ class Spare:
         log_path = logs / f"serving-{time.time_ns()}.log"
         with log_path.open("ab") as sink:
             process = subprocess.Popen(
-                [sys.executable, "-m", "deployer.spare"],
+                [sys.executable, "-m", "serving.spare"],
                 stdin=subprocess.PIPE,
                 stdout=sink,
                 stderr=subprocess.STDOUT,

@@ -7,13 +7,13 @@ import socket
 import threading
 import time
 
+from contract.logs import request_id
 from deployer.client import ControlPlane, WorkerLapsed
 from deployer.contract import Assignment, ReplicaReport, WorkerLease, WorkerRegistration
 from deployer.executor import Executor
 from deployer.metrics import WorkerMetrics
 from deployer.plan import Action, plan
 from deployer.settings import WorkerSettings
-from registry.logs import request_id
 
 log = logging.getLogger("deployer.worker")
 

@@ -9,6 +9,8 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contract.paths import API_PREFIX
+from gateway.stable_url import ServeFront, StableUrl
 from registry.auth import Authenticate, authorize, document_security
 from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.docs import install_docs
@@ -30,13 +32,12 @@ from registry.routes import (
     webhooks,
     workers,
 )
-from registry.serve import ServeFront, StableUrl
+from registry.services.fleet import ReadyEndpoints
 from registry.settings import Settings
 from registry.ui import create_ui
 from storage import open_store
 from storage.base import ArtifactStore
 
-API_PREFIX = "/api/v1"
 DESCRIPTION = """Modelplane's registry: models, immutable numbered versions with
 content-addressed files, aliases (`production`, `staging`) with history and rollback,
 and the audit log. Errors are `application/problem+json` (RFC 9457)."""
@@ -113,7 +114,9 @@ def create_app(
     # The dashboard is its own small app: HTML pages and errors, outside the OpenAPI doc.
     app.mount("/ui", create_ui(API_PREFIX), name="ui")
     # /serve/... calls skip FastAPI's routing and its inner middleware entirely
-    stable = app.state.stable = StableUrl(sessions, settings)
+    stable = app.state.stable = StableUrl(
+        ReadyEndpoints(sessions, settings.lease_ttl_s), cache_s=settings.serve_cache_s
+    )
     app.add_middleware(ServeFront, stable=stable)
     # request ids for every call, API keys before any body is read
     app.add_middleware(Authenticate, sessions=sessions, settings=settings)

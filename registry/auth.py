@@ -25,13 +25,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract.schemas import Scope as S
 from registry.db import SessionFactory
 from registry.errors import Forbidden, RegistryError, Unauthenticated
 from registry.principal import ANONYMOUS, Principal
 from registry.problems import MEDIA_TYPE, db_problem, problem
 from registry.repositories.deployments import model_of_deployment
 from registry.repositories.events import Actor
-from registry.schemas import Scope as S
 from registry.services.audit import record_denied
 from registry.services.common import reading_connection
 from registry.services.keys import authenticate, bearer_token

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
+from contract.schemas import SLUG, check_path
 from registry.auth import principal_of, request_id_of
 from registry.errors import InvalidPath
 from registry.repositories.events import Actor
-from registry.schemas import SLUG, check_path
 from registry.services.aliases import AliasService
 from registry.services.catalog import CatalogService
 from registry.services.common import Context, Selector, parse_selector

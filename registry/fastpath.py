@@ -22,14 +22,14 @@ from pydantic import TypeAdapter
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from registry.app import API_PREFIX
+from contract.paths import API_PREFIX
+from contract.schemas import SLUG, Scope, VersionOut
 from registry.auth import header, incoming_request_id
 from registry.db import utcnow
 from registry.errors import InvalidSelector, Unauthenticated
 from registry.repositories.events import Actor
 from registry.repositories.keys import read_detail_with_key
 from registry.repositories.versions import read_detail
-from registry.schemas import SLUG, Scope, VersionOut
 from registry.services.common import Context, parse_selector, reading_connection, version_out
 from registry.services.keys import bearer_token, record_use, token_prefix, verify_key
 

@@ -29,7 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry import logs
+from contract import logs
 from registry.auth import REQUEST_ID, incoming_request_id
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from registry.schemas import Scope
+from contract.schemas import Scope
 
 # Scopes that carry others with them; `worker` carries nothing (and nothing carries it but
 # `admin`): a worker key can do exactly what workers and serving processes need.

@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from contract.schemas import Problem
 from registry.errors import (
     BadRequest,
     Conflict,
@@ -27,7 +28,6 @@ from registry.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from registry.schemas import Problem
 from storage.base import ArtifactNotFound, InvalidUpload, StorageUnavailable
 
 log = logging.getLogger("modelplane.registry")

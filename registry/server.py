@@ -14,9 +14,9 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from contract.logs import configure_logging
 from registry.app import create_app
 from registry.fastpath import FastVersionReads
-from registry.logs import configure_logging
 from registry.metrics import MULTIPROC_ENV
 from registry.settings import Settings
 

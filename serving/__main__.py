@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from registry.logs import configure_logging
+from contract.logs import configure_logging
 from serving.artifacts import ArtifactError
 from serving.server import run_workers, serve
 from serving.settings import ServingSettings

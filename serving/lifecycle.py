@@ -15,25 +15,17 @@ import logging
 import queue
 import threading
 import urllib.request
-from enum import StrEnum
 from typing import Any, Protocol
 
 import orjson
 
+from contract.enums import EndpointStatus
+
 log = logging.getLogger("serving.lifecycle")
 
 
-class EndpointState(StrEnum):
-    loading = "loading"
-    warming = "warming"
-    ready = "ready"
-    draining = "draining"
-    stopped = "stopped"
-    failed = "failed"
-
-
 class Lifecycle(Protocol):
-    def changed(self, state: EndpointState, reason: str | None = None) -> None:
+    def changed(self, state: EndpointStatus, reason: str | None = None) -> None:
         """Called on each transition, from any thread; must not raise or block for long."""
 
     def close(self, timeout: float = 5.0) -> None:
@@ -41,7 +33,7 @@ class Lifecycle(Protocol):
 
 
 class LoggingLifecycle:
-    def changed(self, state: EndpointState, reason: str | None = None) -> None:
+    def changed(self, state: EndpointStatus, reason: str | None = None) -> None:
         log.info("endpoint %s%s", state.value, f": {reason}" if reason else "")
 
     def close(self, timeout: float = 5.0) -> None:
@@ -66,15 +58,15 @@ class HttpAnnouncer:
         self._request_id = request_id  # the control plane's events about us carry it
         self._endpoint = endpoint
         self._heartbeat_s = heartbeat_s
-        self._state = EndpointState.loading
+        self._state = EndpointStatus.loading
         self._id: str | None = None
-        self._changes: queue.SimpleQueue[tuple[EndpointState, str | None] | None] = (
+        self._changes: queue.SimpleQueue[tuple[EndpointStatus, str | None] | None] = (
             queue.SimpleQueue()
         )
         self._thread = threading.Thread(target=self._run, name="announcer", daemon=True)
         self._thread.start()
 
-    def changed(self, state: EndpointState, reason: str | None = None) -> None:
+    def changed(self, state: EndpointStatus, reason: str | None = None) -> None:
         LoggingLifecycle().changed(state, reason)
         self._changes.put((state, reason))
 
@@ -94,12 +86,12 @@ class HttpAnnouncer:
             self._state = change[0]
             self._send(*change)
 
-    def _send(self, state: EndpointState, reason: str | None) -> None:
+    def _send(self, state: EndpointStatus, reason: str | None) -> None:
         body = {"status": state.value, "reason": reason}
         if self._id is None:
             answer = self._call("POST", "/endpoints", {**self._endpoint, **body})
             self._id = str(answer["id"]) if answer and "id" in answer else None
-        elif state is EndpointState.stopped:
+        elif state is EndpointStatus.stopped:
             self._call("DELETE", f"/endpoints/{self._id}", None)
         else:
             self._call("POST", f"/endpoints/{self._id}/heartbeat", body)

@@ -2,8 +2,7 @@
 
 Parsing is hand-written over `orjson` output rather than pydantic models: this is the hot
 path, and a binary tensor must stay a `numpy.frombuffer` view of the request body.
-BF16 has no numpy dtype, so it travels as its raw 16-bit pattern (`uint16`) until the
-runtime reinterprets it.
+The datatype table is ``contract.dtypes`` (BF16 travels as its raw 16-bit pattern).
 """
 
 from __future__ import annotations
@@ -16,22 +15,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BF16": np.dtype(np.uint16),
-}
-DATATYPES = frozenset(NUMERIC_DTYPES) | {"BYTES"}
+from contract.dtypes import DATATYPES, NUMERIC_DTYPES
+
 MAX_ELEMENTS = 1 << 31  # a declared shape beyond this is refused before anything is allocated
 _LEN = struct.Struct("<I")
 

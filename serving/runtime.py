@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from contract.dtypes import torch_datatype
 from serving.artifacts import ArtifactError, Signature, find_graph_file
 from serving.protocol import OutputTensor, TensorSpec
 from serving.settings import Device, ModelFormat
@@ -22,19 +23,6 @@ from serving.settings import Device, ModelFormat
 # Binary inputs are read-only views of the request body; models do not write their inputs.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
-
-TORCH_TO_V2: dict[torch.dtype, str] = {
-    torch.bool: "BOOL",
-    torch.uint8: "UINT8",
-    torch.int8: "INT8",
-    torch.int16: "INT16",
-    torch.int32: "INT32",
-    torch.int64: "INT64",
-    torch.float16: "FP16",
-    torch.float32: "FP32",
-    torch.float64: "FP64",
-    torch.bfloat16: "BF16",
-}
 
 
 class Runtime(Protocol):
@@ -241,7 +229,7 @@ def _spec_from_fake(name: str, value: Any) -> TensorSpec:
     if not isinstance(value, torch.Tensor):
         raise ArtifactError(f"export input {name!r} is not a tensor; give a --signature")
     shape = [d if isinstance(d, int) else -1 for d in value.shape]
-    return TensorSpec(name, TORCH_TO_V2.get(value.dtype, "FP32"), shape)
+    return TensorSpec(name, torch_datatype(value.dtype) or "FP32", shape)
 
 
 def example_input(spec: TensorSpec) -> np.ndarray[Any, Any]:
@@ -290,7 +278,7 @@ def _to_output(value: Any) -> OutputTensor:
         value = value.cpu()
     if value.dtype == torch.bfloat16:
         return OutputTensor("BF16", value.view(torch.int16).numpy().view(np.uint16))
-    datatype = TORCH_TO_V2.get(value.dtype)
+    datatype = torch_datatype(value.dtype)
     if datatype is None:
         raise TypeError(f"model output dtype {value.dtype} has no v2 datatype")
     return OutputTensor(datatype, value.numpy())

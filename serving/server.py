@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from serving.app import ServingApp
 from serving.artifacts import parse_signature, verify_sha256
 from serving.batching import Batcher
-from serving.lifecycle import EndpointState, HttpAnnouncer, Lifecycle, LoggingLifecycle
+from serving.lifecycle import EndpointStatus, HttpAnnouncer, Lifecycle, LoggingLifecycle
 from serving.metrics import ServingMetrics
 from serving.runtime import Runtime, TorchRuntime, example_input
 from serving.settings import Executor, ModelFormat, ServingSettings
@@ -57,7 +57,7 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.serving_app.draining:
             self.serving_app.draining = True
-            self.lifecycle.changed(EndpointState.draining)
+            self.lifecycle.changed(EndpointStatus.draining)
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C stops waiting for in-flight calls
         else:
@@ -153,7 +153,7 @@ def serve(settings: ServingSettings, *, reuse_port: bool = False) -> int:
     app.batcher.stop()
     app.runtime.unload()
     if not failed:
-        lifecycle.changed(EndpointState.stopped)
+        lifecycle.changed(EndpointStatus.stopped)
     lifecycle.close()
     return 1 if failed else 0
 
@@ -175,7 +175,7 @@ async def _serve(
     async def load() -> None:
         try:
             seconds = await loop.run_in_executor(None, _load, app, settings, lifecycle)
-            lifecycle.changed(EndpointState.warming)
+            lifecycle.changed(EndpointStatus.warming)
             call_ms = await loop.run_in_executor(None, _time_call, app.runtime)
             inline = _choose_inline(settings, call_ms)
             log.info(
@@ -189,12 +189,12 @@ async def _serve(
             reason = f"{type(exc).__name__}: {exc}"
             log.error("cannot serve %s: %s", settings.path, reason)
             failure.append(reason)
-            lifecycle.changed(EndpointState.failed, reason)
+            lifecycle.changed(EndpointStatus.failed, reason)
             server.should_exit = True
             return
         app.metrics.load_seconds.set(seconds)
         app.mark_ready()
-        lifecycle.changed(EndpointState.ready)
+        lifecycle.changed(EndpointStatus.ready)
 
     loader = asyncio.create_task(load())
     await server.serve(sockets=[sock])
@@ -208,7 +208,7 @@ def _load(app: ServingApp, settings: ServingSettings, lifecycle: Lifecycle) -> f
     (all but pickle) are hashed on a thread while they load, and the model serves only once
     the digests match; pickle is hashed first."""
     started = time.perf_counter()
-    lifecycle.changed(EndpointState.loading)
+    lifecycle.changed(EndpointStatus.loading)
     if settings.sha256_verified:  # the worker's cache vouches for the bytes
         app.runtime.load(settings.path)
         return time.perf_counter() - started

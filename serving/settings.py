@@ -8,18 +8,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-class ModelFormat(StrEnum):
-    torchscript = "torchscript"
-    torch_export = "torch_export"
-    safetensors = "safetensors"
-    pickle = "pickle"
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+from contract.enums import Device, ModelFormat
 
 
 class Executor(StrEnum):

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from devstack.seaweed import SeaweedServer
 from storage import ArtifactStore, FileSystemArtifactStore, S3ArtifactStore
-from tests.support.seaweed import SeaweedServer
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response, status
 
+from contract.schemas import AliasMove, AliasOut, AliasSet, Page
 from registry.deps import AliasDep, AliasPath, Cursor, Limit, ModelNamePath
 from registry.problems import problem_responses
-from registry.schemas import AliasMove, AliasOut, AliasSet, Page
 from registry.services.aliases import Preconditions, TaggedAlias
 
 router = APIRouter(prefix="/models/{name}/aliases", tags=["aliases"])

@@ -5,9 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 
-from registry.deps import Cursor, DeploymentDep, DeploymentNamePath, Limit
-from registry.problems import problem_responses
-from registry.schemas import (
+from contract.schemas import (
     DeploymentCreate,
     DeploymentOut,
     DeploymentUpdate,
@@ -17,6 +15,8 @@ from registry.schemas import (
     RevisionOut,
     RollbackRequest,
 )
+from registry.deps import Cursor, DeploymentDep, DeploymentNamePath, Limit
+from registry.problems import problem_responses
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
+from contract.schemas import EndpointHeartbeat, EndpointOut, EndpointRegister
 from registry.deps import FleetDep
 from registry.problems import problem_responses
-from registry.schemas import EndpointHeartbeat, EndpointOut, EndpointRegister
 
 router = APIRouter(prefix="/endpoints", tags=["endpoints"])
 EndpointId = Annotated[str, Path(max_length=64, description="the endpoint's id")]

@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
+from contract.schemas import DeploymentName, EventOut, ModelName, Page
 from registry.deps import CatalogDep, Cursor, Limit
 from registry.problems import problem_responses
-from registry.schemas import DeploymentName, EventOut, ModelName, Page
 
 router = APIRouter(prefix="/events", tags=["events"])
 

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
+from contract.schemas import FileOut, MultipartOut
 from registry.deps import FileDep, FilePathDep, ModelNamePath, SelectorDep
 from registry.problems import problem, problem_responses
-from registry.schemas import FileOut, MultipartOut
 
 router = APIRouter(prefix="/models/{name}/versions/{v}/files", tags=["files"])
 

@@ -8,8 +8,8 @@ from typing import BinaryIO
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
+from contract.schemas import SLUG, check_path
 from registry.errors import BadRequest, InvalidPath, TooLarge, UnsupportedMediaType
-from registry.schemas import SLUG, check_path
 from registry.services.files import OneShotUpload
 
 FORM_OVERHEAD = 2**20  # room for boundaries and the small fields beside the files

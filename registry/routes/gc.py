@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from contract.schemas import GcReport
 from registry.deps import GcDep
 from registry.problems import problem_responses
-from registry.schemas import GcReport
 
 router = APIRouter(prefix="/gc", tags=["operations"])
 

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import text
 
+from contract.schemas import Health
 from registry.db import utcnow
 from registry.metrics import CONTENT_TYPE, gauge
 from registry.problems import problem_responses
 from registry.repositories.stats import StatsRepository
-from registry.schemas import Health
 from registry.services.common import reading
 
 log = logging.getLogger("modelplane.registry")

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
+from contract.schemas import KeyCreate, KeyCreated, KeyOut, Page
 from registry.deps import Cursor, KeyDep, Limit
 from registry.problems import problem_responses
-from registry.schemas import KeyCreate, KeyCreated, KeyOut, Page
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 KeyId = Annotated[str, Path(max_length=32, pattern=r"^[0-9a-f]{1,32}$", description="the key's id")]

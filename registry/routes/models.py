@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
+from contract.schemas import ModelCreate, ModelOut, ModelUpdate, Page
 from registry.deps import CatalogDep, Cursor, Limit, ModelNamePath
 from registry.errors import BadRequest
 from registry.problems import problem_responses
-from registry.schemas import ModelCreate, ModelOut, ModelUpdate, Page
 
 router = APIRouter(prefix="/models", tags=["models"])
 

@@ -6,10 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from registry.deps import CatalogDep, Cursor, FileDep, Limit, ModelNamePath, SelectorDep
-from registry.problems import problem_responses
-from registry.routes.forms import parse_upload_form
-from registry.schemas import (
+from contract.schemas import (
     Page,
     VersionCreate,
     VersionOut,
@@ -17,6 +14,9 @@ from registry.schemas import (
     VersionSummary,
     VersionUpdate,
 )
+from registry.deps import CatalogDep, Cursor, FileDep, Limit, ModelNamePath, SelectorDep
+from registry.problems import problem_responses
+from registry.routes.forms import parse_upload_form
 
 router = APIRouter(prefix="/models/{name}", tags=["versions"])
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
+from contract.schemas import DeliveryOut, Page, WebhookCreate, WebhookCreated, WebhookOut
 from registry.deps import Cursor, Limit, WebhookDep
 from registry.problems import problem_responses
-from registry.schemas import DeliveryOut, Page, WebhookCreate, WebhookCreated, WebhookOut
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 

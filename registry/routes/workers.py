@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, status
 
+from contract.schemas import Assignments, Page, WorkerHeartbeat, WorkerOut, WorkerRegister
 from registry.deps import Cursor, FleetDep, Limit
 from registry.problems import problem_responses
-from registry.schemas import Assignments, Page, WorkerHeartbeat, WorkerOut, WorkerRegister
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 WorkerId = Annotated[str, Path(max_length=64, description="the worker's id")]

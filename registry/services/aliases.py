@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from contract.schemas import AliasMove, AliasOut, Page, Scope
 from registry.errors import (
     AliasChanged,
     AliasNotFound,
@@ -18,7 +19,6 @@ from registry.repositories.base import decode_cursor
 from registry.repositories.events import EventRepository
 from registry.repositories.models import ModelRepository
 from registry.repositories.versions import VersionRepository
-from registry.schemas import AliasMove, AliasOut, Page, Scope
 from registry.services.common import Context, reading, to_page
 from registry.services.deployments import follow_alias
 from registry.tables import AliasHistoryRow

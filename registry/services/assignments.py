@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contract.schemas import Assignment, AssignmentFile, Assignments, DeploymentSpec, Desired
 from registry.repositories.deployments import ReplicaRepository
 from registry.repositories.fleet import revision_details, version_files
-from registry.schemas import Assignment, AssignmentFile, Assignments, DeploymentSpec, Desired
 from registry.services.common import file_url
 
 

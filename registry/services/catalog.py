@@ -10,6 +10,18 @@ from typing import Any
 from anyio import to_thread
 from sqlalchemy import Row
 
+from contract.schemas import (
+    EventOut,
+    ModelCreate,
+    ModelOut,
+    ModelUpdate,
+    Page,
+    VersionCreate,
+    VersionOut,
+    VersionStatus,
+    VersionSummary,
+    VersionUpdate,
+)
 from registry.db import utcnow
 from registry.errors import (
     FilesMissing,
@@ -29,18 +41,6 @@ from registry.repositories.versions import (
     Selector,
     VersionRepository,
     read_detail,
-)
-from registry.schemas import (
-    EventOut,
-    ModelCreate,
-    ModelOut,
-    ModelUpdate,
-    Page,
-    VersionCreate,
-    VersionOut,
-    VersionStatus,
-    VersionSummary,
-    VersionUpdate,
 )
 from registry.services.aliases import move_alias
 from registry.services.common import (

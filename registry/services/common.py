@@ -13,13 +13,8 @@ from urllib.parse import quote
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from registry.db import SessionFactory
-from registry.errors import InvalidSelector
-from registry.principal import ANONYMOUS, Principal
-from registry.repositories.base import encode_cursor
-from registry.repositories.events import Actor
-from registry.repositories.versions import Selector
-from registry.schemas import (
+from contract.paths import API_PREFIX
+from contract.schemas import (
     AliasName,
     FileOut,
     MultipartOffer,
@@ -28,13 +23,18 @@ from registry.schemas import (
     VersionOut,
     VersionStatus,
 )
+from registry.db import SessionFactory
+from registry.errors import InvalidSelector
+from registry.principal import ANONYMOUS, Principal
+from registry.repositories.base import encode_cursor
+from registry.repositories.events import Actor
+from registry.repositories.versions import Selector
 from registry.settings import Settings
 from storage.base import ArtifactStore, DirectUploadStore
 
 if TYPE_CHECKING:  # registry.metrics imports registry.auth, which imports services
     from registry.metrics import ControlPlaneMetrics
 
-API_PREFIX = "/api/v1"
 _ALIAS = re.compile(r"^@[a-z0-9][a-z0-9._-]{0,62}$")
 MAX_PARTS = 10_000
 

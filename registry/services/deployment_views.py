@@ -6,10 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry.db import utcnow
-from registry.repositories.deployments import DeploymentRepository, ReplicaRepository
-from registry.repositories.fleet import WorkerRepository
-from registry.schemas import (
+from contract.schemas import (
     DeploymentOut,
     DeploymentSpec,
     DeploymentStatus,
@@ -22,6 +19,9 @@ from registry.schemas import (
     RevisionOut,
     RevisionReason,
 )
+from registry.db import utcnow
+from registry.repositories.deployments import DeploymentRepository, ReplicaRepository
+from registry.repositories.fleet import WorkerRepository
 from registry.services.common import Context
 from registry.tables import DeploymentRow, EndpointRow, ReplicaRow, RevisionRow, WorkerRow
 

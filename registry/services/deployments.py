@@ -7,6 +7,18 @@ from typing import TypeAlias
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contract.schemas import (
+    DeploymentCreate,
+    DeploymentOut,
+    DeploymentSpec,
+    DeploymentUpdate,
+    Device,
+    EndpointOut,
+    Page,
+    ReplicaOut,
+    RevisionOut,
+    RevisionReason,
+)
 from registry.errors import (
     AliasNotFound,
     DeploymentDeleting,
@@ -24,18 +36,6 @@ from registry.repositories.events import EventRepository
 from registry.repositories.fleet import EndpointRepository
 from registry.repositories.models import ModelRepository
 from registry.repositories.versions import VersionRepository
-from registry.schemas import (
-    DeploymentCreate,
-    DeploymentOut,
-    DeploymentSpec,
-    DeploymentUpdate,
-    Device,
-    EndpointOut,
-    Page,
-    ReplicaOut,
-    RevisionOut,
-    RevisionReason,
-)
 from registry.services.common import Context, reading, to_page
 from registry.services.deployment_views import (
     deployment_out,

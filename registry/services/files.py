@@ -16,6 +16,15 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from anyio import CancelScope, to_thread
 
+from contract.schemas import (
+    CompletedPart,
+    FileOut,
+    FileSpec,
+    MultipartOut,
+    PartUrl,
+    VersionCreate,
+    VersionOut,
+)
 from registry.errors import (
     BlobMissing,
     Conflict,
@@ -32,15 +41,6 @@ from registry.repositories.events import EventRepository
 from registry.repositories.models import ModelRepository
 from registry.repositories.uploads import UploadRepository
 from registry.repositories.versions import BlobRepository, Selector, VersionRepository
-from registry.schemas import (
-    CompletedPart,
-    FileOut,
-    FileSpec,
-    MultipartOut,
-    PartUrl,
-    VersionCreate,
-    VersionOut,
-)
 from registry.services.catalog import CatalogService
 from registry.services.common import Context, reading
 from registry.tables import UploadRow

@@ -9,13 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from registry.db import utcnow
-from registry.errors import EndpointNotFound, ReplicaNotFound, WorkerNotFound
-from registry.repositories.base import decode_cursor
-from registry.repositories.deployments import DeploymentRepository, ReplicaRepository, new_id
-from registry.repositories.events import EventRepository
-from registry.repositories.fleet import EndpointRepository, WorkerRepository
-from registry.schemas import (
+from contract.schemas import (
     Assignments,
     EndpointHeartbeat,
     EndpointOut,
@@ -26,8 +20,14 @@ from registry.schemas import (
     WorkerOut,
     WorkerRegister,
 )
+from registry.db import SessionFactory, utcnow
+from registry.errors import EndpointNotFound, ReplicaNotFound, WorkerNotFound
+from registry.repositories.base import decode_cursor
+from registry.repositories.deployments import DeploymentRepository, ReplicaRepository, new_id
+from registry.repositories.events import EventRepository
+from registry.repositories.fleet import EndpointRepository, WorkerRepository, ready_urls
 from registry.services.assignments import assignments_for
-from registry.services.common import Context, reading, to_page
+from registry.services.common import Context, reading, reading_connection, to_page
 from registry.services.deployment_views import endpoint_out
 from registry.services.deployments import Changed, ignore
 from registry.services.placement import Capacity
@@ -381,3 +381,17 @@ async def set_state(
                 "revision": replica.revision,
             },
         )
+
+
+class ReadyEndpoints:
+    """The gateway's ``EndpointSource`` in the embedded process: a deployment's ready
+    endpoints whose heartbeat is fresher than a lease, in one read."""
+
+    def __init__(self, sessions: SessionFactory, lease_ttl_s: float) -> None:
+        self._sessions = sessions
+        self._stale_after = timedelta(seconds=lease_ttl_s)
+
+    async def __call__(self, deployment: str) -> list[str] | None:
+        since = utcnow() - self._stale_after
+        async with reading_connection(self._sessions) as connection:
+            return await ready_urls(connection, deployment, since)

@@ -22,10 +22,10 @@ from datetime import datetime, timedelta
 from anyio import to_thread
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from contract.schemas import GcBlob, GcReport, GcUpload
 from registry.db import utcnow
 from registry.repositories.events import EventRepository
 from registry.repositories.gc import GcRepository, advisory_lock
-from registry.schemas import GcBlob, GcReport, GcUpload
 from registry.services.common import Context
 from storage.base import BLOB_PREFIX, ObjectInfo, StorageError
 

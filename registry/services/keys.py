@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from contract.schemas import KeyCreate, KeyCreated, KeyOut, Page, Scope
 from registry.db import SessionFactory, utcnow
 from registry.errors import Forbidden, Unauthenticated
 from registry.principal import Principal, effective
@@ -29,7 +30,6 @@ from registry.repositories.keys import (
     key_by_prefix,
     touch_key,
 )
-from registry.schemas import KeyCreate, KeyCreated, KeyOut, Page, Scope
 from registry.services.common import Actor, reading_connection, to_page
 from registry.tables import ApiKeyRow
 

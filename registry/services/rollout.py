@@ -12,11 +12,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contract.schemas import DeploymentSpec
 from registry.db import utcnow
 from registry.repositories.deployments import DeploymentRepository, ReplicaRepository
 from registry.repositories.events import Actor, EventRepository
 from registry.repositories.versions import VersionRepository
-from registry.schemas import DeploymentSpec
 from registry.services.common import Context
 from registry.services.placement import SERVING_DONE, Capacity, fleet_room
 from registry.tables import DeploymentRow, ReplicaRow, RevisionRow

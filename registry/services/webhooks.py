@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
+from contract.schemas import DeliveryOut, Page, WebhookCreate, WebhookCreated, WebhookOut
 from registry.db import SessionFactory, utcnow
 from registry.repositories.base import decode_cursor
 from registry.repositories.events import EventRepository
 from registry.repositories.webhooks import OutboxRepository, WebhookRepository
-from registry.schemas import DeliveryOut, Page, WebhookCreate, WebhookCreated, WebhookOut
 from registry.services.common import Context, to_page
 from registry.settings import Settings
 from registry.tables import DeliveryRow, WebhookRow

@@ -22,7 +22,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from registry.schemas import SLUG
+from contract.paths import API_PREFIX
+from contract.schemas import SLUG
 
 HERE = Path(__file__).parent
 NAME = re.compile(SLUG)
@@ -134,7 +135,7 @@ def _slug(request: Request, param: str) -> str:
     return value
 
 
-def create_ui(api_prefix: str = "/api/v1") -> Starlette:
+def create_ui(api_prefix: str = API_PREFIX) -> Starlette:
     """The dashboard app; mount it at ``/ui`` beside the API served under ``api_prefix``."""
     ui = Dashboard(api_prefix)
     routes = [

@@ -14,9 +14,9 @@ import pytest
 
 from client import Client
 from client.config import read_credentials
+from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
 from tests.e2e.platform import ControlPlane, Process, base_env, free_port, wait_for
 from tests.support.recording_proxy import RecordingProxy
-from tests.support.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
 
 PART_SIZE = 5 * 2**20  # S3's smallest part
 MULTIPART_THRESHOLD = 8 * 2**20
@@ -42,7 +42,7 @@ class Up:
 
 @pytest.fixture(scope="package")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    """`python -m client up` on a free port with a temporary MODELPLANE_HOME."""
+    """`python -m cli up` on a free port with a temporary MODELPLANE_HOME."""
     home = tmp_path_factory.mktemp("up-home")
     port = free_port()
     env = {
@@ -51,7 +51,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         "MODELPLANE_WORKER_CPU_SLOTS": "4",  # two tests' deployments, each mid-rollout
         "MODELPLANE_WORKER_DRAIN_TIMEOUT_S": "10",
     }
-    args = ["-m", "client", "up", "--home", str(home), "--port", str(port)]
+    args = ["-m", "cli", "up", "--home", str(home), "--port", str(port)]
     process = Process(args, home / "up.log", env)
     platform = Up(process, f"http://127.0.0.1:{port}", home)
     try:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
+from cli.app import app
 from client import Client, Unauthorized
-from client.cli import app
 from tests.client.conftest import Up, unique
 from tests.client.test_sdk import Mlp, delete_and_wait
 from tests.e2e.platform import REPO, base_env, free_port
@@ -128,7 +128,7 @@ def test_deploy_endpoints_infer_and_rollback(up: Up, tmp_path: Path) -> None:
 
 def test_an_error_is_one_line_on_stderr_and_a_non_zero_exit(up: Up) -> None:
     env = {**base_env(), "MODELPLANE_URL": up.url, "MODELPLANE_TOKEN": up.token or ""}
-    command = [sys.executable, "-m", "client", "models", "show", "no-such-model"]
+    command = [sys.executable, "-m", "cli", "models", "show", "no-such-model"]
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [

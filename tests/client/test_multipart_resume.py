@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from client import TransferEvent
-from registry.schemas import VersionStatus
+from contract.schemas import VersionStatus
 from tests.client.conftest import PART_SIZE, S3Plane, unique
 from tests.e2e.platform import REPO, base_env, wait_for
 
@@ -155,7 +155,7 @@ def test_a_killed_cli_push_is_resumed_by_the_next_one(s3_plane: S3Plane, tmp_pat
     data = os.urandom(SIZE)
     (tmp_path / "weights.bin").write_bytes(data)
     env = {**base_env(), "MODELPLANE_URL": s3_plane.cp.url, "MODELPLANE_HOME": str(tmp_path)}
-    command = [sys.executable, "-m", "client", "push", model, str(tmp_path / "weights.bin")]
+    command = [sys.executable, "-m", "cli", "push", model, str(tmp_path / "weights.bin")]
     command += ["--format", "safetensors", "--parallel", "1", "-o", "json"]
     proxy = s3_plane.store_proxy
     start = len(proxy.part_uploads())

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from client import Client, Conflict, DigestMismatch, NotFound, TransferEvent, ValidationError
 from client.errors import ModelplaneError
-from registry.schemas import DeploymentStatus, VersionStatus
+from contract.schemas import DeploymentStatus, VersionStatus
 from tests.client.conftest import Up, unique
 from tests.e2e.platform import wait_for
 

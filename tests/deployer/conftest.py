@@ -22,7 +22,7 @@ def embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def embedded(embedded_home: Path) -> Iterator[str]:
     home = embedded_home
     port = free_port()
-    args = ["-m", "client", "up", "--no-worker", "--home", str(home), "--port", str(port)]
+    args = ["-m", "cli", "up", "--no-worker", "--home", str(home), "--port", str(port)]
     cp = Process(args, home / "up.log", base_env())
     url = f"http://127.0.0.1:{port}"
     try:

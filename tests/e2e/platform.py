@@ -99,7 +99,7 @@ def mint(database_url: str, name: str, scopes: list[str]) -> str:
     """A key straight in the (migrated) database, as `modelplane keys create --offline`."""
     import asyncio
 
-    from registry.schemas import KeyCreate
+    from contract.schemas import KeyCreate
     from registry.services.keys import mint_key
 
     body = KeyCreate.model_validate({"name": name, "scopes": scopes})
@@ -107,7 +107,7 @@ def mint(database_url: str, name: str, scopes: list[str]) -> str:
 
 
 class ControlPlane(Process):
-    """`python -m client server --migrate` with the given MODELPLANE_* settings (auth on:
+    """`python -m cli server --migrate` with the given MODELPLANE_* settings (auth on:
     ``mint_keys`` after ``wait_ready`` gives it an admin and a worker key)."""
 
     token: str | None = None  # admin
@@ -120,7 +120,7 @@ class ControlPlane(Process):
         self.api = f"{self.url}/api/v1"
         env = {**base_env(), "MODELPLANE_HOST": "127.0.0.1", "MODELPLANE_PORT": str(self.port)}
         env.update(settings)
-        super().__init__(["-m", "client", "server", "--migrate"], log_dir / "cp.log", env)
+        super().__init__(["-m", "cli", "server", "--migrate"], log_dir / "cp.log", env)
 
     def wait_ready(self, timeout: float = 60.0) -> ControlPlane:
         def ready() -> bool:

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from client import netns
+from devstack import netns
 from tests.e2e.platform import (
     REPO,
     SIGNATURE,
@@ -94,7 +94,7 @@ def modelplane_stack(home: Path, database: str, *flags: str) -> Iterator[Running
     leaves no process, namespace or veth behind."""
     output = home.with_name(f"{home.name}.out")
     argv = [
-        sys.executable, "-m", "client", "stack", "--home", str(home), "--port", "0",
+        sys.executable, "-m", "cli", "stack", "--home", str(home), "--port", "0",
         "--database", database, "--postgres", ADMIN_DSN.rsplit("/", 1)[0], *flags,
     ]  # fmt: skip
     with output.open("ab") as out:

@@ -162,7 +162,7 @@ def test_every_process_serves_metrics(plane: Platform, tmp_path: Path) -> None:
 
 
 def test_gc_dry_run_from_the_command_line(plane: Platform) -> None:
-    command = [sys.executable, "-m", "client", "--url", plane.cp.url, "--token", plane.token or ""]
+    command = [sys.executable, "-m", "cli", "--url", plane.cp.url, "--token", plane.token or ""]
     run = subprocess.run(
         [*command, "gc", "--dry-run", "-o", "json"],
         cwd=REPO, env=base_env(), capture_output=True, text=True, timeout=60,

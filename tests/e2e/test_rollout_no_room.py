@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from devstack.seaweed import SeaweedServer
 from tests.e2e.conftest import Platform, running_platform
 from tests.e2e.deploy_helpers import Caller, api, deployment, infer_json, wait_serving
 from tests.e2e.platform import (
@@ -23,7 +24,6 @@ from tests.e2e.platform import (
     torchscript_bytes,
     wait_for,
 )
-from tests.support.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.timeout(300)
 

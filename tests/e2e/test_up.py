@@ -45,7 +45,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
     log = (home / "up.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client", "up", "--home", str(home), "--port", str(port)],
+        [sys.executable, "-m", "cli", "up", "--home", str(home), "--port", str(port)],
         cwd=home,
         env=env,
         stdout=log,
@@ -190,7 +190,7 @@ def test_keys_cli_over_the_api_with_the_saved_key(platform: tuple[str, Path]) ->
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "client", "keys", *args],
+            [sys.executable, "-m", "cli", "keys", *args],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
 

@@ -14,8 +14,8 @@ import aiohttp
 import httpx
 import orjson
 
+from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
 from tests.e2e.platform import ControlPlane
-from tests.support.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
 
 API = "/api/v1"
 
@@ -43,7 +43,7 @@ def s3_env(endpoint_url: str) -> dict[str, str]:
 
 
 def start_cp(log_dir: Path, env: dict[str, str], name: str = "cp") -> ControlPlane:
-    """A control plane (``python -m client server --migrate``), its log in ``log_dir/name``."""
+    """A control plane (``python -m cli server --migrate``), its log in ``log_dir/name``."""
     (log_dir / name).mkdir(parents=True, exist_ok=True)
     return ControlPlane(log_dir / name, env).wait_ready()
 

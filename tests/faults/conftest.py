@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import pytest
 
+from devstack.seaweed import SeaweedServer
 from tests.e2e.conftest import Platform
 from tests.e2e.platform import ControlPlane
 from tests.faults.cluster import cp_env, s3_env
 from tests.pg import postgres_unavailable, throwaway_database
-from tests.support.seaweed import SeaweedServer
 
 
 def need_postgres() -> None:

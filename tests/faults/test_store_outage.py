@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.seaweed import SeaweedServer
 from tests.e2e.platform import ControlPlane
 from tests.faults.cluster import API, cp_env, manifest, s3_env, sha, start_cp
 from tests.support.s3faults import Fault, FaultyS3Server, S3Request, nth
-from tests.support.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.timeout(180)
 MiB = 2**20

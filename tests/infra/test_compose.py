@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from client.cli import app as cli_app
+from cli.app import app as cli_app
 from deployer.__main__ import build_parser as deployer_parser
 from deployer.settings import WorkerSettings
 from registry.app import create_app

@@ -18,9 +18,9 @@ import asyncpg
 import httpx
 import pytest
 
-from client import netns
-from client.balancer import Balancer
-from client.stack import StackError, ensure_database, free_port
+from devstack import netns
+from devstack.balancer import Balancer
+from devstack.stack import StackError, ensure_database, free_port
 from tests.pg import ADMIN_DSN, drop_database, postgres_unavailable, run
 
 
@@ -147,7 +147,7 @@ def test_stack_without_postgres_stops_with_the_reason(tmp_path: Path) -> None:
     """`modelplane stack` against a server that is not there: exit 1 naming it, no child
     left, no namespace made."""
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", "client", "stack", "--home", str(tmp_path), "--port", "0",
+    argv = [sys.executable, "-m", "cli", "stack", "--home", str(tmp_path), "--port", "0",
             "--postgres", dead, "--netns", "off"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
@@ -157,7 +157,7 @@ def test_stack_without_postgres_stops_with_the_reason(tmp_path: Path) -> None:
 def test_stack_on_a_taken_port_stops_before_starting_anything(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        argv = [sys.executable, "-m", "client", "stack", "--home", str(tmp_path),
+        argv = [sys.executable, "-m", "cli", "stack", "--home", str(tmp_path),
                 "--port", str(port), "--netns", "off"]  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr

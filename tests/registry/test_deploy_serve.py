@@ -152,7 +152,7 @@ def test_stable_url_forwards_to_ready_endpoints(plane: Plane, tmp_path: Path) ->
 def test_stable_url_streams_large_bodies_both_ways(plane: Plane, tmp_path: Path) -> None:
     """Bodies past ``STREAM_AFTER`` go through as streams, and a call whose endpoint cannot
     be reached before its first byte went out is still retried on another."""
-    from registry.serve import STREAM_AFTER
+    from gateway.stable_url import STREAM_AFTER
 
     model, name = f"m-{uuid.uuid4().hex[:8]}", "big-bodies"
     path, module = publish_mlp(plane, tmp_path, model)

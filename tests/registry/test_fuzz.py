@@ -61,7 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
         "MODELPLANE_PORT": str(port),
         "MODELPLANE_MAX_UPLOAD_BYTES": str(2**20),
     }
-    process = Process(["-m", "client", "server", "--migrate"], home / "server.log", env)
+    process = Process(["-m", "cli", "server", "--migrate"], home / "server.log", env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for("server", lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, process.log)

@@ -18,11 +18,11 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.engine import make_url
 
+from contract.schemas import FileSpec, VersionCreate
 from registry.db import SessionFactory
 from registry.repositories.events import Actor
 from registry.repositories.gc import GC_LOCK_KEY
 from registry.repositories.versions import BlobRepository
-from registry.schemas import FileSpec, VersionCreate
 from registry.services.catalog import CatalogService
 from registry.services.common import Context
 from registry.services.gc import GcService

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from contract.schemas import KeyCreate, Scope
 from registry.app import create_app
-from registry.schemas import KeyCreate, Scope
 from registry.services.keys import mint_key
 from registry.settings import Settings
 from tests import pg

@@ -140,8 +140,8 @@ async def test_one_shot_upload_on_s3(s3_client: httpx.AsyncClient, s3_model: str
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_store_down_is_503(settings: Settings, sessions: SessionFactory) -> None:
+    from devstack.seaweed import free_ports
     from storage import make_s3_client
-    from tests.support.seaweed import free_ports
 
     port = free_ports(1)[0]
     client = make_s3_client(

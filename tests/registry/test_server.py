@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.seaweed import free_ports
+from devstack.seaweed import free_ports
 
 STARTUP_TIMEOUT = 30.0
 

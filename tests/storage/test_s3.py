@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
 from storage import (
     ArtifactNotFound,
     ArtifactStore,
@@ -23,7 +24,6 @@ from storage import (
     S3ArtifactStore,
     open_store,
 )
-from tests.support.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
 
 MiB = 2**20
 PART = 5 * MiB

@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from registry.schemas import KeyCreate, Scope
+from contract.schemas import KeyCreate, Scope
 from registry.services.keys import mint_key
 from tests.e2e.platform import REPO, ControlPlane
 

@@ -11,12 +11,12 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
+from contract.schemas import KeyCreate, Scope
 from registry.app import create_app
 from registry.db import SessionFactory
 from registry.fastpath import FastVersionReads
 from registry.principal import ANONYMOUS
 from registry.repositories.events import Actor
-from registry.schemas import KeyCreate, Scope
 from registry.services.keys import KeyService
 from registry.settings import Settings
 from storage import FileSystemArtifactStore

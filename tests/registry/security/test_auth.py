@@ -240,7 +240,7 @@ def test_offline_cli_mints_a_working_key(auth_settings: Settings, tmp_path: Path
         pytest.skip("one database is enough for the CLI")
     env = {"MODELPLANE_DATABASE_URL": auth_settings.database_url, "PATH": "/usr/bin:/bin"}
     run = subprocess.run(
-        [sys.executable, "-m", "client", "keys", "create", "--name", "first",
+        [sys.executable, "-m", "cli", "keys", "create", "--name", "first",
          "--scopes", "admin", "--offline"],
         capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
         check=False,

@@ -17,6 +17,14 @@ from pydantic import (
     model_validator,
 )
 
+from contract.enums import (
+    DeploymentStatus,
+    Device,
+    EndpointStatus,
+    ReplicaState,
+    VersionStatus,
+)
+
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 MAX_PATH_LENGTH = 1024
 MAX_SEGMENT_LENGTH = 255
@@ -46,13 +54,6 @@ def check_path(path: str) -> str:
 
 
 FilePath = Annotated[str, AfterValidator(check_path)]
-
-
-class VersionStatus(StrEnum):
-    pending = "pending"
-    ready = "ready"
-    failed = "failed"
-    archived = "archived"
 
 
 class Problem(BaseModel):
@@ -249,44 +250,6 @@ class Health(BaseModel):
 # --- Deployments, workers, endpoints (docs/deployments-contract.md) ---------------------
 
 DeploymentName = Annotated[str, StringConstraints(pattern=SLUG)]
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cuda = "cuda"
-    cpu = "cpu"
-
-
-class DeploymentStatus(StrEnum):
-    pending = "pending"  # no replica of the current revision placed yet (see status_reason)
-    rolling_out = "rolling_out"
-    available = "available"
-    degraded = "degraded"
-    failed = "failed"  # the current revision failed; the previous one keeps serving
-    deleting = "deleting"
-
-
-class ReplicaState(StrEnum):
-    pending = "pending"
-    pulling = "pulling"
-    loading = "loading"
-    warming = "warming"
-    ready = "ready"
-    draining = "draining"
-    stopped = "stopped"
-    unhealthy = "unhealthy"
-    failed = "failed"
-
-
-class EndpointStatus(StrEnum):
-    pulling = "pulling"
-    loading = "loading"
-    warming = "warming"
-    ready = "ready"
-    draining = "draining"
-    unhealthy = "unhealthy"
-    stopped = "stopped"
-    failed = "failed"
 
 
 class Desired(StrEnum):

@@ -28,9 +28,9 @@ from typing import Any
 
 import httpx
 
-from client.balancer import Balancer
-from client.keys_cli import CREDENTIALS, read_credentials
-from client.netns import Host, Hosts, netns_unavailable
+from cli.keys import CREDENTIALS, read_credentials
+from devstack.balancer import Balancer
+from devstack.netns import Host, Hosts, netns_unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90.0
@@ -250,7 +250,7 @@ class Stack:
     def _credentials(self) -> None:
         """As `modelplane up`: an admin key in `home/credentials.json` (minted and printed
         on the first start) and the workers' key (worker scope) beside it."""
-        from client.keys_cli import ensure_up_credentials
+        from cli.keys import ensure_up_credentials
 
         self.worker_token = ensure_up_credentials(self.database_url, self.home, self.url)
         saved = read_credentials(self.home / CREDENTIALS)
@@ -342,7 +342,7 @@ class Stack:
         log_path = self.logs / "migrate.log"
         with log_path.open("ab") as log:
             done = subprocess.run(
-                [sys.executable, "-m", "client", "migrate"],
+                [sys.executable, "-m", "cli", "migrate"],
                 cwd=REPO,
                 env=self._platform_env(),
                 stdin=subprocess.DEVNULL,
@@ -365,7 +365,7 @@ class Stack:
             "MODELPLANE_HEARTBEAT_S": str(self.config.heartbeat_s),
             **self.config.extra_env,
         }
-        argv = [sys.executable, "-m", "client", "server"]
+        argv = [sys.executable, "-m", "cli", "server"]
         child = self._spawn(f"controlplane-{i + 1}", argv, env)
         self.control_planes.append((child, f"http://127.0.0.1:{port}"))
 

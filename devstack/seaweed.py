@@ -175,7 +175,7 @@ class SeaweedServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-if __name__ == "__main__":  # `python -m tests.support.seaweed`: a server to poke at by hand
+if __name__ == "__main__":  # `python -m devstack.seaweed`: a server to poke at by hand
     with SeaweedServer() as server:
         print(server.endpoint_url, "pid", os.getpid(), "(Ctrl-C to stop)", flush=True)
         try:

@@ -1,4 +1,4 @@
-"""`python -m deployer.spare`: an interpreter that imports serving, then waits to become one.
+"""`python -m serving.spare`: an interpreter that imports serving, then waits to become one.
 
 Starting `python -m serving` spends seconds importing torch before it reads a byte of the
 model. The worker keeps one spare started ahead of time: it imports `serving` (and torch

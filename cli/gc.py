@@ -11,8 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from client.output import Output, OutputOpt, show, size, table
-from registry.schemas import GcReport
+from cli.output import Output, OutputOpt, show, size, table
+from contract.paths import API_PREFIX
+from contract.schemas import GcReport
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +30,9 @@ def gc_command(
     """Remove blobs no version, alias or deployment revision refers to, and abandoned
     direct uploads (POST /api/v1/gc). With --dry-run, list what would go."""
     with ctx.obj.client() as sdk:
-        raw = sdk.transport.json("POST", "/api/v1/gc", params={"dry_run": str(dry_run).lower()})
+        raw = sdk.transport.json(
+            "POST", f"{API_PREFIX}/gc", params={"dry_run": str(dry_run).lower()}
+        )
     report = GcReport.model_validate(raw)
     show(output, report, lambda: _table(report))
 

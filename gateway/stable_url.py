@@ -1,16 +1,18 @@
 """The stable URL: ``/serve/{deployment}/v2/...`` forwarded to the deployment's ready endpoints.
 
 A raw ASGI app (no FastAPI routing, validation or dependency injection on the hot path),
-put in front of the API by ``create_app`` (``ServeFront``). Each call goes to the next
+put in front of the control plane's API by ``registry.app.create_app`` (``ServeFront``) in
+the embedded process. It knows nothing of the database: an ``EndpointSource`` tells it a
+deployment's ready endpoint URLs (``None``: no such deployment). Each call goes to the next
 ready endpoint, round robin, over pooled keep-alive connections; a refused connection, a
 dropped one, or a 503 (a draining endpoint) is retried on the next endpoint, so a rollout
 loses no call. Bodies up to ``STREAM_AFTER`` (every usual inference call) are held whole,
 so such a call can be retried; a larger request body is streamed to the endpoint as it
 arrives (retried elsewhere only if the endpoint could not be reached before the first byte
 went out), and a larger answer is streamed back to the caller. Which endpoints are ready is
-read from the database at most once per ``serve_cache_s`` per deployment (one query,
-concurrent callers share it), and read afresh when a forward fails or this process changes
-the deployment's endpoints. Answers of its own are the inference protocol's
+asked of the source at most once per ``cache_s`` per deployment (concurrent callers share
+the answer), and asked afresh when a forward fails or this process changes the
+deployment's endpoints. Answers of its own are the inference protocol's
 ``{"error": ...}`` bodies.
 """
 
@@ -20,9 +22,8 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, TypeAlias
 from urllib.parse import quote
 
@@ -30,10 +31,7 @@ import aiohttp
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from registry.db import SessionFactory, utcnow
-from registry.repositories.fleet import ready_urls
-from registry.services.common import reading_connection
-from registry.settings import Settings
+from contract.paths import SERVE_PREFIX
 
 log = logging.getLogger("modelplane.serve")
 
@@ -52,6 +50,8 @@ STREAM_AFTER = 2**20  # bodies up to this size are held whole; larger ones are s
 CHUNK = 2**18
 Answer: TypeAlias = tuple[int, list[tuple[bytes, bytes]], bytes]
 Body: TypeAlias = "bytes | _Streamed"
+EndpointSource: TypeAlias = Callable[[str], Awaitable[list[str] | None]]
+"""A deployment's ready endpoint URLs, or ``None`` when there is no such deployment."""
 
 
 class _Streamed:
@@ -81,7 +81,7 @@ class _Sent(Exception):
     """The answer started going to the caller when forwarding broke: nothing to retry."""
 
 
-PREFIX = "/serve/"
+PREFIX = SERVE_PREFIX
 
 
 @dataclass
@@ -94,17 +94,16 @@ class _Entry:
 class StableUrl:
     """ASGI app serving ``/{deployment}/v2/...`` (under ``root_path`` ``/serve``)."""
 
-    def __init__(self, sessions: SessionFactory, settings: Settings) -> None:
-        self._sessions = sessions
-        self._ttl = settings.serve_cache_s
-        self._stale_after = timedelta(seconds=settings.lease_ttl_s)
+    def __init__(self, source: EndpointSource, *, cache_s: float = 0.5) -> None:
+        self._source = source
+        self._ttl = cache_s
         self._cache: dict[str, _Entry] = {}
         self._loading: dict[str, asyncio.Future[_Entry]] = {}
         self._http: aiohttp.ClientSession | None = None
 
     def forget(self, deployment: str) -> None:
         """Read the deployment's endpoints afresh on its next call (this process changed
-        them; other control-plane processes catch up within ``serve_cache_s``)."""
+        them; other processes catch up within ``cache_s``)."""
         self._cache.pop(deployment, None)
 
     async def close(self) -> None:
@@ -260,14 +259,12 @@ class StableUrl:
             loading.add_done_callback(lambda _: self._loading.pop(name, None))
         try:
             return await asyncio.shield(loading)
-        except Exception as exc:  # the database is away: serve what we knew, if anything
+        except Exception as exc:  # the source is away: serve what we knew, if anything
             log.warning("endpoints of %r unreadable: %r", name, exc)
             return entry
 
     async def _load(self, name: str, old: _Entry | None) -> _Entry:
-        since = utcnow() - self._stale_after
-        async with reading_connection(self._sessions) as connection:
-            urls = await ready_urls(connection, name, since)
+        urls = await self._source(name)
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
         entry = _Entry(urls, time.monotonic() + self._ttl)

@@ -1,6 +1,6 @@
 """The `modelplane` command line: the platform commands (`up`, `server`, `migrate`), `login`,
-and the command groups of other modules (`client/cli_registry.py`, `client/cli_deploy.py`,
-`client/keys_cli.py`), each registered by one small function below."""
+and the command groups of other modules (`cli/catalog.py`, `cli/deploy.py`, `cli/keys.py`,
+`cli/gc.py`), each registered by one small function below."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from cli.output import fail
 from client.errors import Forbidden, ModelplaneError, Unauthorized
-from client.output import fail
 
 if TYPE_CHECKING:
     from registry.settings import Settings
@@ -89,7 +89,7 @@ def main(
 
 
 def _register_keys() -> None:
-    from client.keys_cli import keys_app
+    from cli.keys import keys_app
 
     app.add_typer(keys_app)
 
@@ -138,7 +138,7 @@ def _reach(host: str, port: int) -> str:
 def _up_credentials(settings: Settings) -> str:
     """The admin key (saved to $MODELPLANE_HOME/credentials.json, printed on first start) and
     the embedded worker's key; returns the worker's token."""
-    from client.keys_cli import ensure_up_credentials
+    from cli.keys import ensure_up_credentials
 
     url = _reach(settings.host, settings.port)
     return ensure_up_credentials(settings.database_url, Path(settings.home), url)
@@ -232,7 +232,7 @@ def stack(
     """Run docker-compose.yml's topology natively: the local Postgres, SeaweedFS, a one-shot
     migration, control planes behind a TCP balancer, and deployer workers on hosts of their
     own (network namespaces when permitted). Ctrl-C stops everything."""
-    from client.stack import StackConfig, run
+    from devstack.stack import StackConfig, run
 
     config = StackConfig(
         home=home,
@@ -296,10 +296,10 @@ def login(
 
 
 def _register_groups() -> None:
-    from client import cli_deploy, cli_registry, gc
+    from cli import catalog, deploy, gc
 
-    cli_registry.register(app)
-    cli_deploy.register(app)
+    catalog.register(app)
+    deploy.register(app)
     gc.register(app)
 
 

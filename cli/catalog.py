@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from client.output import (
+from cli.output import (
     Output,
     OutputOpt,
     ago,
@@ -21,8 +21,8 @@ from client.output import (
     table,
     tags,
 )
-from client.progress import TransferProgress
-from registry.schemas import AliasMove, AliasOut, ModelOut, VersionOut, VersionSummary
+from cli.progress import TransferProgress
+from contract.schemas import AliasMove, AliasOut, ModelOut, VersionOut, VersionSummary
 
 models = typer.Typer(help="Models: list, create, show, delete.", no_args_is_help=True)
 versions = typer.Typer(help="Versions of a model: list, show.", no_args_is_help=True)

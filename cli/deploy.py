@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from client.output import Output, OutputOpt, ago, err, fail, print_json, say, show, table
-from registry.schemas import DeploymentOut, EndpointOut, EventOut, RevisionOut
+from cli.output import Output, OutputOpt, ago, err, fail, print_json, say, show, table
+from contract.schemas import DeploymentOut, EndpointOut, EventOut, RevisionOut
 
 deployments = typer.Typer(help="Deployments: list, show, delete, revisions.", no_args_is_help=True)
 

@@ -61,7 +61,7 @@ def _saved_token(database_url: str, path: Path) -> str | None:
 
 
 def _mint(database_url: str, name: str, scopes: list[str], by: str) -> str:
-    from registry.schemas import KeyCreate
+    from contract.schemas import KeyCreate
     from registry.services.keys import mint_key
 
     body = KeyCreate.model_validate({"name": name, "scopes": scopes, "owner": by})
@@ -155,7 +155,7 @@ def create_key_command(
     no server: it mints the first admin key."""
     from pydantic import ValidationError
 
-    from registry.schemas import KeyCreate
+    from contract.schemas import KeyCreate
 
     body: dict[str, Any] = {
         "name": name,
