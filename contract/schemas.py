@@ -56,6 +56,18 @@ def check_path(path: str) -> str:
 FilePath = Annotated[str, AfterValidator(check_path)]
 
 
+def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A version's metadata: free-form, but a `pipeline` in it must be a valid pipeline."""
+    if metadata.get("pipeline") is not None:
+        from contract.pipeline import parse_pipeline  # it imports check_path from here
+
+        parse_pipeline(metadata["pipeline"])
+    return metadata
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem: the body of every error answer."""
 
@@ -112,7 +124,7 @@ class VersionCreate(BaseModel):
     format: str | None = Field(default=None, max_length=64)
     description: str = Field(default="", max_length=65536)
     tags: Tags = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     signature: dict[str, Any] | None = None
     source: str | None = Field(default=None, max_length=2048)
 
@@ -130,7 +142,7 @@ class VersionUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str | None = Field(default=None, max_length=65536)
     tags: Tags | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class MultipartOffer(BaseModel):

@@ -190,6 +190,10 @@ class Unprocessable(RegistryError):
     code = "invalid-settings"
 
 
+class InvalidPipeline(Unprocessable):
+    code = "invalid-pipeline"
+
+
 class DeploymentNotFound(NotFound):
     code = "deployment-not-found"
 

@@ -1,15 +1,19 @@
-"""The HTTP side: a raw ASGI app speaking the Open Inference Protocol (v2).
+"""The HTTP side: a raw ASGI app speaking the Open Inference Protocol (v2), with TF Serving's
+REST API (`/v1/models/...`) and TorchServe's (`/predictions/...`, `/ping`) beside it.
 
 No framework: routing is a few string comparisons, bodies are read straight from
 `receive`, and answers go out as two `send` calls. Every Starlette layer we skip is
-measurable at tens of thousands of calls a second. Errors answer `{"error": ...}`.
+measurable at tens of thousands of calls a second. Errors answer `{"error": ...}` (v2, v1)
+or TorchServe's `{"code", "type", "message"}`. Every protocol ends in the same call: a
+version's pipeline (`serving.pipeline`) if it declares one, the checks, the batcher.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,33 +22,33 @@ import orjson
 from serving.batching import Batcher, QueueFull
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import ServingMetrics
-from serving.protocol import (
+from serving.pipeline import Pipeline, load_pipeline
+from serving.protocols import torchserve, v1
+from serving.protocols.http import (
+    OCTETS,
+    HttpError,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    respond,
+)
+from serving.protocols.v2 import (
     InferenceRequest,
     OutputTensor,
     ProtocolError,
+    RequestInput,
     TensorSpec,
+    check_input,
     decode_request,
     encode_response,
     error_body,
 )
 from serving.runtime import Runtime
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 SERVER_NAME = "modelplane"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data"]
-JSON = b"application/json"
-OCTETS = b"application/octet-stream"
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, outcome: str = "bad_request") -> None:
-        super().__init__(message)
-        self.status, self.outcome = status, outcome
 
 
 class ServingApp:
@@ -68,21 +72,36 @@ class ServingApp:
         self.ready = False
         self.draining = False
         self.checked = runtime.checked
-        self._specs: dict[str, TensorSpec] = {}
+        self.pipeline: Pipeline | None = None
+        self.inputs: list[TensorSpec] = []  # what calls send (a pipeline's BYTES included)
+        self.outputs: list[TensorSpec] = []  # what calls get back
+        self._specs: dict[str, TensorSpec] = {}  # the model's own inputs
         self._metadata = b""
         metrics.track_serving(lambda: self.serving)
+
+    def load_pipeline(self, path: Path, metadata: dict[str, Any] | None = None) -> None:
+        """Once the runtime is loaded (blocking: call off the event loop): the version's
+        declared pipeline, bound to the model's inputs and outputs; raises when unusable."""
+        pipeline = load_pipeline(path, metadata)
+        if pipeline is not None:
+            pipeline.bind(self.runtime.inputs, self.runtime.outputs)
+        self.pipeline = pipeline
 
     def mark_ready(self) -> None:
         """Call on the event loop once the runtime is loaded and warmed up."""
         self._specs = {s.name: s for s in self.runtime.inputs}
         self.checked = self.runtime.checked
+        if self.pipeline is None:
+            self.inputs, self.outputs = list(self.runtime.inputs), list(self.runtime.outputs)
+        else:
+            self.inputs, self.outputs = self.pipeline.inputs, self.pipeline.outputs
         self._metadata = orjson.dumps(
             {
                 "name": self.name,
                 "versions": [self.version],
                 "platform": self.platform,
-                "inputs": [s.to_json() for s in self.runtime.inputs],
-                "outputs": [s.to_json() for s in self.runtime.outputs],
+                "inputs": [s.to_json() for s in self.inputs],
+                "outputs": [s.to_json() for s in self.outputs],
             }
         )
         self.ready = True
@@ -99,15 +118,21 @@ class ServingApp:
         try:
             if path.startswith("/v2/models/"):
                 await self._model_route(path[11:].split("/"), method, scope, receive, send)
+            elif path.startswith("/v1/models/"):
+                await v1.route(self, path[11:], method, scope, receive, send)
+            elif path.startswith("/predictions/"):
+                await torchserve.predict(self, path[13:], method, scope, receive, send)
             elif method != "GET":
                 raise HttpError(405, f"{method} not allowed on {path}")
             else:
                 await self._server_route(path, send)
         except HttpError as exc:
-            await respond(send, exc.status, error_body(str(exc)))
+            await respond(send, exc.status, error_body(str(exc)), retry=exc.status == 503)
 
     async def _server_route(self, path: str, send: Send) -> None:
-        if path == "/v2/health/live":
+        if path == "/ping":  # TorchServe's health check
+            await torchserve.ping(self, send)
+        elif path == "/v2/health/live":
             await respond(send, 200, b"{}")
         elif path == "/v2/health/ready":
             await respond(send, 200 if self.serving else 503, b"{}")
@@ -159,7 +184,10 @@ class ServingApp:
         try:
             body, header_length = await self._read(scope, receive)
             request = decode_request(body, header_length)
-            results = await self._submit(request)
+            if self.pipeline is None:
+                results = await self._submit(self._check(request.inputs))
+            else:
+                results = await self.run(request.inputs)
             payload, json_length = encode_response(
                 self.name, self.version, request.id, self._select(request, results)
             )
@@ -178,6 +206,35 @@ class ServingApp:
             else:
                 await respond(send, 200, payload, OCTETS, header_length=json_length)
         self.metrics.observe(outcome, time.perf_counter() - started)
+
+    async def run(self, items: list[RequestInput]) -> dict[str, OutputTensor]:
+        """One call of any protocol: the pipeline's input steps, the checks against the
+        model, the batcher, the pipeline's output steps."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return await self._submit(self._check(items))
+        if pipeline.heavy(items):  # big images decode on a thread, the loop keeps serving
+            items = await asyncio.get_running_loop().run_in_executor(None, pipeline.prepare, items)
+        else:
+            items = pipeline.prepare(items)
+        return pipeline.finish(await self._submit(self._check(items)))
+
+    def records(self, outputs: dict[str, OutputTensor]) -> list[Any] | None:
+        """Per-row answers of an argmax/top-k pipeline, for the JSON protocols (else None)."""
+        return None if self.pipeline is None else self.pipeline.records(outputs)
+
+    async def read_payload(self, scope: Scope, receive: Receive) -> bytes:
+        """A call's body (v1, TorchServe), inflated when Content-Encoding says so."""
+        encoding = b""
+        for key, value in scope["headers"]:
+            if key == b"content-encoding":
+                encoding = value.lower()
+        if not self.serving:
+            raise HttpError(503, f"model {self.name!r} is not ready", "overloaded")
+        body = await read_body(receive, self.max_request_bytes)
+        if encoding and encoding != b"identity":
+            body = self._decompress(body, encoding)
+        return body
 
     async def _read(self, scope: Scope, receive: Receive) -> tuple[bytes, int | None]:
         header_length: int | None = None
@@ -210,17 +267,16 @@ class ServingApp:
             raise HttpError(413, f"request body exceeds {self.max_request_bytes} bytes")
         return out
 
-    async def _submit(self, request: InferenceRequest) -> dict[str, OutputTensor]:
-        inputs = self._check(request)
+    async def _submit(self, inputs: dict[str, np.ndarray[Any, Any]]) -> dict[str, OutputTensor]:
         try:
             future = self.batcher.submit(inputs)
         except QueueFull as exc:
             raise HttpError(503, f"server busy: {exc}; retry later", "overloaded") from None
         return await future
 
-    def _check(self, request: InferenceRequest) -> dict[str, np.ndarray[Any, Any]]:
+    def _check(self, items: list[RequestInput]) -> dict[str, np.ndarray[Any, Any]]:
         inputs: dict[str, np.ndarray[Any, Any]] = {}
-        for item in request.inputs:
+        for item in items:
             spec = self._specs.get(item.name)
             if spec is None and self.checked:
                 raise ProtocolError(
@@ -236,7 +292,7 @@ class ServingApp:
             raise ProtocolError(f"missing inputs {missing}")
         limit = self.runtime.max_batch
         if limit is not None:
-            for item in request.inputs:
+            for item in items:
                 if item.shape and item.shape[0] > limit:
                     raise ProtocolError(
                         f"input {item.name!r}: batch of {item.shape[0]} exceeds the model's "
@@ -258,52 +314,3 @@ class ServingApp:
                 )
             selected.append((wanted.name, tensor, wanted.binary))
         return selected
-
-
-def check_input(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
-    if datatype != spec.datatype:
-        raise ProtocolError(
-            f"input {spec.name!r}: datatype {datatype}, model expects {spec.datatype}"
-        )
-    if len(shape) != len(spec.shape) or any(
-        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
-    ):
-        raise ProtocolError(f"input {spec.name!r}: shape {list(shape)}, model expects {spec.shape}")
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body"):
-        if len(body) > limit:
-            raise HttpError(413, f"request body exceeds {limit} bytes")
-        return body
-    chunks, size = [body], len(body)
-    while message.get("more_body"):
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise HttpError(400, "client disconnected mid-body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: bytes = JSON,
-    *,
-    header_length: int | None = None,
-    retry: bool = False,
-) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
-    if header_length is not None:
-        headers.append((b"inference-header-content-length", b"%d" % header_length))
-    if retry:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -175,6 +175,7 @@ async def _serve(
     async def load() -> None:
         try:
             seconds = await loop.run_in_executor(None, _load, app, settings, lifecycle)
+            await loop.run_in_executor(None, app.load_pipeline, settings.path)
             lifecycle.changed(EndpointStatus.warming)
             call_ms = await loop.run_in_executor(None, _time_call, app.runtime)
             inline = _choose_inline(settings, call_ms)

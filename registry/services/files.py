@@ -14,8 +14,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
+import orjson
 from anyio import CancelScope, to_thread
 
+from contract.pipeline import MAX_PIPELINE_BYTES, PIPELINE_FILE, parse_pipeline
 from contract.schemas import (
     CompletedPart,
     FileOut,
@@ -31,6 +33,7 @@ from registry.errors import (
     ContentMismatch,
     DirectUploadUnsupported,
     FileNotFound,
+    InvalidPipeline,
     NoUploadInProgress,
     PartsMissing,
     TooLarge,
@@ -340,6 +343,9 @@ class FileService:
         ready, and point the alias at it, in one transaction."""
         catalog = CatalogService(self._ctx)
         await catalog.get_model(model)  # 404 before any byte is stored
+        for path, file in form.files:
+            if path == PIPELINE_FILE:
+                await to_thread.run_sync(check_pipeline_file, file)
         specs = []
         start = time.perf_counter()
         for path, file in form.files:
@@ -394,6 +400,19 @@ class FileService:
         in the store's big pieces (S3 prefetches ranges in parallel)."""
         pieces = await to_thread.run_sync(self._store.chunks, blob_key(ref.sha256), start, end)
         return _stream(pieces, self._ctx.metrics)
+
+
+def check_pipeline_file(file: BinaryIO) -> None:
+    """A version's `pipeline.json` must be a valid pipeline: 422 before anything is stored."""
+    file.seek(0)
+    raw = file.read(MAX_PIPELINE_BYTES + 1)
+    file.seek(0)
+    try:
+        if len(raw) > MAX_PIPELINE_BYTES:
+            raise ValueError(f"over {MAX_PIPELINE_BYTES} bytes")
+        parse_pipeline(orjson.loads(raw))  # a JSONDecodeError is a ValueError
+    except ValueError as exc:
+        raise InvalidPipeline(f"{PIPELINE_FILE}: {exc}") from None
 
 
 def _hash_file(file: BinaryIO, limit: int) -> tuple[str, int]:
