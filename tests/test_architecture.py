@@ -323,7 +323,8 @@ def test_only_cli_imports_other_packages_lazily() -> None:
 def test_bench_never_imports_tests() -> None:
     bad = [e for e in WRITTEN if e.source_package == "bench" and e.target_package == "tests"]
     if bad:
-        pytest.fail(report("bench imports tests (tests may use bench, never the reverse)", bad))
+        message = report("bench imports tests (tests may use bench, never the reverse)", bad)
+        pytest.fail(message, pytrace=False)
 
 
 def test_the_bare_install_imports_only_its_own_dependencies() -> None:
@@ -341,7 +342,8 @@ def test_the_bare_install_imports_only_its_own_dependencies() -> None:
             if top not in permitted
         ]
     if bad:
-        pytest.fail(report("module-level imports beyond the bare install's dependencies", bad))
+        message = report("module-level imports beyond the bare install's dependencies", bad)
+        pytest.fail(message, pytrace=False)
 
 
 def documented_table() -> dict[str, tuple[frozenset[str] | None, frozenset[str]]]:
