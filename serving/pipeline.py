@@ -161,7 +161,10 @@ class ImageDecoder:
             raise ArtifactError(
                 "the pipeline's image step needs Pillow: pip install 'modelplane[pipeline]'"
             ) from None
-        # Our own pixel limit is checked on the header, before a byte is decoded.
+        # Our own pixel limit (`max_pixels`, at most 2**26) is checked on the header right
+        # after `open`, before a byte is decoded: Pillow's global one would only answer
+        # first, in its own words, for the largest images.
+        Image.MAX_IMAGE_PIXELS = None
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         self.step = step
         self.name = step.request_name or ""
