@@ -41,8 +41,9 @@ from typing import Any
 
 import httpx
 
-from devstack.seaweed import SeaweedServer
-from tests.e2e.platform import (
+from bench.cluster import Load, alias_history, events, manifest, s3_env, sha
+from bench.pg import throwaway_database
+from bench.platform import (
     SIGNATURE,
     Process,
     Worker,
@@ -51,8 +52,7 @@ from tests.e2e.platform import (
     torchscript_bytes,
     wait_for,
 )
-from tests.faults.cluster import Load, alias_history, events, manifest, s3_env, sha
-from tests.pg import throwaway_database
+from devstack.seaweed import SeaweedServer
 
 API = "/api/v1"
 SERVED = "soak-serve"  # the deployed model (its versions are TorchScript y = x + c)

@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from bench.platform import ControlPlane, Process, base_env, free_port, wait_for
 from client import Client
 from client.config import read_credentials
 from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
-from tests.e2e.platform import ControlPlane, Process, base_env, free_port, wait_for
 from tests.support.recording_proxy import RecordingProxy
 
 PART_SIZE = 5 * 2**20  # S3's smallest part

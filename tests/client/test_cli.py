@@ -15,11 +15,11 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
+from bench.platform import REPO, base_env, free_port
 from cli.app import app
 from client import Client, Unauthorized
 from tests.client.conftest import Up, unique
 from tests.client.test_sdk import Mlp, delete_and_wait
-from tests.e2e.platform import REPO, base_env, free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.*")
 

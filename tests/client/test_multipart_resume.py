@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.platform import REPO, base_env, wait_for
 from client import TransferEvent
 from contract.schemas import VersionStatus
 from tests.client.conftest import PART_SIZE, S3Plane, unique
-from tests.e2e.platform import REPO, base_env, wait_for
 
 SIZE = 30 * 2**20 + 12345  # 7 parts of 5 MiB, the last one short
 PARTS = math.ceil(SIZE / PART_SIZE)

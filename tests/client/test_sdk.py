@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from bench.platform import wait_for
 from client import Client, Conflict, DigestMismatch, NotFound, TransferEvent, ValidationError
 from client.errors import ModelplaneError
 from contract.schemas import DeploymentStatus, VersionStatus
 from tests.client.conftest import Up, unique
-from tests.e2e.platform import wait_for
 
 
 class Mlp(nn.Module):

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.platform import free_port
 from deployer.cache import BlobCache, DigestMismatch
 from deployer.client import PIECE, RANGED_AFTER, ControlPlane, ControlPlaneError, WorkerLapsed
 from deployer.contract import FileRef, ReplicaReport, WorkerRegistration
-from tests.e2e.platform import free_port
 
 
 def test_unreachable_control_plane_is_retried_with_backoff_then_raises() -> None:

@@ -16,16 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.platform import (
+    SIGNATURE,
+    push_version,
+    torchscript_bytes,
+)
 from deployer.client import ControlPlane
 from deployer.contract import Assignment, FileRef
 from deployer.executor import Executor
 from deployer.plan import Pull, Restart, Start, Stop, plan
 from deployer.settings import WorkerSettings
-from tests.e2e.platform import (
-    SIGNATURE,
-    push_version,
-    torchscript_bytes,
-)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from bench.platform import REPO, base_env
 from deployer.settings import WorkerSettings
-from tests.e2e.platform import REPO, base_env
 
 
 def test_gpus_ports_and_cpu_slots() -> None:

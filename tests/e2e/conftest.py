@@ -14,9 +14,9 @@ from typing import ClassVar
 
 import pytest
 
+from bench.pg import postgres_unavailable, throwaway_database
+from bench.platform import ControlPlane, Worker
 from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
-from tests.e2e.platform import ControlPlane, Worker
-from tests.pg import postgres_unavailable, throwaway_database
 
 LEASE_TTL_S = 4.0
 HEARTBEAT_S = 1.0

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import tritonclient.http as triton
 
+from bench.platform import auth, wait_for
 from tests.e2e.conftest import Platform
-from tests.e2e.platform import auth, wait_for
 
 X = [[1.0, 2.0, 3.0, 4.0]]
 

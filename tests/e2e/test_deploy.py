@@ -16,6 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.platform import (
+    SIGNATURE,
+    push_version,
+    torch_export_bytes,
+    torchscript_bytes,
+    wait_for,
+)
 from tests.e2e.conftest import Platform
 from tests.e2e.deploy_helpers import (
     Caller,
@@ -26,13 +33,6 @@ from tests.e2e.deploy_helpers import (
     ready_endpoints,
     serving_pid,
     wait_serving,
-)
-from tests.e2e.platform import (
-    SIGNATURE,
-    push_version,
-    torch_export_bytes,
-    torchscript_bytes,
-    wait_for,
 )
 
 pytestmark = pytest.mark.timeout(120)

@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from devstack import netns
-from tests.e2e.platform import (
+from bench.pg import ADMIN_DSN, drop_database, postgres_unavailable
+from bench.platform import (
     REPO,
     SIGNATURE,
     auth,
@@ -38,7 +38,7 @@ from tests.e2e.platform import (
     torchscript_bytes,
     wait_for,
 )
-from tests.pg import ADMIN_DSN, drop_database, postgres_unavailable
+from devstack import netns
 
 pytestmark = pytest.mark.timeout(300)
 LEASE_TTL_S = 3.0

@@ -15,9 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Platform
-from tests.e2e.deploy_helpers import api, infer_json, ready_endpoints, wait_serving
-from tests.e2e.platform import (
+from bench.platform import (
     REPO,
     SIGNATURE,
     ControlPlane,
@@ -28,6 +26,8 @@ from tests.e2e.platform import (
     torchscript_bytes,
     wait_for,
 )
+from tests.e2e.conftest import Platform
+from tests.e2e.deploy_helpers import api, infer_json, ready_endpoints, wait_serving
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from devstack.seaweed import SeaweedServer
-from tests.e2e.conftest import Platform, running_platform
-from tests.e2e.deploy_helpers import Caller, api, deployment, infer_json, wait_serving
-from tests.e2e.platform import (
+from bench.platform import (
     SIGNATURE,
     push_version,
     torch_export_bytes,
     torchscript_bytes,
     wait_for,
 )
+from devstack.seaweed import SeaweedServer
+from tests.e2e.conftest import Platform, running_platform
+from tests.e2e.deploy_helpers import Caller, api, deployment, infer_json, wait_serving
 
 pytestmark = pytest.mark.timeout(300)
 

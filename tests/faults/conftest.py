@@ -1,5 +1,5 @@
 """Fault-injection scenarios: real control-plane, worker, serving, Postgres and SeaweedFS
-processes on loopback, each test bounded in time. Helpers in ``tests/faults/cluster.py``."""
+processes on loopback, each test bounded in time. Helpers in ``bench/cluster.py``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import pytest
 
+from bench.cluster import cp_env, s3_env
+from bench.pg import postgres_unavailable, throwaway_database
+from bench.platform import ControlPlane
 from devstack.seaweed import SeaweedServer
 from tests.e2e.conftest import Platform
-from tests.e2e.platform import ControlPlane
-from tests.faults.cluster import cp_env, s3_env
-from tests.pg import postgres_unavailable, throwaway_database
 
 
 def need_postgres() -> None:

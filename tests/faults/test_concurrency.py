@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.platform import ControlPlane
-from tests.faults.cluster import API, alias_history, cp_env, events, manifest, start_cp
+from bench.cluster import API, alias_history, cp_env, events, manifest, start_cp
+from bench.platform import ControlPlane
 
 pytestmark = pytest.mark.timeout(180)
 N = 50

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.deploy_helpers import api, ready_endpoints, wait_serving
-from tests.e2e.platform import (
+from bench.cluster import API, Load, manifest, sha, start_cp
+from bench.platform import (
     SIGNATURE,
     ControlPlane,
     push_version,
@@ -24,7 +24,7 @@ from tests.e2e.platform import (
     torchscript_bytes,
     wait_for,
 )
-from tests.faults.cluster import API, Load, manifest, sha, start_cp
+from tests.e2e.deploy_helpers import api, ready_endpoints, wait_serving
 from tests.faults.conftest import FaultPlatform
 
 pytestmark = pytest.mark.timeout(240)

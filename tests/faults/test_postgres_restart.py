@@ -18,8 +18,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.e2e.platform import ControlPlane, wait_for
-from tests.faults.cluster import API, cp_env, start_cp
+from bench.cluster import API, cp_env, start_cp
+from bench.platform import ControlPlane, wait_for
 from tests.support.private_pg import PrivatePostgres, unavailable
 
 pytestmark = pytest.mark.timeout(180)

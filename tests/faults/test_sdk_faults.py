@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.cluster import cp_env, s3_env, sha, start_cp
+from bench.platform import ControlPlane
 from client import Client
 from client.errors import ServerError
-from tests.e2e.platform import ControlPlane
-from tests.faults.cluster import cp_env, s3_env, sha, start_cp
 from tests.support.s3faults import Fault, FaultyS3Server, S3Request
 
 pytestmark = pytest.mark.timeout(180)

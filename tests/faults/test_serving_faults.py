@@ -14,6 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.cluster import Load
+from bench.platform import (
+    SIGNATURE,
+    push_version,
+    torch_export_bytes,
+    torchscript_bytes,
+    wait_for,
+)
 from tests.e2e.deploy_helpers import (
     api,
     deployment,
@@ -21,14 +29,6 @@ from tests.e2e.deploy_helpers import (
     serving_pid,
     wait_serving,
 )
-from tests.e2e.platform import (
-    SIGNATURE,
-    push_version,
-    torch_export_bytes,
-    torchscript_bytes,
-    wait_for,
-)
-from tests.faults.cluster import Load
 from tests.faults.conftest import LEASE_TTL_S, FaultPlatform
 from tests.faults.models import CrashEveryN, pickled_bytes
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.cluster import API, Load, manifest, sha, start_cp
+from bench.platform import SIGNATURE, push_version, torchscript_bytes
 from tests.e2e.deploy_helpers import api, ready_endpoints, serving_pid, wait_serving
-from tests.e2e.platform import SIGNATURE, push_version, torchscript_bytes
-from tests.faults.cluster import API, Load, manifest, sha, start_cp
 from tests.faults.conftest import FaultPlatform
 
 pytestmark = pytest.mark.timeout(240)

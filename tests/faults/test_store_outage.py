@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.cluster import API, cp_env, manifest, s3_env, sha, start_cp
+from bench.platform import ControlPlane
 from devstack.seaweed import SeaweedServer
-from tests.e2e.platform import ControlPlane
-from tests.faults.cluster import API, cp_env, manifest, s3_env, sha, start_cp
 from tests.support.s3faults import Fault, FaultyS3Server, S3Request, nth
 
 pytestmark = pytest.mark.timeout(180)

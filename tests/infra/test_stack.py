@@ -18,10 +18,10 @@ import asyncpg
 import httpx
 import pytest
 
+from bench.pg import ADMIN_DSN, drop_database, postgres_unavailable, run
 from devstack import netns
 from devstack.balancer import Balancer
 from devstack.stack import StackError, ensure_database, free_port
-from tests.pg import ADMIN_DSN, drop_database, postgres_unavailable, run
 
 
 class _Named(BaseHTTPRequestHandler):

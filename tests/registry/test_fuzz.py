@@ -26,9 +26,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from bench.platform import Process, base_env, free_port, mint, wait_for
 from registry.app import create_app
 from registry.settings import Settings
-from tests.e2e.platform import Process, base_env, free_port, mint, wait_for
 
 MAX_EXAMPLES = 20
 CHECKS = [

@@ -16,9 +16,9 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
+from bench.platform import REPO, ControlPlane
 from contract.schemas import KeyCreate, Scope
 from registry.services.keys import mint_key
-from tests.e2e.platform import REPO, ControlPlane
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

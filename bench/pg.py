@@ -1,4 +1,4 @@
-"""Throwaway Postgres databases for tests (the real server on this machine)."""
+"""Throwaway Postgres databases for tests and benchmarks (the real server on this machine)."""
 
 from __future__ import annotations
 

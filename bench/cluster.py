@@ -1,4 +1,4 @@
-"""Processes and calls shared by the fault scenarios."""
+"""Processes and calls shared by the fault scenarios (tests/faults/) and bench/soak.py."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import aiohttp
 import httpx
 import orjson
 
+from bench.platform import ControlPlane
 from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
-from tests.e2e.platform import ControlPlane
 
 API = "/api/v1"
 

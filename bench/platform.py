@@ -1,4 +1,5 @@
-"""Real Modelplane processes for end-to-end tests: control plane, deployer workers, models.
+"""Real Modelplane processes for benchmarks and end-to-end tests: control plane, deployer
+workers, models. (tests/ imports bench/, never the reverse.)
 
 Every process is started on loopback with its output in a log file, and stopped by PID
 (SIGTERM, then SIGKILL after a bound). Waits are bounded and fail with the logs attached.
@@ -22,7 +23,7 @@ import httpx
 import torch
 from torch import Tensor, nn
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 
