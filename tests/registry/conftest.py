@@ -12,12 +12,12 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from bench import pg
 from registry.app import create_app
 from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.migrate import upgrade_to_head
 from registry.settings import Settings
 from storage import ArtifactStore, FileSystemArtifactStore
-from tests import pg
 
 MAX_UPLOAD = 8 * 2**20
 

@@ -14,8 +14,8 @@ import asyncpg
 import httpx
 import pytest
 
+from bench import pg
 from registry.migrate import upgrade_to_head
-from tests import pg
 from tests.registry.helpers import API, ready_version
 
 

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from bench import pg
 from contract.schemas import KeyCreate, Scope
 from registry.app import create_app
 from registry.services.keys import mint_key
 from registry.settings import Settings
-from tests import pg
 from tests.registry.helpers import API, assert_problem
 from tests.registry.proxy import TcpProxy
 

@@ -10,12 +10,12 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
+from bench import pg
 from registry.app import create_app
 from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.migrate import upgrade_to_head
 from registry.settings import Settings
 from storage import FileSystemArtifactStore
-from tests import pg
 from tests.registry.helpers import API, assert_problem, manifest
 
 LIMIT = 64 * 2**10
