@@ -84,7 +84,8 @@ class ServingApp:
         declared pipeline, bound to the model's inputs and outputs; raises when unusable."""
         pipeline = load_pipeline(path, metadata)
         if pipeline is not None:
-            pipeline.bind(self.runtime.inputs, self.runtime.outputs)
+            runtime = self.runtime
+            pipeline.bind(runtime.inputs, runtime.outputs, checked=runtime.checked)
         self.pipeline = pipeline
 
     def mark_ready(self) -> None:
@@ -159,6 +160,8 @@ class ServingApp:
         elif not self.ready:
             raise HttpError(503, f"model {self.name!r} is not ready")
         else:
+            if self.pipeline is None and self.outputs != self.runtime.outputs:
+                self.mark_ready()  # outputs learned by a call since (TorchScript, no signature)
             await respond(send, 200, self._metadata)
 
     def _resolve(self, parts: list[str]) -> str:

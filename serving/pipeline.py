@@ -84,17 +84,21 @@ class Pipeline:
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
 
-    def bind(self, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
-        """Resolve names against the model's specs and run one example through each input
-        step; raises `ArtifactError` when the pipeline does not fit the model."""
+    def bind(
+        self, inputs: list[TensorSpec], outputs: list[TensorSpec], *, checked: bool = True
+    ) -> None:
+        """Resolve names against the model's specs and, when they are known (`checked`:
+        not guessed), run one example through each input step; raises `ArtifactError` when
+        the pipeline does not fit the model."""
         model = {s.name: s for s in inputs}
         fed: dict[str, ImageDecoder | TextEncoder] = {}
         for step in self._steps:
-            for name in step.bind(model):
+            for name in step.bind(model, checked):
                 if name in fed:
                     raise ArtifactError(f"two pipeline steps feed model input {name!r}")
                 fed[name] = step
-            step.check(model)
+            if checked:
+                step.check(model)
         self._takes = {step.name: step for step in self._steps}
         self.inputs = []
         for spec in inputs:
@@ -177,7 +181,8 @@ class ImageDecoder:
         self._add = (-mean / std).astype(np.float32)
         self._crop = (step.crop, step.crop) if isinstance(step.crop, int) else step.crop
 
-    def bind(self, model: dict[str, TensorSpec]) -> list[str]:
+    def bind(self, model: dict[str, TensorSpec], checked: bool) -> list[str]:
+        """The model input this step feeds; its spec is trusted only when `checked`."""
         if not self.feeds:
             if len(model) != 1:
                 raise ArtifactError(
@@ -190,7 +195,7 @@ class ImageDecoder:
             raise ArtifactError(
                 f"the image step feeds input {self.feeds!r}; the model's inputs are {sorted(model)}"
             )
-        if spec is not None:
+        if spec is not None and checked:
             if spec.datatype not in FLOAT_TYPES:
                 raise ArtifactError(
                     f"the image step makes floats; model input {self.feeds!r} is {spec.datatype}"
@@ -377,7 +382,7 @@ class TextEncoder:
         }
         self._types = {name: "INT64" for name in self._targets.values() if name}
 
-    def bind(self, model: dict[str, TensorSpec]) -> list[str]:
+    def bind(self, model: dict[str, TensorSpec], checked: bool) -> list[str]:
         names = [n for n in self._targets.values() if n]
         for name in names:
             spec = model.get(name)
@@ -385,7 +390,7 @@ class TextEncoder:
                 raise ArtifactError(
                     f"the text step feeds input {name!r}; the model's inputs are {sorted(model)}"
                 )
-            if spec is not None:
+            if spec is not None and checked:
                 if spec.datatype not in INTEGER_TYPES or len(spec.shape) != 2:
                     raise ArtifactError(
                         f"the text step makes [N, tokens] INT64; model input {name!r} is "
