@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import time
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import orjson
 import pytest
 import torch
 
-from tests.serving.conftest import ServerProcess
+from tests.serving.conftest import START_TIMEOUT_S, ServerProcess, StartServer
 from tests.serving.models import Artifact
 
 X = np.random.default_rng(1).standard_normal((3, 64), dtype=np.float32)
@@ -256,3 +257,26 @@ def test_v2_still_answers_beside_the_others(
     status, body = post_json(servers["mlp_ts"], "/v2/models/mlp/infer", doc)
     assert status == 200, body
     close(np.reshape(body["outputs"][0]["data"], (3, 10)), mlp(artifacts, X))
+
+
+def test_while_loading_ping_is_503_and_v1_status_says_loading(
+    artifacts: dict[str, Artifact], start_server: StartServer
+) -> None:
+    """The slow model's warm-up calls take seconds: the port answers before the model does."""
+    server = start_server(artifacts["slow"].args() + ["--allow-pickle"], "loading")
+    seen: set[tuple[int, str]] = set()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and (200, "Healthy") not in seen:
+        assert server.process.poll() is None, server.log
+        try:
+            status, body = call(server, "GET", "/ping")
+            seen.add((status, body["status"]))
+            if status == 503:
+                _, state = call(server, "GET", "/v1/models/slow")
+                seen.add((0, state["model_version_status"][0]["state"]))
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.05)
+    assert {(503, "Unhealthy"), (0, "LOADING"), (200, "Healthy")} <= seen, seen
+    _, state = call(server, "GET", "/v1/models/slow")
+    assert state["model_version_status"][0]["state"] == "AVAILABLE"
