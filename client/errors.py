@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from contract.http import retry_after
+
 
 class ModelplaneError(Exception):
     """Base of every SDK error. ``str(exc)`` is one line fit to show a user."""
@@ -115,14 +117,6 @@ BY_STATUS: dict[int, type[ApiError]] = {
         Unavailable,
     )
 }
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(raw)) if raw is not None else None
-    except ValueError:
-        return None
 
 
 def from_response(response: httpx.Response) -> ApiError:

@@ -12,10 +12,8 @@ same upload with ``completed_parts``, so only the missing parts are sent.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -24,7 +22,6 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
-import urllib3
 
 from client.errors import (
     Conflict,
@@ -35,7 +32,10 @@ from client.errors import (
     from_response,
 )
 from client.transport import API, Transport
-from contract.schemas import FileOut, MultipartOut, VersionOut, VersionStatus, check_path
+from contract.download import DigestError, Downloader
+from contract.enums import VersionStatus
+from contract.http import describe
+from contract.schemas import FileOut, MultipartOut, VersionOut, check_path
 
 BUFFER = 8 * 2**20  # hashing reads; hashlib releases the GIL on buffers this size
 RANGE = 8 * 2**20  # ranged GETs of a pull straight from the store
@@ -211,30 +211,28 @@ class Pusher:
             job()
 
     def put(self, f: FileOut, source: LocalFile) -> None:
-        """The proxied upload: the file streamed as the body of one PUT."""
+        """The proxied upload: the file streamed as the body of one PUT, sent again from
+        the start (progress rewound) when the policy retries it."""
         assert f.upload is not None
+        upload = f.upload
         self.emit(TransferEvent("start", f.path, f.size))
-        attempt = 0
-        while True:
-            sent = [0]
-            try:
-                self.transport.request(
-                    "PUT",
-                    f.upload.url,
-                    idempotent=False,  # a streamed body: retried here, from the start
-                    content=self._read(source.source, 0, f.size, f.path, sent),
-                    headers={
-                        "Content-Length": str(f.size),
-                        "Content-Type": "application/octet-stream",
-                    },
-                )
-                break
-            except (ConnectionFailed, ServerError):
-                if attempt >= self.transport.retries or self._stop.is_set():
-                    raise
+        sent = [0]
+
+        def attempt() -> httpx.Response:
+            if sent[0]:
                 self.emit(TransferEvent("advance", f.path, f.size, -sent[0]))
-                self.transport.sleep(attempt, None)
-                attempt += 1
+                sent[0] = 0
+            return self.transport.http.request(
+                "PUT",
+                upload.url,
+                content=self._read(source.source, 0, f.size, f.path, sent),
+                headers={
+                    "Content-Length": str(f.size),
+                    "Content-Type": "application/octet-stream",
+                },
+            )
+
+        self.transport.send(attempt, idempotent=True, stop=self._stop)
         self.emit(TransferEvent("done", f.path, f.size))
 
     def _read(
@@ -297,23 +295,14 @@ class Pusher:
             data = os.pread(file.fileno(), length, offset)
         if len(data) != length:
             raise ModelplaneError(f"{source.source} shrank while it was being uploaded")
-        attempt = 0
-        while True:
-            try:
-                response = self.transport.bare.put(
-                    url, content=data, headers={"Content-Length": str(length)}
-                )
-            except httpx.TransportError as exc:
-                response, error = None, exc
-            if response is not None and response.is_success:
-                break
-            refused = response is not None and response.status_code < 500  # e.g. URL expired
-            if refused or attempt >= self.transport.retries or self._stop.is_set():
-                if response is not None:
-                    raise from_response(response)
-                raise ConnectionFailed(f"part {number} of {path!r}: {error}") from error
-            self.transport.sleep(attempt, None)
-            attempt += 1
+        self.transport.send(  # a presigned URL: our token is not sent to the store
+            lambda: self.transport.http.put(
+                url, content=data, headers={"Content-Length": str(length)}
+            ),
+            idempotent=True,
+            stop=self._stop,
+            failing=f"part {number} of {path!r}",
+        )
         self.emit(TransferEvent("advance", path, source.size, length))
         self.emit(TransferEvent("part", path, source.size, length, part=number))
 
@@ -344,15 +333,24 @@ def safe_target(dest: Path, path: str) -> Path:
 
 @dataclass
 class Puller:
-    """Files at least ``ranged_from`` bytes are fetched from the store itself when it offers
-    presigned URLs (S3): ``concurrency`` ranged GETs in flight, written and hashed in order,
-    so the ``.part`` file is always a prefix and resumes like a streamed one."""
+    """One pull: files of at least ``RANGE`` bytes come in ``concurrency`` parallel ranged
+    GETs, from the store itself when it offers presigned URLs (S3), written and hashed in
+    order, so the ``.part`` file is always a prefix and resumes like a streamed one."""
 
     transport: Transport
     hook: ProgressHook | None = None
     concurrency: int = 4
     ranged_from: int = RANGE
-    _presigns: bool = True  # False once the store answered without a redirect
+
+    def __post_init__(self) -> None:
+        self._downloader = Downloader(
+            self.transport.http,
+            self.transport.bulk,
+            self.transport.policy,
+            parallel=self.concurrency,
+            ranged_from=self.ranged_from,
+            piece=RANGE,
+        )
 
     def emit(self, event: TransferEvent) -> None:
         if self.hook is not None:
@@ -365,133 +363,20 @@ class Puller:
         if target.is_file() and target.stat().st_size == f.size and file_sha256(target) == f.sha256:
             self.emit(TransferEvent("skip", f.path, f.size))
             return target
-        partial = target.with_name(target.name + ".part")
-        if partial.exists() and partial.stat().st_size > f.size:
-            partial.unlink()
         url = f"{version_path(model, version)}/files/{quote(f.path)}"
-        resumed = partial.exists() and partial.stat().st_size > 0
-        while True:
-            digest = self._fetch_with_retries(url, partial, f)
-            size = partial.stat().st_size
-            if digest == f.sha256 and size == f.size:
-                break
-            partial.unlink()
-            if resumed:  # a stale .part (another file's bytes): start over once
-                resumed = False
-                continue
-            raise DigestMismatch(
-                f"{f.path!r}: expected sha256 {f.sha256} ({f.size} bytes), "
-                f"got {digest} ({size} bytes); the partial file was removed"
-            )
-        os.replace(partial, target)
+
+        def progress(kind: Literal["start", "advance"], nbytes: int) -> None:
+            self.emit(TransferEvent(kind, f.path, f.size, nbytes))
+
+        try:
+            self._downloader.to_file(url, target, size=f.size, sha256=f.sha256, progress=progress)
+        except DigestError as exc:
+            raise DigestMismatch(f"{f.path!r}: {exc}; the partial file was removed") from None
+        except httpx.HTTPStatusError as exc:
+            if exc.response.is_success:  # a range read answered with something else
+                raise ServerError(f"downloading {f.path!r}: {exc}") from None
+            raise from_response(exc.response) from None
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"downloading {f.path!r}: {describe(exc)}") from exc
         self.emit(TransferEvent("done", f.path, f.size))
         return target
-
-    def _fetch_with_retries(self, url: str, partial: Path, f: FileOut) -> str:
-        """The sha256 of ``partial`` once it holds the whole file (hashed as it arrives;
-        a prefix left by an earlier attempt is hashed first)."""
-        attempt = 0
-        while True:
-            digest = hashlib.sha256()
-            have = 0
-            if partial.exists():
-                have = partial.stat().st_size
-                with partial.open("rb") as file:
-                    while block := file.read(BUFFER):
-                        digest.update(block)
-            self.emit(TransferEvent("start", f.path, f.size, have))
-            try:
-                if have < f.size or not partial.exists():
-                    direct = self._presigned(url) if f.size >= self.ranged_from else None
-                    if direct is not None:
-                        self._fetch_ranges(direct, partial, have, f, digest)
-                    else:
-                        digest = self._fetch(url, partial, have, f, digest)
-                return digest.hexdigest()
-            except (ConnectionFailed, ServerError):
-                if attempt >= self.transport.retries:
-                    raise
-                self.transport.sleep(attempt, None)
-                attempt += 1
-
-    def _presigned(self, url: str) -> str | None:
-        """A presigned URL of the file's bytes in the store, or ``None`` (folder store)."""
-        if not self._presigns:
-            return None
-        params = {"redirect": "true"}
-        try:
-            with self.transport.http.stream("GET", url, params=params) as response:
-                if response.status_code == 307 and "location" in response.headers:
-                    return response.headers["location"]
-                if not response.is_success:
-                    response.read()
-                    raise from_response(response)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"cannot reach {self.transport.url}: {exc}") from exc
-        self._presigns = False  # closing the answer unread drops its body
-        return None
-
-    def _fetch_ranges(self, url: str, partial: Path, have: int, f: FileOut, digest: Any) -> None:
-        """Ranges are written where they belong by the threads that fetch them (as boto3
-        does: writes overlap), hashed in order here; whatever happens, the file is cut back
-        to the prefix hashed so far, so it stays a resumable prefix."""
-        spans = iter((o, min(o + RANGE, f.size) - 1) for o in range(have, f.size, RANGE))
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="mp-pull")
-        ahead: deque[Future[bytes]] = deque()
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
-        done = have
-        try:
-            os.ftruncate(fd, have)
-            for span in itertools.islice(spans, self.concurrency):
-                ahead.append(pool.submit(self._get_range, url, fd, *span))
-            while ahead:
-                data = ahead.popleft().result()
-                digest.update(data)
-                done += len(data)
-                self.emit(TransferEvent("advance", f.path, f.size, len(data)))
-                if (following := next(spans, None)) is not None:
-                    ahead.append(pool.submit(self._get_range, url, fd, *following))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            os.ftruncate(fd, done)
-            os.close(fd)
-
-    def _get_range(self, url: str, fd: int, start: int, end: int) -> bytes:
-        headers = {"Range": f"bytes={start}-{end}"}
-        try:
-            response = self.transport.store.request("GET", url, headers=headers)
-        except urllib3.exceptions.HTTPError as exc:
-            raise ConnectionFailed(f"reading the store: {exc}") from exc
-        data: bytes = response.data
-        if response.status != 206 or len(data) != end - start + 1:
-            if 200 <= response.status < 300:
-                raise ServerError(f"the store answered {response.status} to a range read")
-            raise from_response(
-                httpx.Response(response.status, headers=dict(response.headers), content=data)
-            )
-        os.pwrite(fd, data, start)
-        return data
-
-    def _fetch(self, url: str, partial: Path, have: int, f: FileOut, digest: Any) -> Any:
-        """Append the rest of the file to ``partial``; the digest updated (or a new one
-        when the server sent the whole file again)."""
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        try:
-            with self.transport.http.stream("GET", url, headers=headers) as response:
-                if not response.is_success:
-                    response.read()
-                    raise from_response(response)
-                if response.status_code != 206 and have:  # range ignored: start over
-                    self.emit(TransferEvent("advance", f.path, f.size, -have))
-                    have = 0
-                    digest = hashlib.sha256()
-                with partial.open("r+b" if have else "wb") as out:
-                    out.seek(have)
-                    out.truncate()
-                    for chunk in response.iter_bytes(CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        self.emit(TransferEvent("advance", f.path, f.size, len(chunk)))
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"downloading {f.path!r}: {exc}") from exc
-        return digest

@@ -1,20 +1,22 @@
-"""HTTP to the control plane: one pooled ``httpx.Client``, the bearer token, errors mapped,
-and retries with exponential backoff where a retry cannot do harm."""
+"""HTTP to the control plane through the toolkit (``contract.http``): one pooled client, the
+bearer token (never sent to another host), the one retry policy, errors mapped once."""
 
 from __future__ import annotations
 
-import random
-import time
+import threading
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
-import urllib3
 
-from client.errors import ConnectionFailed, Unavailable, from_response
+from client.errors import ConnectionFailed, from_response
+from contract.download import BulkReader
+from contract.http import IDEMPOTENT, RetryPolicy, describe, make_client
 from contract.paths import API_PREFIX
 
 API = API_PREFIX
-IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+USER_AGENT = "modelplane-sdk"
 
 
 class Transport:
@@ -34,27 +36,14 @@ class Transport:
     ) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
-        headers = {"User-Agent": "modelplane-sdk"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.http = httpx.Client(
-            base_url=self.url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-        )
-        # Presigned object-store URLs carry their own signature: never our token.
-        self.bare = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
-        # Big bodies read from the store: urllib3 reads them ~2x faster than httpx (h11).
-        self.store = urllib3.PoolManager(
-            maxsize=32, timeout=urllib3.Timeout(connect=10.0, read=timeout), retries=False
-        )
+        self.policy = RetryPolicy(attempts=retries + 1, backoff=backoff, max_backoff=max_backoff)
+        self.http = make_client(self.url, token=token, user_agent=USER_AGENT, timeout=timeout)
+        # Big bodies read from the store (or from us) in ranges: see BulkReader.
+        self.bulk = BulkReader(timeout=timeout, user_agent=USER_AGENT)
 
     def close(self) -> None:
         self.http.close()
-        self.bare.close()
-        self.store.clear()
+        self.bulk.close()
 
     def request(
         self,
@@ -68,36 +57,36 @@ class Transport:
         """The answer if 2xx (or a status in ``expect``); raises the mapped error otherwise.
         ``path`` is relative to the base URL (``/api/v1/...``) or absolute."""
         safe = method.upper() in IDEMPOTENT if idempotent is None else idempotent
-        attempt = 0
-        while True:
-            try:
-                response = self.http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                never_sent = isinstance(exc, httpx.ConnectError | httpx.PoolTimeout)
-                if attempt < self.retries and (safe or never_sent) and _rewindable(kwargs):
-                    self.sleep(attempt, None)
-                    attempt += 1
-                    continue
-                raise ConnectionFailed(f"cannot reach {self.url}: {_describe(exc)}") from exc
-            if response.is_success or response.status_code in expect:
-                return response
-            error = from_response(response)
-            if (
-                isinstance(error, Unavailable)
-                and safe
-                and attempt < self.retries
-                and _rewindable(kwargs)
-            ):
-                self.sleep(attempt, error.retry_after)
-                attempt += 1
-                continue
-            raise error
+        once = not _rewindable(kwargs)  # a streamed body cannot be sent twice
+        return self.send(
+            lambda: self.http.request(method, path, **kwargs),
+            idempotent=safe,
+            expect=expect,
+            policy=replace(self.policy, attempts=1) if once else None,
+        )
 
-    def sleep(self, attempt: int, retry_after: float | None) -> None:
-        delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.max_backoff))
-        time.sleep(delay)
+    def send(
+        self,
+        call: Callable[[], httpx.Response],
+        *,
+        idempotent: bool,
+        expect: tuple[int, ...] = (),
+        stop: threading.Event | None = None,
+        policy: RetryPolicy | None = None,
+        failing: str | None = None,
+    ) -> httpx.Response:
+        """``call()`` under the retry policy (ended early once ``stop`` is set), its
+        answer checked and its failures mapped to the SDK's errors (``failing`` says what
+        could not be done when the peer could not be reached)."""
+        policy = policy or (replace(self.policy, stop=stop) if stop else self.policy)
+        try:
+            response = policy.run(call, idempotent=idempotent)
+        except httpx.TransportError as exc:
+            failing = failing or f"cannot reach {self.url}"
+            raise ConnectionFailed(f"{failing}: {describe(exc)}") from exc
+        if response.is_success or response.status_code in expect:
+            return response
+        raise from_response(response)
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
@@ -107,8 +96,3 @@ def _rewindable(kwargs: dict[str, Any]) -> bool:
     """A streamed body (an iterator) cannot be sent twice; bytes and JSON can."""
     content = kwargs.get("content")
     return content is None or isinstance(content, bytes | bytearray | str)
-
-
-def _describe(exc: httpx.TransportError) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())

@@ -7,13 +7,10 @@ import ctypes
 import gc
 import os
 import shutil
-import socket
-from asyncio import Transport
-from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from contract.asgi import NoDelayProtocol
 from contract.logs import configure_logging
 from registry.app import create_app
 from registry.fastpath import FastVersionReads
@@ -23,23 +20,6 @@ from registry.settings import Settings
 # Worker processes rebuild the app from this (spawned workers share no memory with us).
 SETTINGS_ENV = "MODELPLANE_SERVE_SETTINGS_JSON"
 M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
-
-
-class NoDelayHttpToolsProtocol(HttpToolsProtocol):
-    """httptools, with Nagle off on every accepted connection.
-
-    With ``--workers N`` uvicorn hands the workers a shared listening socket and the
-    accepted connections keep Nagle's algorithm on (uvicorn issue 3149): a small response
-    then waits for the client's delayed ACK, ~40 ms per keep-alive request after the first.
-    """
-
-    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
-        sock: Any = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # The peer may already be gone; the protocol notices and reports that itself.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().connection_made(transport)
 
 
 def return_big_buffers_to_the_os() -> None:
@@ -83,7 +63,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http=NoDelayHttpToolsProtocol,
+        http=NoDelayProtocol,
         access_log=False,
         proxy_headers=True,
         timeout_keep_alive=30,

@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import urllib.request
 from typing import Any, Protocol
 
-import orjson
+import httpx
 
 from contract.enums import EndpointStatus
+from contract.http import describe, make_client
 
 log = logging.getLogger("serving.lifecycle")
+TIMEOUT = 5.0
 
 
 class Lifecycle(Protocol):
@@ -42,7 +43,8 @@ class LoggingLifecycle:
 
 class HttpAnnouncer:
     """Announces the endpoint to a control plane from one background thread, in order;
-    between changes it heartbeats. Failures are logged, never fatal."""
+    between changes it heartbeats. Failures are logged, never fatal, and not retried here:
+    the next heartbeat (or, before an id is known, the next registration) is the retry."""
 
     def __init__(
         self,
@@ -53,9 +55,18 @@ class HttpAnnouncer:
         token: str | None = None,
         request_id: str | None = None,
     ) -> None:
-        self._base = register_url.rstrip("/")
-        self._token = token
-        self._request_id = request_id  # the control plane's events about us carry it
+        # the control plane's events about us carry the request id
+        headers = {"X-Request-ID": request_id} if request_id else {}
+        self._http = make_client(
+            register_url.rstrip("/"),
+            token=token,
+            headers=headers,
+            user_agent="modelplane-serving",
+            timeout=TIMEOUT,
+            connect_timeout=TIMEOUT,
+            max_connections=1,
+            max_keepalive=1,
+        )
         self._endpoint = endpoint
         self._heartbeat_s = heartbeat_s
         self._state = EndpointStatus.loading
@@ -82,6 +93,7 @@ class HttpAnnouncer:
                 self._send(self._state, None)  # heartbeat
                 continue
             if change is None:
+                self._http.close()
                 return
             self._state = change[0]
             self._send(*change)
@@ -97,21 +109,16 @@ class HttpAnnouncer:
             self._call("POST", f"/endpoints/{self._id}/heartbeat", body)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
-        data = orjson.dumps(body) if body is not None else None
-        request = urllib.request.Request(self._base + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if self._token:
-            request.add_header("Authorization", f"Bearer {self._token}")
-        if self._request_id:
-            request.add_header("X-Request-ID", self._request_id)
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                raw = response.read()
-        except OSError as exc:
-            log.warning("announce %s %s failed: %s", method, path, exc)
+            response = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            log.warning("announce %s %s failed: %s", method, path, describe(exc))
+            return None
+        if not response.is_success:
+            log.warning("announce %s %s failed: %s", method, path, response.status_code)
             return None
         try:
-            parsed = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
+            parsed = response.json() if response.content else None
+        except ValueError:
             return None
         return parsed if isinstance(parsed, dict) else None

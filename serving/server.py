@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -17,29 +16,18 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from contract.asgi import NoDelayProtocol
 from serving.app import ServingApp
 from serving.artifacts import parse_signature, verify_sha256
 from serving.batching import Batcher
 from serving.lifecycle import EndpointStatus, HttpAnnouncer, Lifecycle, LoggingLifecycle
 from serving.metrics import ServingMetrics
-from serving.runtime import Runtime, TorchRuntime, example_input
+from serving.runtimes import RuntimeOptions, runtime_for
+from serving.runtimes.base import Runtime, example_input
 from serving.settings import Executor, ModelFormat, ServingSettings
 
 log = logging.getLogger("serving")
-
-
-class NoDelayProtocol(HttpToolsProtocol):
-    """uvicorn leaves Nagle on for sockets it did not create itself (encode/uvicorn#3149):
-    each keep-alive answer after the first then waits ~40 ms for a delayed ACK."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):  # not TCP (a unix socket): nothing to do
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().connection_made(transport)
 
 
 class DrainingServer(uvicorn.Server):
@@ -92,12 +80,13 @@ def bind(settings: ServingSettings, reuse_port: bool) -> socket.socket:
 
 def build_app(settings: ServingSettings) -> ServingApp:
     """The app with its runtime, metrics and batcher; nothing is loaded yet."""
-    runtime = TorchRuntime(
-        settings.format,
+    options = RuntimeOptions(
         device=settings.device,
         signature=parse_signature(settings.signature),
         allow_pickle=settings.allow_pickle,
+        intra_op_threads=settings.torch_threads,
     )
+    runtime = runtime_for(settings.format)(settings.format, options)
     metrics = ServingMetrics(settings.name, settings.version)
     batcher = Batcher(
         runtime,
@@ -136,9 +125,6 @@ def uvicorn_config(app: ServingApp, settings: ServingSettings) -> uvicorn.Config
 
 def serve(settings: ServingSettings, *, reuse_port: bool = False) -> int:
     """Run one serving process until SIGTERM; the exit status (0 after a clean drain)."""
-    import torch
-
-    torch.set_num_threads(settings.torch_threads)
     log.info(
         "serving %s version %s from %s on %s:%d",
         settings.name, settings.version, settings.path, settings.host, settings.port,

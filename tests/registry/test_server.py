@@ -52,7 +52,7 @@ ASYNCIO_LOOP = [
     "--loop",
     "asyncio",
     "--http",
-    "registry.server:NoDelayHttpToolsProtocol",
+    "contract.asgi:NoDelayProtocol",
     "--no-access-log",
 ]
 
