@@ -10,7 +10,7 @@ import shutil
 
 import uvicorn
 
-from contract.asgi import NoDelayProtocol
+from contract.asgi import nodelay_protocol
 from contract.logs import configure_logging
 from registry.app import create_app
 from registry.fastpath import FastVersionReads
@@ -63,7 +63,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http=NoDelayProtocol,
+        http=nodelay_protocol(),
         access_log=False,
         proxy_headers=True,
         timeout_keep_alive=30,

@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from contract.asgi import NoDelayProtocol
+from contract.asgi import nodelay_protocol
 from serving.app import ServingApp
 from serving.artifacts import parse_signature, verify_sha256
 from serving.batching import Batcher
@@ -110,7 +110,7 @@ def build_app(settings: ServingSettings) -> ServingApp:
 def uvicorn_config(app: ServingApp, settings: ServingSettings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        http=NoDelayProtocol,
+        http=nodelay_protocol(),
         loop="uvloop",
         lifespan="off",
         log_level=settings.log_level,
