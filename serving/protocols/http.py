@@ -1,12 +1,14 @@
 """The raw-ASGI side every protocol shares: reading a bounded body, answering in two `send`
-calls, and `HttpError` (a status plus one line, rendered in each protocol's error shape)."""
+calls, `HttpError` (a status plus one line, rendered in each protocol's error shape), and
+`Endpoint`: what a protocol front end needs of the serving app (`serving.app.ServingApp`)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
-from serving.protocols.v2 import ProtocolError
+from serving.metrics import ServingMetrics
+from serving.protocols.v2 import OutputTensor, ProtocolError, RequestInput, TensorSpec
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -15,6 +17,27 @@ Send = Callable[[Message], Awaitable[None]]
 
 JSON = b"application/json"
 OCTETS = b"application/octet-stream"
+
+
+class Endpoint(Protocol):
+    """The one model a serving process answers for, as the protocols see it."""
+
+    name: str
+    version: str
+    ready: bool  # loaded and warm
+    draining: bool  # SIGTERM arrived
+    inputs: list[TensorSpec]  # what calls send (a pipeline's BYTES inputs included)
+    outputs: list[TensorSpec]  # what calls get back
+    metrics: ServingMetrics
+
+    @property
+    def serving(self) -> bool: ...
+
+    async def read_payload(self, scope: Scope, receive: Receive) -> bytes: ...
+
+    async def run(self, items: list[RequestInput]) -> dict[str, OutputTensor]: ...
+
+    def records(self, outputs: dict[str, OutputTensor]) -> list[Any] | None: ...
 
 
 class HttpError(Exception):

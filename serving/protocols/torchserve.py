@@ -14,17 +14,23 @@ from __future__ import annotations
 import time
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import orjson
 
-from serving.protocols.http import HttpError, Receive, Scope, Send, failure, header, respond
+from serving.protocols.http import (
+    Endpoint,
+    HttpError,
+    Receive,
+    Scope,
+    Send,
+    failure,
+    header,
+    respond,
+)
 from serving.protocols.v1 import is_b64, json_tensor, json_value, loads, named_values
 from serving.protocols.v2 import OutputTensor, ProtocolError, RequestInput, TensorSpec
-
-if TYPE_CHECKING:
-    from serving.app import ServingApp
 
 ERROR_TYPES = {
     400: "BadRequestException",
@@ -43,12 +49,12 @@ def error_body(status: int, message: str) -> bytes:
     return orjson.dumps({"code": status, "type": kind, "message": message})
 
 
-async def ping(app: ServingApp, send: Send) -> None:
+async def ping(app: Endpoint, send: Send) -> None:
     await respond(send, 200 if app.serving else 503, HEALTHY if app.serving else UNHEALTHY)
 
 
 async def predict(
-    app: ServingApp, rest: str, method: str, scope: Scope, receive: Receive, send: Send
+    app: Endpoint, rest: str, method: str, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """`rest` is the path after `/predictions/`: `m` or `m/version`."""
     started = time.perf_counter()
@@ -67,7 +73,7 @@ async def predict(
     app.metrics.observe(outcome, time.perf_counter() - started)
 
 
-def _resolve(app: ServingApp, rest: str, method: str) -> None:
+def _resolve(app: Endpoint, rest: str, method: str) -> None:
     parts = rest.split("/")
     if parts[0] != app.name:
         raise HttpError(404, f"Model not found: {parts[0]}", "not_found")

@@ -19,17 +19,14 @@ import binascii
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import orjson
 
 from contract.dtypes import NUMERIC_DTYPES
-from serving.protocols.http import HttpError, Receive, Scope, Send, failure, respond
+from serving.protocols.http import Endpoint, HttpError, Receive, Scope, Send, failure, respond
 from serving.protocols.v2 import OutputTensor, ProtocolError, RequestInput, TensorSpec, error_body
-
-if TYPE_CHECKING:
-    from serving.app import ServingApp
 
 SIGNATURE = "serving_default"
 TF_DTYPES = {
@@ -57,7 +54,7 @@ class PredictRequest:
 
 
 async def route(
-    app: ServingApp, rest: str, method: str, scope: Scope, receive: Receive, send: Send
+    app: Endpoint, rest: str, method: str, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Everything under `/v1/models/` (`rest` is the path after it)."""
     target, colon, verb = rest.partition(":")
@@ -89,7 +86,7 @@ async def route(
         raise HttpError(404, f"no route /v1/models/{rest}", "not_found")
 
 
-async def predict(app: ServingApp, scope: Scope, receive: Receive, send: Send) -> None:
+async def predict(app: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
     started = time.perf_counter()
     outcome = "ok"
     try:
