@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 PIECE = 8 * 2**20  # one ranged GET
 CHUNK = 2**20  # reads of a streamed download, and its progress granularity
 BUFFER = 8 * 2**20  # hashing reads of a resumed prefix
+STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 # -- bulk reads --------------------------------------------------------------------------
 
@@ -68,16 +69,20 @@ class BulkReader:
         key = (parts.scheme, parts.netloc)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         wanted = {"User-Agent": self.user_agent, **headers, "Range": f"bytes={start}-{end}"}
-        connection = self._take(key)
-        try:
-            if connection.sock is None:
-                self._connect(connection, url)
-            connection.request("GET", target, headers=wanted)
-            answer = connection.getresponse()
-            data = answer.read()
-        except (OSError, http.client.HTTPException) as exc:
-            connection.close()
-            raise _read_error(exc, url) from exc
+        for fresh in (False, True):
+            connection, reused = self._take(key, fresh)
+            try:
+                if connection.sock is None:
+                    self._connect(connection, url)
+                connection.request("GET", target, headers=wanted)
+                answer = connection.getresponse()
+                data = answer.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                # A kept-alive connection the server closed meanwhile: once more, on a new one.
+                if not (reused and isinstance(exc, STALE)):
+                    raise _read_error(exc, url) from exc
         if answer.will_close:
             connection.close()
         else:
@@ -99,18 +104,22 @@ class BulkReader:
         for connection in itertools.chain.from_iterable(idle.values()):
             connection.close()
 
-    def _take(self, key: tuple[str, str]) -> http.client.HTTPConnection:
-        with self._lock:
-            if pooled := self._idle.get(key):
-                return pooled.pop()
+    def _take(self, key: tuple[str, str], fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection to ``key`` (unless ``fresh``) or a new one; and which it is."""
+        if not fresh:
+            with self._lock:
+                if pooled := self._idle.get(key):
+                    return pooled.pop(), True
         scheme, netloc = key
         if scheme == "https":
             if self._tls is None:
                 self._tls = httpx.create_ssl_context()
-            return http.client.HTTPSConnection(
+            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
                 netloc, timeout=self.connect_timeout, context=self._tls
             )
-        return http.client.HTTPConnection(netloc, timeout=self.connect_timeout)
+        else:
+            connection = http.client.HTTPConnection(netloc, timeout=self.connect_timeout)
+        return connection, False
 
     def _give(self, key: tuple[str, str], connection: http.client.HTTPConnection) -> None:
         with self._lock:

@@ -419,6 +419,26 @@ def test_a_range_whose_connection_drops_is_read_again(
     assert dropped and sum("Range" in s.headers for s in server.seen) == 7
 
 
+def test_a_kept_alive_connection_the_server_closed_is_replaced_without_a_retry(
+    serve: Callable[[Handler], Server], tmp_path: Path
+) -> None:
+    ranges = serve_ranges(DATA)
+
+    def closes_silently(request: BaseHTTPRequestHandler, n: int) -> None:
+        ranges(request, n)
+        request.close_connection = True  # without saying so: the client keeps it for reuse
+
+    server = serve(closes_silently)
+    once = RetryPolicy(attempts=1)
+    with make_client(server.url) as http:
+        get = Downloader(
+            http, BulkReader(timeout=10), once, parallel=1, ranged_from=PIECE, piece=PIECE
+        )
+        get.to_file("/f", tmp_path / "w", size=len(DATA), sha256=sha(DATA))
+    assert (tmp_path / "w").read_bytes() == DATA
+    assert sum("Range" in s.headers for s in server.seen) == 6
+
+
 def test_a_refused_range_read_raises_with_the_answer(
     serve: Callable[[Handler], Server], tmp_path: Path
 ) -> None:
