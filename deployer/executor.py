@@ -25,8 +25,10 @@ from pathlib import Path
 
 import httpx
 import orjson
+from pydantic import ValidationError
 
 from contract.logs import request_id
+from contract.serving import SETTINGS_ENV, ServingSpec, SpareJob
 from deployer.cache import BlobCache, CacheError, sha256_args
 from deployer.children import die_with_parent
 from deployer.client import ControlPlane
@@ -59,6 +61,7 @@ class Replica:
     process: subprocess.Popen[bytes] | None = None
     port: int | None = None
     log_path: Path | None = None
+    spec: ServingSpec | None = None  # what its serving process was last started with
     pull: Future[Path] | None = None
     ready: bool = False
     ready_since: float | None = None
@@ -280,24 +283,31 @@ class Executor:
         assignment = replica.assignment
         assert replica.path is not None, "started before its pull finished"
         replica.port = self._free_port()
-        command = self.command(assignment, replica.path, replica.port)
+        try:
+            spec = self.serving_spec(assignment, replica.path, replica.port)
+        except ValidationError as exc:  # e.g. a format this worker's serving does not know
+            log.error("replica %s: cannot be served here: %s", assignment.replica_id, exc)
+            replica.update(failed_reason=f"serving settings refused: {_first_error(exc)}")
+            return
+        replica.spec = spec
         gpus = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in assignment.gpu_ids)}
         spare, self._spare = self._spare, None
         if spare is not None and spare.process.poll() is None:
-            job = orjson.dumps({"argv": command[3:], "env": gpus}) + b"\n"
+            job = SpareJob(settings=spec, env=gpus)
             assert spare.process.stdin is not None
-            spare.process.stdin.write(job)
+            spare.process.stdin.write(job.model_dump_json().encode() + b"\n")
             spare.process.stdin.close()
             replica.process, replica.log_path = spare.process, spare.log_path
         else:
             replica.log_path = self.logs / f"{_safe(assignment.replica_id)}.log"
+            settings = {SETTINGS_ENV: spec.model_dump_json()}
             with replica.log_path.open("ab") as sink:
                 replica.process = subprocess.Popen(
-                    command,
+                    [sys.executable, "-m", "serving"],
                     stdin=subprocess.DEVNULL,
                     stdout=sink,
                     stderr=subprocess.STDOUT,
-                    env={**self._child_env(), **gpus},
+                    env={**self._child_env(), **gpus, **settings},
                     preexec_fn=die_with_parent,
                 )
         if replica.state.exited_at is not None:
@@ -324,38 +334,37 @@ class Executor:
             env[TOKEN_ENV] = self.control_plane.token
         return env
 
-    def command(self, assignment: Assignment, path: Path, port: int) -> list[str]:
+    def serving_spec(self, assignment: Assignment, path: Path, port: int) -> ServingSpec:
+        """The settings of the serving process for `assignment`, as data (validated here,
+        torch-free; the process validates the same model again)."""
         address = self.settings.address
         device = "cpu" if not assignment.gpu_ids and assignment.device == "auto" else None
-        args = [
-            sys.executable, "-m", "serving",
-            "--name", assignment.model,
-            "--version", str(assignment.version),
-            "--format", assignment.format or "torchscript",
-            "--path", str(path),
-            "--host", address,
-            "--port", str(port),
-            "--register-url", self.control_plane.api,
-            "--replica-id", assignment.replica_id,
-            "--advertise-url", f"http://{address}:{port}",
-            "--device", device or assignment.device,
-            "--max-batch-size", str(assignment.batching.max_batch_size),
-            "--max-delay-ms", str(assignment.batching.max_delay_ms),
-            "--heartbeat-s", str(self.serving_heartbeat_s),
-            "--drain-timeout-s", str(max(1.0, self.settings.drain_timeout_s * 0.8)),
-            "--log-level", self.settings.serving_log_level,
-        ]  # fmt: skip
-        for digest in sha256_args(assignment):
-            args += ["--sha256", digest]
-        if all(self.cache.verified(ref) for ref in assignment.files):
-            args.append("--sha256-verified")  # hashed by our cache, unchanged since
-        if assignment.signature is not None:
-            args += ["--signature", orjson.dumps(assignment.signature).decode()]
-        if assignment.allow_pickle:
-            args.append("--allow-pickle")
-        if assignment.request_id:
-            args += ["--request-id", assignment.request_id]
-        return args
+        signature = assignment.signature
+        return ServingSpec.model_validate(
+            {
+                "name": assignment.model,
+                "version": str(assignment.version),
+                "format": assignment.format or "torchscript",
+                "path": path,
+                "host": address,
+                "port": port,
+                "register_url": self.control_plane.api,
+                "replica_id": assignment.replica_id,
+                "advertise_url": f"http://{address}:{port}",
+                "device": device or assignment.device,
+                "max_batch_size": assignment.batching.max_batch_size,
+                "max_delay_ms": assignment.batching.max_delay_ms,
+                "heartbeat_s": self.serving_heartbeat_s,
+                "drain_timeout_s": max(1.0, self.settings.drain_timeout_s * 0.8),
+                "log_level": self.settings.serving_log_level,
+                "sha256": sha256_args(assignment),
+                # hashed by our cache when pulled and unchanged since: not hashed again
+                "sha256_verified": all(self.cache.verified(ref) for ref in assignment.files),
+                "signature": None if signature is None else orjson.dumps(signature).decode(),
+                "allow_pickle": assignment.allow_pickle,
+                "request_id": assignment.request_id,
+            }
+        )
 
     def _signal(self, replica: Replica, signum: signal.Signals) -> None:
         if replica.process is not None and replica.process.poll() is None:
@@ -407,7 +416,7 @@ class Executor:
 
 @dataclass
 class Spare:
-    """A `python -m serving.spare` waiting on stdin for the argv of its serving process."""
+    """A `python -m serving.spare` waiting on stdin for the settings of its serving process."""
 
     process: subprocess.Popen[bytes]
     log_path: Path
@@ -441,6 +450,12 @@ TOKEN_ENV = "MODELPLANE_TOKEN"
 
 def _child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_SERVING_")}
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}"
 
 
 def _exit_text(code: int, log_path: Path | None) -> str:

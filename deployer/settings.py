@@ -1,27 +1,50 @@
-"""The worker's one settings object: CLI flags and `MODELPLANE_WORKER_*` environment."""
+"""The worker's one settings object: flags (`python -m deployer --help`, pydantic-settings'
+CLI) and `MODELPLANE_WORKER_*` environment."""
 
 from __future__ import annotations
 
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SHARED_TOKEN_ENV = "MODELPLANE_TOKEN"
+
+HELP = """Modelplane deployer worker: claims replicas, pulls their files into a local cache and
+runs them as serving processes.
+
+Every option can also come from MODELPLANE_WORKER_<NAME> (flags win). SIGTERM/SIGINT drain
+every serving process, then exit."""
+
+
+def all_cpus() -> int:
+    return os.cpu_count() or 1
 
 
 class WorkerSettings(BaseSettings):
+    """Everything one deployer worker needs; built once, in `deployer.__main__`."""
+
     model_config = SettingsConfigDict(
-        env_prefix="MODELPLANE_WORKER_", extra="ignore", populate_by_name=True
+        env_prefix="MODELPLANE_WORKER_",
+        extra="ignore",
+        json_schema_extra={"description": HELP},
+        cli_prog_name="python -m deployer",
+        cli_show_env_vars=True,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_hide_none_type=True,
     )
 
     control_plane: str = Field(description="control plane base URL, e.g. http://cp:8000")
     token: str | None = Field(
         None,
-        validation_alias=AliasChoices("MODELPLANE_WORKER_TOKEN", "MODELPLANE_TOKEN"),
-        description="API key with the worker scope, sent as 'Authorization: Bearer'; also "
-        "handed to serving processes (env MODELPLANE_TOKEN). Prefer the environment to the "
-        "flag: flags show in ps",
+        description=f"API key with the worker scope (else env {SHARED_TOKEN_ENV}), sent as "
+        f"'Authorization: Bearer'; also handed to serving processes as {SHARED_TOKEN_ENV}. "
+        "Prefer the environment to the flag: flags show in ps",
         repr=False,
     )
     name: str = Field(default_factory=socket.gethostname, description="worker name")
@@ -29,9 +52,7 @@ class WorkerSettings(BaseSettings):
     gpus: str = Field(
         "", description="GPU ids this worker may use: '0,1', 'auto' (torch.cuda), '' (none)"
     )
-    cpu_slots: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=0, description="CPU replicas at once"
-    )
+    cpu_slots: int = Field(default_factory=all_cpus, ge=0, description="CPU replicas at once")
     cache_dir: Path = Field(Path(".modelplane/cache"), description="content-addressed cache")
     cache_max_bytes: int = Field(50 * 2**30, gt=0, description="cache size bound (LRU)")
     port_range: str = Field("20000-29999", description="ports for serving processes, A-B")
@@ -60,9 +81,22 @@ class WorkerSettings(BaseSettings):
         None, ge=0, le=65535, description="serve Prometheus /metrics on this port (0: any free)"
     )
     metrics_address: str = Field("127.0.0.1", description="address the /metrics port binds")
+    log_level: str = Field("INFO", description="the worker's own log level")
     log_format: str = Field(
         "auto", pattern="^(auto|json|text)$", description="json, text, or auto (JSON if no TTY)"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        shared = SharedToken(settings_cls)
+        return (init_settings, env_settings, shared, dotenv_settings, file_secret_settings)
 
     @field_validator("control_plane")
     @classmethod
@@ -90,3 +124,16 @@ class WorkerSettings(BaseSettings):
 
             return list(range(torch.cuda.device_count()))
         return [int(part) for part in spec.split(",") if part.strip()]
+
+
+class SharedToken(PydanticBaseSettingsSource):
+    """`token` from MODELPLANE_TOKEN, below MODELPLANE_WORKER_TOKEN: the variable the SDK,
+    the CLI and serving processes read too. A source rather than a validation alias, whose
+    every choice would become a flag of its own."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the one variable
+
+    def __call__(self) -> dict[str, Any]:
+        token = os.environ.get(SHARED_TOKEN_ENV)
+        return {"token": token} if token else {}

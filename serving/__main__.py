@@ -1,68 +1,50 @@
-"""`python -m serving`: serve one model file over the Open Inference Protocol."""
+"""`python -m serving`: serve one model over the Open Inference Protocol and the others.
+
+The flags are `ServingSettings`' own (pydantic-settings' CLI); a deployer worker sends the
+same settings as data instead: `contract.serving.ServingSpec` as JSON, in the environment
+for a cold start, or on a warm spare's stdin (`serving.spare`, which calls `run`).
+"""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
-from enum import Enum
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import CliApp
 
 from contract.logs import configure_logging
+from contract.serving import SETTINGS_ENV, ServingSpec
 from serving.artifacts import ArtifactError
 from serving.server import run_workers, serve
 from serving.settings import ServingSettings
 
-EPILOG = """Every option can also come from the environment: --max-batch-size 8 is
-MODELPLANE_SERVING_MAX_BATCH_SIZE=8 (lists: a JSON array). Flags win over the environment.
-SIGTERM drains: readiness turns 503, in-flight calls finish, the process exits 0."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m serving",
-        description="Serve one PyTorch model over the Open Inference Protocol (KServe v2).",
-        epilog=EPILOG,
-        argument_default=argparse.SUPPRESS,
-    )
-    for name, field in ServingSettings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        env = f"MODELPLANE_SERVING_{name.upper()}"
-        default = (
-            ""
-            if field.is_required()
-            else f"; default {_show(field.get_default(call_default_factory=True))}"
-        )
-        help_text = f"{field.description} [env {env}{default}]"
-        kind: Any = field.annotation
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        elif kind == list[str]:
-            parser.add_argument(
-                flag, action="append", metavar="VALUE", help=help_text + " (repeatable)"
-            )
-        elif isinstance(kind, type) and issubclass(kind, Enum):
-            parser.add_argument(flag, choices=[m.value for m in kind], help=help_text)
-        else:
-            parser.add_argument(flag, metavar=name.upper(), help=help_text)
-    return parser
-
-
-def _show(value: Any) -> str:
-    return str(value.value if isinstance(value, Enum) else value)
+log = logging.getLogger("serving")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    given = vars(build_parser().parse_args(argv))
     try:
-        settings = ServingSettings(**given)
+        # The worker's spec enters as init values: below the flags, above MODELPLANE_SERVING_*.
+        sent = spec_from_environment()
+        argv = sys.argv[1:] if argv is None else argv
+        settings = CliApp.run(ServingSettings, cli_args=argv, **sent)
     except ValidationError as exc:
         print(f"python -m serving: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    return run(settings)
+
+
+def spec_from_environment() -> dict[str, Any]:
+    """A whole `ServingSpec` from `SETTINGS_ENV`, validated as one document (an unknown or
+    missing key is an error, not a silent default); nothing when the variable is unset."""
+    text = os.environ.get(SETTINGS_ENV)
+    return ServingSpec.model_validate_json(text).model_dump() if text else {}
+
+
+def run(settings: ServingSettings) -> int:
+    """Be the serving process `settings` describe, until it drains."""
     # Our own lines (lifecycle transitions, a handful) at info; uvicorn's at --log-level.
     configure_logging(
         settings.log_format,
@@ -71,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         | ({"replica": settings.replica_id} if settings.replica_id else {}),
         default_request_id=settings.request_id,
     )
+    spec = settings.spec()
+    log.info("starting with settings %s", spec.model_dump_json())  # exactly what it runs with
     if settings.workers > 1:
-        return run_workers(settings, argv)
+        # Each worker process reads the same settings as data, as one of ours.
+        one = spec.model_copy(update={"workers": 1, "reuse_port": True})
+        os.environ[SETTINGS_ENV] = one.model_dump_json()
+        return run_workers(settings, [])
     try:
         return serve(settings, reuse_port=settings.reuse_port)
     except ArtifactError as exc:

@@ -2,10 +2,10 @@
 
 Starting `python -m serving` spends seconds importing torch before it reads a byte of the
 model. The worker keeps one spare started ahead of time: it imports `serving` (and torch
-with it; CUDA stays uninitialised), then blocks on stdin for one JSON line
-`{"argv": [...], "env": {...}}`, applies the environment (`CUDA_VISIBLE_DEVICES` is read
-when CUDA initialises, which has not happened yet) and runs `serving`'s main with `argv`:
-from there it is the same process `python -m serving ARGV` would have been.
+with it; CUDA stays uninitialised), then blocks on stdin for one JSON line, a
+`contract.serving.SpareJob`: `{"settings": {...}, "env": {...}}`. It applies the environment
+(`CUDA_VISIBLE_DEVICES` is read when CUDA initialises, which has not happened yet) and runs
+with those settings: from there it is the process `python -m serving` would have been.
 """
 
 from __future__ import annotations
@@ -13,22 +13,27 @@ from __future__ import annotations
 import os
 import sys
 
-import orjson
+from pydantic import ValidationError
+
+from contract.serving import SpareJob
+from serving.__main__ import exit_now, run
+from serving.settings import ServingSettings
 
 
 def main() -> int:
-    from serving.__main__ import main as serving_main
-
     line = sys.stdin.buffer.readline()
     if not line:
         return 0  # the worker closed our stdin without a job: not needed
-    job = orjson.loads(line)
-    os.environ.update(job["env"])
-    sys.argv = ["python -m serving", *job["argv"]]
-    return serving_main(job["argv"])
+    try:
+        job = SpareJob.model_validate_json(line)
+        os.environ.update(job.env)
+        # Every field is given: only the API key still comes from the environment.
+        settings = ServingSettings(**job.settings.model_dump())
+    except ValidationError as exc:
+        print(f"python -m serving.spare: invalid job:\n{exc}", file=sys.stderr)
+        return 2
+    return run(settings)
 
 
 if __name__ == "__main__":
-    from serving.__main__ import exit_now
-
     exit_now(main())

@@ -134,10 +134,10 @@ def test_cache_hit_pulls_nothing(
     assert blob.stat().st_ino == inode  # not replaced by a second download
     # hashed when pulled and unchanged since: serving is told not to hash it again
     path = executor.replicas["c2"].path
-    assert path is not None and "--sha256-verified" in executor.command(second, path, 1)
+    assert path is not None and executor.serving_spec(second, path, 1).sha256_verified
     with blob.open("r+b") as f:
         f.write(f.read(1))  # same bytes, yet written to: no longer vouched for
-    assert "--sha256-verified" not in executor.command(second, path, 1)
+    assert not executor.serving_spec(second, path, 1).sha256_verified
 
 
 def test_bytes_that_do_not_match_fail_the_replica(

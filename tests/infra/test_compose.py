@@ -10,9 +10,6 @@ the Dockerfile copies paths that exist and ends in a real command.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import re
 import shlex
 import subprocess
@@ -26,15 +23,13 @@ import pytest
 import typer.main
 from fastapi.testclient import TestClient
 from pydantic import AliasChoices
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, CliSettingsSource, SettingsError
 
 from cli.app import app as cli_app
-from deployer.__main__ import build_parser as deployer_parser
 from deployer.settings import WorkerSettings
 from registry.app import create_app
 from registry.migrate import upgrade_to_head
 from registry.settings import Settings
-from serving.__main__ import build_parser as serving_parser
 from serving.settings import ServingSettings
 from tests.infra.compose import (
     REPO,
@@ -81,18 +76,13 @@ def env_fields(cls: type[BaseSettings]) -> dict[str, str]:
     return names
 
 
-def parse_argparse(parser: argparse.ArgumentParser, args: list[str]) -> dict[str, Any]:
-    """argparse's namespace as a dict; a bad flag fails the test instead of exiting."""
-    exact = {flag for action in parser._actions for flag in action.option_strings}
-    for arg in args:
-        flag = arg.split("=", 1)[0]
-        assert not flag.startswith("--") or flag in exact, f"{parser.prog}: no flag {flag}"
-    errors = io.StringIO()
+def parse_flags(cls: type[BaseSettings], args: list[str]) -> dict[str, Any]:
+    """The values the process's own CLI (pydantic-settings' parser for its settings class)
+    reads from `args`; an unknown flag or a bad value fails the test instead of exiting."""
     try:
-        with contextlib.redirect_stderr(errors):
-            return vars(parser.parse_args(args))
-    except SystemExit:
-        pytest.fail(f"{parser.prog} {' '.join(args)}: {errors.getvalue()}")
+        return CliSettingsSource(cls, cli_parse_args=args, cli_exit_on_error=False)()
+    except SettingsError as exc:
+        pytest.fail(f"{cls.model_config.get('cli_prog_name')} {' '.join(args)}: {exc}")
 
 
 def entry_point(argv: list[str]) -> tuple[str, dict[str, Any]]:
@@ -115,11 +105,8 @@ def entry_point(argv: list[str]) -> tuple[str, dict[str, Any]]:
             pytest.fail(f"`{' '.join(argv)}`: {getattr(exc, 'format_message', exc.__str__)()}")
         return "registry", {}
     if argv[:2] == ["python", "-m"] and argv[2] in ("deployer", "serving"):
-        parser = deployer_parser() if argv[2] == "deployer" else serving_parser()
-        given = parse_argparse(parser, argv[3:])
-        if argv[2] == "deployer":
-            given.pop("log_level", None)  # the worker's own flag, not a WorkerSettings field
-        return argv[2], given
+        cls = WorkerSettings if argv[2] == "deployer" else ServingSettings
+        return argv[2], parse_flags(cls, argv[3:])
     pytest.fail(f"{argv} is not an entry point of ours")
 
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
-from serving.settings import ServingSettings
+from contract.serving import ServingSpec
 from tests.serving.conftest import REPO, ServerProcess, StartServer
 from tests.serving.models import Artifact
 
@@ -154,5 +154,5 @@ def test_help_documents_every_option() -> None:
         timeout=60,
     )
     assert done.returncode == 0
-    for name in ServingSettings.model_fields:
+    for name in ServingSpec.model_fields:  # all but the API key, which is environment only
         assert "--" + name.replace("_", "-") in done.stdout
