@@ -250,10 +250,9 @@ def test_migrate_and_control_planes_share_one_database_and_store() -> None:
     keys = ("MODELPLANE_DATABASE_URL", "MODELPLANE_STORAGE_URL", "MODELPLANE_S3_ENDPOINT_URL",
             "MODELPLANE_S3_ACCESS_KEY_ID", "MODELPLANE_S3_SECRET_ACCESS_KEY")  # fmt: skip
     migrate, cp = environment(SERVICES["migrate"]), environment(SERVICES["controlplane"])
-    for key in keys[:1]:
-        assert migrate[key] == cp[key]
     for key in keys:
         assert cp[key], key
+        assert migrate[key] == cp[key], key
 
 
 # -- addresses, ports, credentials --------------------------------------------------------
@@ -335,6 +334,9 @@ def test_workers_reach_the_proxy_and_advertise_their_own_hostname() -> None:
         assert "ports" not in SERVICES[name], "serving ports stay inside the network"
         assert Path(settings.cache_dir).is_absolute()
         assert str(settings.cache_dir) in mount_targets(name), f"{name}: cache not on a volume"
+    # The image runs as a non-root user: serving processes can only bind unprivileged ports.
+    for ports in ranges:
+        assert ports.start >= 1024, f"serving ports {ports} include privileged ones"
 
 
 # -- volumes, dependencies, healthchecks --------------------------------------------------

@@ -212,7 +212,7 @@ async def test_auto_rollback_starts_a_rollback_when_a_revision_fails(
     assignments = await heartbeat(client, worker, {old: "ready", new: ("failed", reason)})
     web = await get_deployment(client, "web")
     assert (web["revision"], web["version"], web["auto_rollback"]) == (3, v1, False)
-    assert web["status"] in ("pending", "rolling_out"), web
+    assert web["status"] == "pending", web
     desired = {a["replica_id"]: (a["revision"], a["desired"]) for a in assignments}
     assert desired[old] == (1, "run") and desired[new] == (2, "stop")
     revisions = (await client.get(f"{API}/deployments/web/revisions")).json()["items"]
@@ -406,7 +406,7 @@ async def test_concurrent_protocol_traffic_never_fails(
             beat = await client.post(
                 f"{API}/endpoints/{endpoint}/heartbeat", json={"status": "ready"}
             )
-            assert beat.status_code in (200, 404), beat.text
+            assert beat.status_code == 200, beat.text  # nothing deregisters endpoints here
 
     for round_ in range(6):
         version = v2 if round_ % 2 else v1
@@ -473,7 +473,7 @@ async def test_events_filter_by_deployment_and_model(client: httpx.AsyncClient, 
     first = (await client.get(f"{API}/events", params={"deployment": "web", "limit": 2})).json()
     rest = await events(deployment="web", cursor=first["next_cursor"])
     assert [e["id"] for e in first["items"] + rest] == [e["id"] for e in web]
-    assert (await client.delete(f"{API}/deployments/batch")).status_code in (202, 204)
+    assert (await client.delete(f"{API}/deployments/batch")).status_code == 202
     assert len(await events(deployment="batch")) > len(batch)  # events outlive it
     assert_problem(await client.get(f"{API}/events", params={"deployment": "Not A Name"}), 422)
     assert_problem(await client.get(f"{API}/events", params={"model": "../x"}), 422)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from registry.db import SessionFactory
+from registry.tables import BlobRow
 from storage import FileSystemArtifactStore, blob_key
+from storage.filesystem import TEMP_PREFIX
 from tests.registry.conftest import MAX_UPLOAD
 from tests.registry.helpers import API, assert_problem, create_version, ready_version, sha
 
@@ -104,10 +111,18 @@ async def test_bad_path_in_url_is_400(client: httpx.AsyncClient, model: str, pat
     assert_problem(response, 400, "invalid-path")
 
 
-async def test_concurrent_uploads_of_the_same_blob(client: httpx.AsyncClient, model: str) -> None:
-    import asyncio
-
-    data = b"shared" * 1000
+async def test_concurrent_uploads_of_the_same_bytes_store_one_intact_blob(
+    client: httpx.AsyncClient,
+    model: str,
+    fs_artifacts: FileSystemArtifactStore,
+    sessions: SessionFactory,
+) -> None:
+    # Unique bytes (Postgres tests share one store), several buffers long so the four
+    # uploads interleave.
+    data = model.encode() + os.urandom(3 * 2**20)
+    digest = sha(data)
+    blob_dir = fs_artifacts.root / Path(blob_key(digest)).parent
+    temps_before = set(blob_dir.glob(f"{TEMP_PREFIX}*"))
     for _ in range(4):
         await create_version(client, model, {"w": data})
     responses = await asyncio.gather(
@@ -116,6 +131,19 @@ async def test_concurrent_uploads_of_the_same_blob(client: httpx.AsyncClient, mo
     assert [r.status_code for r in responses] == [200] * 4
     for n in range(1, 5):
         assert (await client.post(f"{API}/models/{model}/versions/{n}/finalize")).status_code == 200
+
+    stored = [o.key for o in fs_artifacts.list(blob_key(digest))]
+    assert stored == [blob_key(digest)]
+    assert set(blob_dir.glob(f"{TEMP_PREFIX}*")) == temps_before  # no half-written copy left
+    with fs_artifacts.open(blob_key(digest)) as stream:
+        assert stream.read() == data
+    async with sessions() as session:
+        rows = await session.scalar(
+            select(func.count()).select_from(BlobRow).where(BlobRow.sha256 == digest)
+        )
+    assert rows == 1
+    for n in range(1, 5):
+        assert (await client.get(files_url(model, n, "w"))).content == data
 
 
 async def test_ranges_etag_and_304(client: httpx.AsyncClient, model: str) -> None:
