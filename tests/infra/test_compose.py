@@ -509,16 +509,17 @@ def test_serving_binds_to_a_hostname_worker_address() -> None:
 
 
 def documented_runs() -> list[tuple[str, list[str]]]:
-    """`docker compose run ... SERVICE modelplane ...` lines of the README and the compose
-    file's header: (service, argv)."""
-    text = (REPO / "README.md").read_text() + (REPO / "docker-compose.yml").read_text()
+    """`docker compose run ... SERVICE modelplane ...` lines of the README, docs/ and the
+    compose file's header: (service, argv)."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "docker-compose.yml"]
+    text = "".join(page.read_text() for page in pages)
     found = re.findall(r"docker compose run --rm (?:-T )?(\S+) (modelplane [^)\n]*)", text)
     return [(service, shlex.split(argv)) for service, argv in found]
 
 
 def test_documented_compose_runs_name_real_services_and_commands() -> None:
     runs = documented_runs()
-    assert len(runs) >= 4, runs  # the admin and worker keys, in the README and compose file
+    assert len(runs) >= 4, runs  # the admin and worker keys, in the docs and the compose file
     for service, argv in runs:
         assert service in OUR_SERVICES, f"`docker compose run {service}`: not our service"
         entry_point(argv)
