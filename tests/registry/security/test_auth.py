@@ -6,6 +6,7 @@ import hashlib
 import re
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -266,23 +267,33 @@ async def test_a_route_without_a_policy_is_refused_and_ui_pages_are_public(
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
 
-async def test_fast_read_answers_itself_only_for_a_key_that_may_read(
-    app: FastAPI, as_admin: httpx.AsyncClient, mint: Mint, model: str
+async def test_the_hot_version_read_answers_only_a_key_that_may_read_it(
+    anon: httpx.AsyncClient, as_admin: httpx.AsyncClient, mint: Mint, model: str
 ) -> None:
-    """The key check rides along the hot read's one statement: a reading key is answered
-    there; anything else goes on to the app (which answers the 401/403 and audits it)."""
+    """`GET …/versions/{v}` has a fast path (the key check rides along its one statement):
+    a reading key gets the same version as from the app; any other caller gets the app's
+    401/403, audited as `request.denied` with its request id."""
     await ready_version(as_admin, model, {"a.bin": b"a"})
-    fast = FastVersionReads(app)
-
-    def scope(token: str | None) -> dict[str, Any]:
-        headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-        return {"type": "http", "headers": headers}
-
+    url = f"{API}/models/{model}/versions/1"
+    expected = (await as_admin.get(url)).json()
     reader, worker = await mint("read"), await mint("worker")
     narrow = await mint("read", model_globs=["zzz-*"])
-    assert await fast._answer(scope(reader["token"]), model, "1") is not None
+    answer = await anon.get(url, headers=bearer(reader))
+    assert answer.status_code == 200 and answer.json() == expected
     wrong = reader["token"][:-1] + ("A" if reader["token"][-1] != "A" else "B")
-    for token in (None, worker["token"], narrow["token"], wrong):
-        assert await fast._answer(scope(token), model, "1") is None
-    await as_admin.post(f"{API}/keys/{reader['id']}/revoke")
-    assert await fast._answer(scope(reader["token"]), model, "1") is None
+    assert (await as_admin.post(f"{API}/keys/{reader['id']}/revoke")).status_code == 200
+    callers = {
+        "no key": ({}, 401),
+        "a worker key": (bearer(worker), 403),
+        "a key for other models": (bearer(narrow), 403),
+        "a wrong token": ({"Authorization": f"Bearer {wrong}"}, 401),
+        "a revoked key": (bearer(reader), 401),
+    }
+    for caller, (headers, status) in callers.items():
+        rid = uuid.uuid4().hex
+        answer = await anon.get(url, headers={**headers, "X-Request-ID": rid})
+        assert_problem(answer, status)
+        events = await as_admin.get(f"{API}/events", params={"request_id": rid})
+        [event] = events.json()["items"]
+        assert event["action"] == "request.denied", caller
+        assert event["after"]["status"] == status, caller
