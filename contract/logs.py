@@ -6,18 +6,36 @@ on a terminal. The request id (``X-Request-ID``) rides in a context variable: th
 plane sets it per request, the worker per replica action (the revision's request id), the
 serving process once for its life; every record carries it, so
 ``grep <request id>`` across the logs follows a rollout from the API call to the model.
+A caller's ``X-Request-ID`` is kept only when ``sane_request_id`` passes it (it goes into log
+lines and answer headers), else the id is a new one (``new_request_id``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 request_id: ContextVar[str | None] = ContextVar("modelplane_request_id", default=None)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+
+
+def sane_request_id(raw: str | None) -> str | None:
+    """``raw`` when it is safe to log and echo back (1-128 printable ASCII characters, no
+    spaces or quotes), else ``None``."""
+    return raw if raw is not None and _SANE_REQUEST_ID.match(raw) else None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is kept.
 _STANDARD = frozenset(

@@ -11,13 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contract.paths import API_PREFIX
 from gateway.stable_url import ServeFront, StableUrl
-from registry.auth import Authenticate, authorize, document_security
+from registry.authentication import Authenticate
 from registry.db import SessionFactory, make_engine, make_session_factory
+from registry.denials import AuditDenials
 from registry.docs import install_docs
 from registry.hardening import Hardening
 from registry.jobs import Jobs
 from registry.metrics import ControlPlaneMetrics, Observe
+from registry.openapi_security import document_security
+from registry.policy import authorize
 from registry.problems import install_problem_handlers, use_problem_media_type
+from registry.request_ids import RequestIds
 from registry.routes import (
     aliases,
     deployments,
@@ -109,7 +113,7 @@ def create_app(
         webhooks, gc,
     ):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX)
-        templates |= {r.name: API_PREFIX + r.path for r in module.router.routes}  # type: ignore[attr-defined]
+        templates |= {r.name: API_PREFIX + r.path for r in module.router.routes}
     app.include_router(health.router)
     # The dashboard is its own small app: HTML pages and errors, outside the OpenAPI doc.
     app.mount("/ui", create_ui(API_PREFIX), name="ui")
@@ -118,12 +122,15 @@ def create_app(
         ReadyEndpoints(sessions, settings.lease_ttl_s), cache_s=settings.serve_cache_s
     )
     app.add_middleware(ServeFront, stable=stable)
-    # request ids for every call, API keys before any body is read
+    # API keys before any body is read
     app.add_middleware(Authenticate, sessions=sessions, settings=settings)
+    # an audit event for every 401/403, whoever answered it
+    app.add_middleware(AuditDenials, sessions=sessions)
+    # one id per request: on the log records, in the audit events, answered back
+    app.add_middleware(RequestIds)
     # header and body limits before anything else is looked at; browser-page headers
     app.add_middleware(Hardening, settings=settings)
-    # metrics of every call (refused ones and /serve too), the request id chosen and put
-    # on the log records
+    # metrics of every call (refused ones and /serve too)
     app.add_middleware(Observe, metrics=metrics, templates=templates)
     if origins := settings.cors_origin_list:  # off unless configured; outermost: preflights
         app.add_middleware(

@@ -7,12 +7,15 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 
 from contract.schemas import SLUG, check_path
-from registry.auth import principal_of, request_id_of
 from registry.errors import InvalidPath
+from registry.principal import principal_of
 from registry.repositories.events import Actor
+from registry.repositories.versions import Selector
+from registry.request_ids import request_id_of
+from registry.selectors import parse_selector
 from registry.services.aliases import AliasService
 from registry.services.catalog import CatalogService
-from registry.services.common import Context, Selector, parse_selector
+from registry.services.context import Context
 from registry.services.deployments import DeploymentService
 from registry.services.files import FileService
 from registry.services.fleet import FleetService

@@ -15,23 +15,26 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 
 from fastapi import FastAPI
 from pydantic import TypeAdapter
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
+from contract.logs import new_request_id
 from contract.paths import API_PREFIX
 from contract.schemas import SLUG, Scope, VersionOut
-from registry.auth import header, incoming_request_id
-from registry.db import utcnow
+from registry.asgi import header
+from registry.db import reading_connection, utcnow
 from registry.errors import InvalidSelector, Unauthenticated
 from registry.repositories.events import Actor
 from registry.repositories.keys import read_detail_with_key
 from registry.repositories.versions import read_detail
-from registry.services.common import Context, parse_selector, reading_connection, version_out
+from registry.request_ids import incoming_request_id
+from registry.selectors import parse_selector
+from registry.services.context import Context
 from registry.services.keys import bearer_token, record_use, token_prefix, verify_key
+from registry.services.version_views import version_out
 
 log = logging.getLogger("modelplane.registry")
 
@@ -65,7 +68,7 @@ class FastVersionReads:
             and (match := _VERSION_PATH.match(scope["path"]))
             and (body := await self._answer(scope, *match.groups())) is not None
         ):
-            rid = incoming_request_id(scope) or uuid.uuid4().hex
+            rid = incoming_request_id(scope) or new_request_id()
             headers = [
                 *_HEADERS,
                 (b"content-length", str(len(body)).encode()),

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from registry.db import SessionFactory
 from registry.metrics import ControlPlaneMetrics
 from registry.repositories.events import Actor
-from registry.services.common import Context
+from registry.services.context import Context
 from registry.services.gc import GcService
 from registry.services.webhooks import WebhookDispatcher
 from registry.settings import Settings

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,9 +27,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from contract import logs
-from registry.auth import REQUEST_ID, incoming_request_id
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -131,11 +127,10 @@ def gauge(name: str, doc: str, label: str, values: dict[str, int]) -> GaugeMetri
 
 
 class Observe:
-    """Outermost ASGI middleware of the FastAPI app: the request id of every request
-    (``X-Request-ID`` when sane, else a new one; ``auth.Authenticate`` answers it back and
-    the audit events carry it) goes on the log records, and the HTTP metrics are counted
-    by route template (what FastAPI matched; ``/serve/{deployment}`` for the stable URL),
-    answers of the authentication middleware included."""
+    """Outermost ASGI middleware of the FastAPI app (inside CORS): the HTTP metrics of
+    every request, counted by route template (what FastAPI matched; ``/serve/{deployment}``
+    for the stable URL), the answers of the limits and the authentication middleware
+    included."""
 
     def __init__(
         self, app: ASGIApp, metrics: ControlPlaneMetrics, templates: dict[str, str]
@@ -148,7 +143,6 @@ class Observe:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = scope[REQUEST_ID] = incoming_request_id(scope) or uuid.uuid4().hex
         status = 500
 
         async def answer(message: Message) -> None:
@@ -157,12 +151,10 @@ class Observe:
                 status = message["status"]
             await send(message)
 
-        token = logs.request_id.set(rid)
         start = time.perf_counter()
         try:
             await self.app(scope, receive, answer)
         finally:
-            logs.request_id.reset(token)
             self.metrics.observe_http(
                 scope["method"], self.route_of(scope), status, time.perf_counter() - start
             )

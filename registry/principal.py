@@ -1,4 +1,7 @@
-"""Who is calling: the API key behind a request, its scopes and the models it may reach."""
+"""Who is calling: the API key behind a request, its scopes and the models it may reach.
+
+``registry/authentication.py`` puts it in the request's ASGI scope; ``principal_of`` reads it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from starlette.types import Scope as AsgiScope
+
 from contract.schemas import Scope
+
+PRINCIPAL = "modelplane.principal"  # the ASGI scope key
+REFUSED_KEY = "modelplane.refused_key"  # scope key: a known key refused (revoked, expired)
 
 # Scopes that carry others with them; `worker` carries nothing (and nothing carries it but
 # `admin`): a worker key can do exactly what workers and serving processes need.
@@ -46,3 +54,9 @@ class Principal:
 
 
 ANONYMOUS = Principal(key_id=None, name="anonymous", scopes=frozenset(Scope))
+
+
+def principal_of(scope: AsgiScope) -> Principal:
+    """The caller; ``ANONYMOUS`` (every scope) when authentication is off."""
+    principal = scope.get(PRINCIPAL)
+    return principal if isinstance(principal, Principal) else ANONYMOUS

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=3.0, gt=0)
     serve_cache_s: float = Field(default=0.5, ge=0, description="stable URL endpoint cache TTL")
     # Security: every /api/v1 and /serve call needs `Authorization: Bearer mp_...` with a key
-    # whose scopes cover it (registry/auth.py). Off only for local experiments and tests.
+    # whose scopes cover it (registry/policy.py). Off only for local experiments and tests.
     auth_enabled: bool = True
     # Hardening (registry/hardening.py). Uploads of file bytes are bounded by max_upload_bytes.
     max_request_bytes: int = Field(default=16 * 2**20, gt=0, description="other bodies")

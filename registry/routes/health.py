@@ -11,11 +11,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import text
 
 from contract.schemas import Health
-from registry.db import utcnow
+from registry.db import reading, utcnow
 from registry.metrics import CONTENT_TYPE, gauge
 from registry.problems import problem_responses
 from registry.repositories.stats import StatsRepository
-from registry.services.common import reading
 
 log = logging.getLogger("modelplane.registry")
 router = APIRouter(tags=["operations"])

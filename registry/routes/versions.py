@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from contract.enums import VersionStatus
 from contract.schemas import (
     Page,
     VersionCreate,
     VersionOut,
-    VersionStatus,
     VersionSummary,
     VersionUpdate,
 )

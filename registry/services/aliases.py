@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract.schemas import AliasMove, AliasOut, Page, Scope
+from registry.db import reading
 from registry.errors import (
     AliasChanged,
     AliasNotFound,
@@ -19,8 +20,9 @@ from registry.repositories.base import decode_cursor
 from registry.repositories.events import EventRepository
 from registry.repositories.models import ModelRepository
 from registry.repositories.versions import VersionRepository
-from registry.services.common import Context, reading, to_page
+from registry.services.context import Context
 from registry.services.deployments import follow_alias
+from registry.services.paging import to_page
 from registry.tables import AliasHistoryRow
 
 

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contract.schemas import Assignment, AssignmentFile, Assignments, DeploymentSpec, Desired
 from registry.repositories.deployments import ReplicaRepository
 from registry.repositories.fleet import revision_details, version_files
-from registry.services.common import file_url
+from registry.services.version_views import file_url
 
 
 async def assignments_for(session: AsyncSession, worker_id: str, base_url: str) -> Assignments:

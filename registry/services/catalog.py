@@ -10,6 +10,7 @@ from typing import Any
 from anyio import to_thread
 from sqlalchemy import Row
 
+from contract.enums import VersionStatus
 from contract.schemas import (
     EventOut,
     ModelCreate,
@@ -18,11 +19,10 @@ from contract.schemas import (
     Page,
     VersionCreate,
     VersionOut,
-    VersionStatus,
     VersionSummary,
     VersionUpdate,
 )
-from registry.db import utcnow
+from registry.db import reading, reading_connection, utcnow
 from registry.errors import (
     FilesMissing,
     Forbidden,
@@ -43,13 +43,9 @@ from registry.repositories.versions import (
     read_detail,
 )
 from registry.services.aliases import move_alias
-from registry.services.common import (
-    Context,
-    reading,
-    reading_connection,
-    to_page,
-    version_out,
-)
+from registry.services.context import Context
+from registry.services.paging import to_page
+from registry.services.version_views import version_out
 from registry.tables import EventRow, ModelRow, VersionRow
 from storage.base import StorageError
 

@@ -6,23 +6,21 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contract.enums import DeploymentStatus, EndpointStatus, ReplicaState
 from contract.schemas import (
     DeploymentOut,
     DeploymentSpec,
-    DeploymentStatus,
     Desired,
     EndpointOut,
-    EndpointStatus,
     Observed,
     ReplicaOut,
-    ReplicaState,
     RevisionOut,
     RevisionReason,
 )
 from registry.db import utcnow
 from registry.repositories.deployments import DeploymentRepository, ReplicaRepository
 from registry.repositories.fleet import WorkerRepository
-from registry.services.common import Context
+from registry.services.context import Context
 from registry.tables import DeploymentRow, EndpointRow, ReplicaRow, RevisionRow, WorkerRow
 
 

@@ -7,18 +7,19 @@ from typing import TypeAlias
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contract.enums import Device
 from contract.schemas import (
     DeploymentCreate,
     DeploymentOut,
     DeploymentSpec,
     DeploymentUpdate,
-    Device,
     EndpointOut,
     Page,
     ReplicaOut,
     RevisionOut,
     RevisionReason,
 )
+from registry.db import reading
 from registry.errors import (
     AliasNotFound,
     DeploymentDeleting,
@@ -36,13 +37,14 @@ from registry.repositories.events import EventRepository
 from registry.repositories.fleet import EndpointRepository
 from registry.repositories.models import ModelRepository
 from registry.repositories.versions import VersionRepository
-from registry.services.common import Context, reading, to_page
+from registry.services.context import Context
 from registry.services.deployment_views import (
     deployment_out,
     endpoint_out,
     replica_outs,
     revision_out,
 )
+from registry.services.paging import to_page
 from registry.services.rollout import begin_revision, reconcile
 from registry.tables import DeploymentRow, VersionRow
 

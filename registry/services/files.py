@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import orjson
 from anyio import CancelScope, to_thread
@@ -27,6 +27,7 @@ from contract.schemas import (
     VersionCreate,
     VersionOut,
 )
+from registry.db import reading
 from registry.errors import (
     BlobMissing,
     Conflict,
@@ -40,17 +41,15 @@ from registry.errors import (
     VersionImmutable,
     VersionNotFound,
 )
+from registry.metrics import ControlPlaneMetrics
 from registry.repositories.events import EventRepository
 from registry.repositories.models import ModelRepository
 from registry.repositories.uploads import UploadRepository
 from registry.repositories.versions import BlobRepository, Selector, VersionRepository
 from registry.services.catalog import CatalogService
-from registry.services.common import Context, reading
+from registry.services.context import Context
 from registry.tables import UploadRow
 from storage.base import BlobWriter, DigestMismatch, DirectUploadStore, StoredObject, blob_key
-
-if TYPE_CHECKING:  # registry.metrics imports registry.auth, which imports services
-    from registry.metrics import ControlPlaneMetrics
 
 BUFFER = 2 * 2**20  # bytes gathered before one hop to a worker thread
 

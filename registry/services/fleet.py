@@ -20,16 +20,17 @@ from contract.schemas import (
     WorkerOut,
     WorkerRegister,
 )
-from registry.db import SessionFactory, utcnow
+from registry.db import SessionFactory, reading, reading_connection, utcnow
 from registry.errors import EndpointNotFound, ReplicaNotFound, WorkerNotFound
 from registry.repositories.base import decode_cursor
 from registry.repositories.deployments import DeploymentRepository, ReplicaRepository, new_id
 from registry.repositories.events import EventRepository
 from registry.repositories.fleet import EndpointRepository, WorkerRepository, ready_urls
 from registry.services.assignments import assignments_for
-from registry.services.common import Context, reading, reading_connection, to_page
+from registry.services.context import Context
 from registry.services.deployment_views import endpoint_out
 from registry.services.deployments import Changed, ignore
+from registry.services.paging import to_page
 from registry.services.placement import Capacity
 from registry.services.rollout import held, reconcile
 from registry.tables import DeploymentRow, EndpointRow, ReplicaRow, WorkerRow

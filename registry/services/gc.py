@@ -26,7 +26,7 @@ from contract.schemas import GcBlob, GcReport, GcUpload
 from registry.db import utcnow
 from registry.repositories.events import EventRepository
 from registry.repositories.gc import GcRepository, advisory_lock
-from registry.services.common import Context
+from registry.services.context import Context
 from storage.base import BLOB_PREFIX, ObjectInfo, StorageError
 
 log = logging.getLogger("modelplane.gc")

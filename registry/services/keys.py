@@ -19,18 +19,18 @@ from typing import Any, NamedTuple
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contract.schemas import KeyCreate, KeyCreated, KeyOut, Page, Scope
-from registry.db import SessionFactory, utcnow
+from registry.db import SessionFactory, reading_connection, utcnow
 from registry.errors import Forbidden, Unauthenticated
 from registry.principal import Principal, effective
 from registry.repositories.base import decode_cursor
-from registry.repositories.events import EventRepository
+from registry.repositories.events import Actor, EventRepository
 from registry.repositories.keys import (
     LAST_USED_GRANULARITY,
     KeyRepository,
     key_by_prefix,
     touch_key,
 )
-from registry.services.common import Actor, reading_connection, to_page
+from registry.services.paging import to_page
 from registry.tables import ApiKeyRow
 
 TOKEN_START = "mp_"

@@ -17,7 +17,7 @@ from registry.db import utcnow
 from registry.repositories.deployments import DeploymentRepository, ReplicaRepository
 from registry.repositories.events import Actor, EventRepository
 from registry.repositories.versions import VersionRepository
-from registry.services.common import Context
+from registry.services.context import Context
 from registry.services.placement import SERVING_DONE, Capacity, fleet_room
 from registry.tables import DeploymentRow, ReplicaRow, RevisionRow
 

@@ -23,22 +23,21 @@ import secrets
 import time
 import uuid
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import orjson
 
 from contract.schemas import DeliveryOut, Page, WebhookCreate, WebhookCreated, WebhookOut
 from registry.db import SessionFactory, utcnow
+from registry.metrics import ControlPlaneMetrics
 from registry.repositories.base import decode_cursor
 from registry.repositories.events import EventRepository
 from registry.repositories.webhooks import OutboxRepository, WebhookRepository
-from registry.services.common import Context, to_page
+from registry.services.context import Context
+from registry.services.paging import to_page
 from registry.settings import Settings
 from registry.tables import DeliveryRow, WebhookRow
-
-if TYPE_CHECKING:  # registry.metrics imports registry.auth, which imports services
-    from registry.metrics import ControlPlaneMetrics
 
 log = logging.getLogger("modelplane.webhooks")
 

@@ -24,7 +24,7 @@ from registry.repositories.events import Actor
 from registry.repositories.gc import GC_LOCK_KEY
 from registry.repositories.versions import BlobRepository
 from registry.services.catalog import CatalogService
-from registry.services.common import Context
+from registry.services.context import Context
 from registry.services.gc import GcService
 from registry.settings import Settings
 from storage import ArtifactStore, FileSystemArtifactStore, S3ArtifactStore, blob_key

@@ -18,9 +18,9 @@ from fastapi.routing import APIRoute
 from sqlalchemy import text
 
 from registry.app import create_app
-from registry.auth import POLICY, is_public_path
 from registry.db import SessionFactory
 from registry.fastpath import FastVersionReads
+from registry.policy import POLICY, is_public_path
 from registry.settings import Settings
 from storage import FileSystemArtifactStore
 from tests.registry.helpers import API, assert_problem, ready_version
@@ -45,10 +45,10 @@ def test_every_route_has_an_access_policy(app: FastAPI) -> None:
         for method, path, op in operations
         if op not in POLICY and not is_public_path(path)
     ]
-    assert missing == [], "routes without an entry in registry.auth.POLICY"
+    assert missing == [], "routes without an entry in registry.policy.POLICY"
     # the app's own routes outside the OpenAPI document (/docs, /redoc) need a policy too
     own = {route.name for route in app.routes if isinstance(route, APIRoute)}
-    assert own - set(POLICY) == set(), "routes without an entry in registry.auth.POLICY"
+    assert own - set(POLICY) == set(), "routes without an entry in registry.policy.POLICY"
     # and no stale entries: every policy names a route that exists
     assert set(POLICY) <= own | {op for _, _, op in operations}
 
