@@ -15,6 +15,7 @@ carrying the answer), which each caller maps to its own errors once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -197,10 +198,26 @@ class RetryPolicy:
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         assert self.log is not None and state.outcome is not None and state.next_action
         failed = state.outcome.failed
-        reason = state.outcome.exception() if failed else state.outcome.result()
-        what = describe(reason) if isinstance(reason, Exception) else f"answered {reason}"
+        what = _what_failed(state.outcome.exception() if failed else state.outcome.result())
         wait = state.next_action.sleep
         self.log.warning("%s; try %d in %.1fs", what, state.attempt_number + 1, wait)
+
+
+def _what_failed(outcome: object) -> str:
+    """One line for the log: the request (without its query: presigned URLs carry a
+    signature) and what came of it."""
+    request: httpx.Request | None = None
+    if isinstance(outcome, httpx.Response):
+        request, what = outcome.request, f"answered {outcome.status_code}"
+    elif isinstance(outcome, httpx.HTTPError):
+        with contextlib.suppress(RuntimeError):  # an error raised outside a request
+            request = outcome.request
+        what = describe(outcome)
+    else:
+        what = describe(outcome) if isinstance(outcome, BaseException) else repr(outcome)
+    if request is None:
+        return what
+    return f"{request.method} {request.url.copy_with(query=None)}: {what}"
 
 
 def _unavailable(outcome: object) -> httpx.Response | None:

@@ -4,6 +4,7 @@ connections, refused connections), redirects and credentials, ranged downloads a
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -170,6 +171,18 @@ def test_retry_after_may_be_an_http_date() -> None:
     waited = retry_after(httpx.Response(503, headers={"Retry-After": when}))
     assert waited is not None and 25 < waited <= 30
     assert retry_after(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+
+
+def test_each_retry_is_logged_without_the_query(
+    serve: Callable[[Handler], Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = serve(lambda request, n: answer(request, 503 if n == 0 else 200))
+    policy = RetryPolicy(attempts=2, backoff=0.01, log=logging.getLogger("test.retries"))
+    with make_client(server.url) as http, caplog.at_level(logging.WARNING, "test.retries"):
+        policy.run(lambda: http.get("/blob?X-Amz-Signature=secret"), idempotent=True)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "test.retries"]
+    assert line.startswith(f"GET {server.url}/blob: answered 503; try 2 in ")
+    assert "secret" not in line
 
 
 def test_a_503_to_a_post_is_not_retried(serve: Callable[[Handler], Server]) -> None:
