@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.deploy import load_arrays
 from cli.output import (
     Output,
     OutputOpt,
@@ -261,7 +262,8 @@ def push(
         str | None,
         typer.Option(
             "--format",
-            help="torchscript, torch_export, safetensors, onnx (default: from the suffix).",
+            help="torchscript, torch_export, safetensors, onnx, ... (default: from the suffix; "
+            "a scikit-learn estimator: convert it to .onnx, Client.push_sklearn does).",
         ),
     ] = None,
     description: Annotated[str, typer.Option(help="Markdown description.")] = "",
@@ -270,6 +272,14 @@ def push(
     signature: Annotated[
         str | None, typer.Option(help="JSON {inputs, outputs} or a path to a JSON file.")
     ] = None,
+    example: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--example",
+            help="An example input, FILE.npy or NAME=FILE.npy (repeatable), recorded in the "
+            "version's metadata: a TorchScript model without a signature warms up on it.",
+        ),
+    ] = None,
     parallel: Annotated[int, typer.Option(min=1, max=64, help="Parts or files at once.")] = 4,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -277,6 +287,7 @@ def push(
     parallel parts), resumed if an earlier push was interrupted."""
     meta = _json_object(metadata, "--metadata") if metadata else None
     sig = _json_object(signature, "--signature") if signature else None
+    arrays = load_arrays(example, "--example") if example else None
     sdk = ctx.obj.client(concurrency=parallel)
     with TransferProgress(err, f"push {name}") as progress:
         version = sdk.push(
@@ -288,6 +299,7 @@ def push(
             tags=parse_pairs(tag, "tag"),
             metadata=meta,
             signature=sig,
+            example=arrays,
             progress=progress,
         )
     sent, skipped = len(progress.sent), len(progress.skipped)

@@ -198,7 +198,8 @@ def endpoints(ctx: typer.Context, name: DeploymentArg, output: OutputOpt = Outpu
     show(output, items, render)
 
 
-def _load_inputs(specs: list[str]) -> list[Any] | dict[str, Any]:
+def load_arrays(specs: list[str], flag: str = "--input") -> list[Any] | dict[str, Any]:
+    """`FILE.npy` or `NAME=FILE.npy` per spec: a list, or arrays by name."""
     named: dict[str, Any] = {}
     plain: list[Any] = []
     for spec in specs:
@@ -207,13 +208,13 @@ def _load_inputs(specs: list[str]) -> list[Any] | dict[str, Any]:
         try:
             array = np.load(source, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            fail(f"--input {source}: not a readable .npy file ({exc})")
+            fail(f"{flag} {source}: not a readable .npy file ({exc})")
         if sep:
             named[name] = array
         else:
             plain.append(array)
     if named and plain:
-        fail("give every --input as NAME=FILE.npy, or none")
+        fail(f"give every {flag} as NAME=FILE.npy, or none")
     return named or plain
 
 
@@ -229,7 +230,7 @@ def infer(
     output: OutputOpt = Output.table,
 ) -> None:
     """Call a deployment through its stable URL (binary tensors) and print the outputs."""
-    arrays = _load_inputs(input_)
+    arrays = load_arrays(input_)
     results = _client(ctx).infer(name, arrays)
     if output_file is not None:
         if output_file.suffix == ".npz":

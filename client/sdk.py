@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from client.config import resolve
 from client.errors import ApiError, Conflict, ModelplaneError, NotFound, NotReady
 from client.modules import serialise
+from client.sklearn import convert as sklearn_to_onnx
 from client.tensors import HEADER, decode_response, encode_request
 from client.transfer import (
     Files,
@@ -40,6 +41,8 @@ from client.transfer import (
     version_path,
 )
 from client.transport import API, Transport
+from contract.examples import Example, ExampleError, encode_example
+from contract.formats import FormatError, refuse_pickled
 from contract.schemas import (
     AliasMove,
     AliasOut,
@@ -66,6 +69,7 @@ FORMAT_BY_SUFFIX = {
     ".torchscript": "torchscript",
     ".safetensors": "safetensors",
     ".onnx": "onnx",
+    ".keras": "keras",
 }
 
 
@@ -79,6 +83,8 @@ def selector(version: Selector) -> str:
 
 def guess_format(paths: list[str]) -> str | None:
     suffixes = {Path(p).suffix for p in paths}
+    if any(Path(p).name == "saved_model.pb" for p in paths):
+        return "tf_savedmodel"  # a SavedModel directory (TF Serving's)
     if ".safetensors" in suffixes:
         return "safetensors"
     found = {FORMAT_BY_SUFFIX[s] for s in suffixes if s in FORMAT_BY_SUFFIX}
@@ -202,6 +208,7 @@ class Client:
         tags: Mapping[str, str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         signature: Mapping[str, Any] | None = None,
+        example: Example | None = None,
         source: str | None = None,
         progress: ProgressHook | None = None,
         resume: bool = True,
@@ -214,15 +221,26 @@ class Client:
         in parallel parts. An interrupted push is continued by the next push of the same
         files (``resume``): its pending version, uploaded files and parts are reused.
         ``format`` defaults to a guess from the file suffixes (``.pt``: torchscript,
-        ``.pt2``: torch_export, ``.safetensors``, ``.onnx``)."""
+        ``.pt2``: torch_export, ``.safetensors``, ``.onnx``). ``example``: one call's
+        inputs (an array, a list in the model's input order, or ``{name: array}``), recorded
+        in the metadata; where the format keeps no shapes (TorchScript without a
+        signature) the serving process warms up on it to learn them. A pickled Python
+        object (``.pkl``, ``.joblib``) is refused before anything is sent:
+        ``push_sklearn`` converts an estimator to ONNX instead."""
+        pairs = collect(files)
+        fmt = format or guess_format([path for path, _ in pairs])
+        try:
+            refuse_pickled(fmt, [path for path, _ in pairs])
+            recorded = {} if example is None else {"example": encode_example(example)}
+        except (FormatError, ExampleError) as exc:
+            raise ModelplaneError(str(exc)) from None
         pusher = Pusher(self.transport, progress, self.concurrency)
-        local = hash_files(collect(files), pusher.emit)
-        fmt = format or guess_format([f.path for f in local])
+        local = hash_files(pairs, pusher.emit)
         sig = dict(signature) if signature is not None else None
         self.ensure_model(name)
         version = pusher.find_pending(name, local, fmt, sig) if resume else None
         fields = {"description": description, "tags": dict(tags or {})}
-        fields["metadata"] = dict(metadata or {})
+        fields["metadata"] = {**(metadata or {}), **recorded}
         if version is None:
             body = {
                 "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in local],
@@ -269,6 +287,75 @@ class Client:
                 metadata={**meta, **(metadata or {})},
                 signature=sig,
                 source=f"push_module:{type(module).__module__}.{type(module).__qualname__}",
+                progress=progress,
+                resume=False,
+            )
+
+    def push_sklearn(
+        self,
+        name: str,
+        estimator: Any,
+        example: Any,
+        *,
+        alias: str | None = None,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        progress: ProgressHook | None = None,
+    ) -> VersionOut:
+        """Convert a fitted scikit-learn estimator (or pipeline) to ONNX with skl2onnx and
+        push it as an ``onnx`` version, a few rows of ``example`` (its input features)
+        recorded with it. Classifiers answer ``label`` and ``probabilities``; regressors
+        ``variable``. Needs ``pip install 'modelplane[sklearn]'``."""
+        with tempfile.TemporaryDirectory(prefix="modelplane-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            sig, meta = sklearn_to_onnx(estimator, example, path)
+            return self.push(
+                name,
+                {path.name: path},
+                alias=alias,
+                format="onnx",
+                description=description,
+                tags=tags,
+                metadata={**meta, **(metadata or {})},
+                signature=sig,
+                source=f"push_sklearn:{meta['estimator']}",
+                progress=progress,
+                resume=False,
+            )
+
+    def push_keras(
+        self,
+        name: str,
+        model: Any,
+        example: Any,
+        *,
+        alias: str | None = None,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        progress: ProgressHook | None = None,
+    ) -> VersionOut:
+        """Save a Keras 3 model (``model.save``, a ``.keras`` file) and push it as a
+        ``keras`` version with the model's signature and a few rows of ``example`` (one
+        array, a list in input order, or ``{name: array}``). Served by Keras on the torch
+        backend with ``safe_mode`` on: ``Lambda`` layers need the deployment's
+        ``allow_pickle``. Needs ``keras`` here (any backend)."""
+        from client.keras import save as keras_save
+
+        with tempfile.TemporaryDirectory(prefix="modelplane-") as tmp:
+            path = Path(tmp) / "model.keras"
+            sig, meta = keras_save(model, example, path)
+            return self.push(
+                name,
+                {path.name: path},
+                alias=alias,
+                format="keras",
+                description=description,
+                tags=tags,
+                metadata={**meta, **(metadata or {})},
+                signature=sig,
+                source=f"push_keras:{type(model).__module__}.{type(model).__qualname__}",
                 progress=progress,
                 resume=False,
             )

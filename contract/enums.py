@@ -53,9 +53,14 @@ class EndpointStatus(StrEnum):
 
 
 class ModelFormat(StrEnum):
-    """Artifact formats a serving process can load (``pickle`` only when allowed)."""
+    """The built-in artifact formats (``pickle`` only served when allowed). Which files make
+    each, and which runtime serves it: ``contract.formats``; a third party's runtime adds
+    its own through the ``modelplane.runtimes`` entry points."""
 
     torchscript = "torchscript"
     torch_export = "torch_export"
     safetensors = "safetensors"
     pickle = "pickle"
+    onnx = "onnx"
+    keras = "keras"
+    tf_savedmodel = "tf_savedmodel"

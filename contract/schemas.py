@@ -14,9 +14,11 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    computed_field,
     model_validator,
 )
 
+from contract import formats
 from contract.enums import (
     DeploymentStatus,
     Device,
@@ -179,6 +181,13 @@ class VersionOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     files: list[FileOut]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def signature_hint(self) -> str | None:
+        """Set when the version's graph keeps no tensor shapes (TorchScript) and it has no
+        signature: how it serves without one, and how to give it one."""
+        return formats.signature_hint(self.format, self.signature, self.metadata, self.files)
 
 
 class VersionSummary(BaseModel):

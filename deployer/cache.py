@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from contract.formats import Artifact, FormatError, artifact
 from deployer.contract import Assignment, FileRef
 
 log = logging.getLogger("deployer.cache")
@@ -28,7 +29,6 @@ log = logging.getLogger("deployer.cache")
 # Opens a file's download as an iterator of chunks; raises on HTTP errors.
 Fetch = Callable[[FileRef], Iterator[bytes]]
 
-SINGLE_FILE_FORMATS = frozenset({"torchscript", "torch_export", "pickle"})
 WRITE_AHEAD = 8  # chunks hashed but not yet written (at most 8 ranged pieces: 64 MiB)
 WRITERS = 4
 DISK_MARGIN = 64 * 1024  # the filesystem's own blocks: a file needs a little more than its size
@@ -248,17 +248,29 @@ def _hash_and_write(chunks: Iterator[bytes], fd: int) -> Any:
 
 
 def serving_path(directory: Path, assignment: Assignment) -> Path:
-    """One file for the single-file formats, the directory for the others (safetensors)."""
-    if assignment.format in SINGLE_FILE_FORMATS and len(assignment.files) == 1:
+    """The version's lone file where its format's layout says so (`contract.formats`: a
+    TorchScript, export or ONNX file alone), else its directory (safetensors, SavedModel,
+    a graph with external data or labels)."""
+    if _single_file(assignment):
         return directory / assignment.files[0].path
     return directory
 
 
 def sha256_args(assignment: Assignment) -> list[str]:
     """`--sha256` values matching `serving_path`: HEX for one file, RELPATH=HEX per file."""
-    if assignment.format in SINGLE_FILE_FORMATS and len(assignment.files) == 1:
+    if _single_file(assignment):
         return [assignment.files[0].sha256]
     return [f"{ref.path}={ref.sha256}" for ref in assignment.files]
+
+
+def _single_file(assignment: Assignment) -> bool:
+    if assignment.format is None or len(assignment.files) != 1:
+        return False
+    try:
+        found: Artifact | None = artifact(assignment.format, assignment.files)
+    except FormatError:  # the registry checked it; served as a directory, the runtime says why
+        return False
+    return found is not None and found.single_file
 
 
 def _safe_name(replica_id: str) -> str:

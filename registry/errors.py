@@ -194,6 +194,18 @@ class InvalidPipeline(Unprocessable):
     code = "invalid-pipeline"
 
 
+class UnknownFormat(Unprocessable):
+    """A version's `format` no table or installed runtime knows; `known` lists those that are."""
+
+    code = "unknown-format"
+
+
+class InvalidLayout(Unprocessable):
+    """A version's files cannot make its format (or hold a pickled Python object)."""
+
+    code = "invalid-artifact-layout"
+
+
 class DeploymentNotFound(NotFound):
     code = "deployment-not-found"
 

@@ -1,4 +1,5 @@
-"""What happens to artifact files before a runtime sees them: digests and the signature."""
+"""What happens to artifact files before a runtime sees them: digests and the signature
+(with the version's recorded example input, `contract.examples`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from contract.examples import EXAMPLE_KEY, ExampleError, check_example
 from serving.protocol import DATATYPES, TensorSpec
 
 
@@ -23,10 +25,13 @@ class DigestMismatch(ArtifactError):
 
 @dataclass(slots=True)
 class Signature:
-    """A version's declared inputs and outputs (either list may be empty: then inferred)."""
+    """A version's declared inputs and outputs (either list may be empty: then inferred),
+    and its recorded example input (`contract.examples` form), which the runtime's warm-up
+    runs on where the format keeps no shapes."""
 
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
+    example: dict[str, Any] | None = None
 
 
 def file_sha256(path: Path) -> str:
@@ -59,9 +64,16 @@ def parse_signature(text: str | None) -> Signature:
         raise ArtifactError(f"signature is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ArtifactError("signature must be a JSON object with 'inputs' and 'outputs'")
+    example = doc.get(EXAMPLE_KEY)
+    if example is not None:
+        try:
+            check_example(example)
+        except ExampleError as exc:
+            raise ArtifactError(f"signature: {exc}") from None
     return Signature(
         inputs=[_spec(item) for item in doc.get("inputs") or []],
         outputs=[_spec(item) for item in doc.get("outputs") or []],
+        example=example,
     )
 
 
@@ -75,16 +87,3 @@ def _spec(item: Any) -> TensorSpec:
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= -1 for d in shape):
         raise ArtifactError(f"signature entry {item['name']!r}: shape must list ints (-1: any)")
     return TensorSpec(item["name"], datatype, shape)
-
-
-def find_graph_file(directory: Path) -> Path:
-    """The one TorchScript (`.pt`, `.ts`, `.torchscript`) or export (`.pt2`) file of a dir."""
-    found = [
-        p
-        for p in sorted(directory.iterdir())
-        if p.suffix in {".pt", ".ts", ".torchscript", ".pt2"} and p.is_file()
-    ]
-    if len(found) != 1:
-        names = [p.name for p in found]
-        raise ArtifactError(f"{directory} needs exactly one graph file (.pt/.pt2), found {names}")
-    return found[0]

@@ -27,7 +27,7 @@ import numpy as np
 
 from serving.metrics import ServingMetrics
 from serving.protocol import OutputTensor
-from serving.runtime import Runtime
+from serving.runtimes.base import Runtime, call_failure
 
 Inputs = dict[str, np.ndarray[Any, Any]]
 Outputs = dict[str, OutputTensor]
@@ -208,8 +208,8 @@ class Batcher:
         self._metrics.batch_size.observe(1)
         try:
             call.outcome = self._runtime.predict(call.inputs)
-        except Exception as exc:  # answered 500 to this call only
-            call.outcome = exc
+        except Exception as exc:  # answered to this call only: one line, 400 or 500
+            call.outcome = call_failure(exc)
 
     def _run_stacked(self, calls: list[Call]) -> None:
         names = list(calls[0].inputs)

@@ -149,6 +149,7 @@ async def revision_details(session: Any, revision_ids: Iterable[int]) -> dict[in
             ModelRow.name.label("model"),
             VersionRow.format,
             VersionRow.signature,
+            VersionRow.metadata_,
         )
         .join(DeploymentRow, DeploymentRow.id == RevisionRow.deployment_id)
         .join(VersionRow, VersionRow.id == RevisionRow.version_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contract.examples import with_example
 from contract.schemas import Assignment, AssignmentFile, Assignments, DeploymentSpec, Desired
 from registry.repositories.deployments import ReplicaRepository
 from registry.repositories.fleet import revision_details, version_files
@@ -38,7 +39,7 @@ async def assignments_for(session: AsyncSession, worker_id: str, base_url: str) 
                     )
                     for f in files[detail.version_id]
                 ],
-                signature=detail.signature,
+                signature=with_example(detail.signature, detail.metadata_),
                 device=spec.device,
                 gpu_ids=replica.gpu_ids,
                 batching=spec.batching,

@@ -10,6 +10,7 @@ from typing import Any
 from anyio import to_thread
 from sqlalchemy import Row
 
+from contract import formats
 from contract.enums import VersionStatus
 from contract.schemas import (
     EventOut,
@@ -26,7 +27,9 @@ from registry.db import reading, reading_connection, utcnow
 from registry.errors import (
     FilesMissing,
     Forbidden,
+    InvalidLayout,
     ModelHasAliases,
+    UnknownFormat,
     VersionAliased,
     VersionImmutable,
     VersionNotFound,
@@ -48,6 +51,17 @@ from registry.services.paging import to_page
 from registry.services.version_views import version_out
 from registry.tables import EventRow, ModelRow, VersionRow
 from storage.base import StorageError
+
+
+def check_format(fmt: str | None, files: Any) -> None:
+    """A version's format is one a runtime serves and its files make one (`contract.formats`):
+    422 when a version is created, and again when it is finalised, before anything deploys."""
+    try:
+        formats.check_version(fmt, files)
+    except formats.UnknownFormat as exc:
+        raise UnknownFormat(str(exc), known=exc.known) from None
+    except formats.FormatError as exc:
+        raise InvalidLayout(str(exc)) from None
 
 
 def model_out(row: ModelRow) -> ModelOut:
@@ -175,6 +189,7 @@ class CatalogService:
             metrics.versions_created.labels(kind).inc()
 
     async def _create_version(self, session: Any, name: str, body: VersionCreate) -> VersionOut:
+        check_format(body.format, body.files)
         model_id, number = await ModelRepository(session).next_version(name)
         now = utcnow()
         version = _Version(
@@ -286,6 +301,7 @@ class CatalogService:
             files = [r for r in rows if r.path is not None]
             if missing := [f.path for f in files if f.stored is None]:
                 raise FilesMissing(name, row.version, missing)
+            check_format(row.format, files)
             now = utcnow()
             await versions.set_fields(row.id, status="ready", ready_at=now, updated_at=now)
             await self._event(

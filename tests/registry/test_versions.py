@@ -28,8 +28,8 @@ async def test_concurrent_creates_number_1_to_50(client: httpx.AsyncClient, mode
 
 
 async def test_create_version_says_what_to_upload(client: httpx.AsyncClient, model: str) -> None:
-    await ready_version(client, model, {"a.bin": b"stored already"})
-    files = {"a.bin": b"stored already", "dir/b.bin": b"new bytes"}
+    await ready_version(client, model, {"a.pt": b"stored already"})
+    files = {"a.pt": b"stored already", "dir/b.safetensors": b"new bytes"}
     out = await create_version(
         client,
         model,
@@ -44,12 +44,12 @@ async def test_create_version_says_what_to_upload(client: httpx.AsyncClient, mod
     assert out["format"] == "safetensors" and out["metadata"] == {"acc": 0.9}
     assert out["created_by"] == "anonymous"
     present = {f["path"]: f for f in out["files"]}
-    assert present["a.bin"]["present"] is True and present["a.bin"]["upload"] is None
-    upload = present["dir/b.bin"]["upload"]
-    assert present["dir/b.bin"]["present"] is False
+    assert present["a.pt"]["present"] is True and present["a.pt"]["upload"] is None
+    upload = present["dir/b.safetensors"]["upload"]
+    assert present["dir/b.safetensors"]["present"] is False
     assert upload == {
         "method": "PUT",
-        "url": f"{API}/models/{model}/versions/2/files/dir/b.bin",
+        "url": f"{API}/models/{model}/versions/2/files/dir/b.safetensors",
         "multipart": None,
     }
 
