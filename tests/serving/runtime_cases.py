@@ -329,9 +329,21 @@ def _sklearn_reference(estimator: Any) -> Reference:
 
 
 # -- Keras, TensorFlow SavedModel ------------------------------------------------------------
-# In their own module (it sets KERAS_BACKEND=torch on import, before anything imports keras).
+# In their own module (it sets KERAS_BACKEND=torch on import, before anything imports keras),
+# imported when built: that module imports `Case` and `Broken` from this one.
 
-from tests.serving.runtime_cases_keras_tf import keras_cases, tensorflow_cases  # noqa: E402
+
+def keras_cases(root: Path) -> tuple[list[Case], list[Broken]]:
+    from tests.serving.runtime_cases_keras_tf import keras_cases
+
+    return keras_cases(root)
+
+
+def tensorflow_cases(root: Path) -> tuple[list[Case], list[Broken]]:
+    from tests.serving.runtime_cases_keras_tf import tensorflow_cases
+
+    return tensorflow_cases(root)
+
 
 BUILDERS: dict[str, Callable[[Path], tuple[list[Case], list[Broken]]]] = {
     "torch": torch_cases,
