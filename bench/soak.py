@@ -175,7 +175,7 @@ class Soak:
             shared = b"shared config " * 300  # the same blob in many versions: deduplicated
             size = self.rng.choice((4096, 200_000, 3 * 2**20))
             files = {"config.json": shared, "weights.bin": os.urandom(size)}
-            extra = {"format": "safetensors"}
+            extra = {}  # plain files, no format: they are never deployed
         body = {"files": manifest(files), **extra}
         created = self.call("version.create", "POST", f"/models/{model}/versions", json=body)
         if created is None:

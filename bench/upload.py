@@ -82,7 +82,7 @@ class Peak:
 
 
 def new_version(api: httpx.Client, model: str, path: str, size: int, digest: str) -> int:
-    body = {"files": [{"path": path, "size": size, "sha256": digest}], "format": "torchscript"}
+    body = {"files": [{"path": path, "size": size, "sha256": digest}]}  # bytes, not a model
     r = api.post(f"/models/{model}/versions", json=body)
     r.raise_for_status()
     return int(r.json()["version"])

@@ -68,7 +68,7 @@ def test_interrupted_multipart_push_resumes_with_only_the_missing_parts(
     start = len(s3_plane.store_proxy.part_uploads())
     with s3_plane.client(concurrency=2) as sdk:
         with pytest.raises(Interrupted):
-            sdk.push(model, tmp_path, format="safetensors", progress=stop_after(3, first))
+            sdk.push(model, tmp_path, progress=stop_after(3, first))
         [pending] = sdk.list_versions(model)
         assert pending.status == VersionStatus.pending
         held = server_parts(s3_plane, model, pending.version, "weights.bin")
@@ -78,7 +78,7 @@ def test_interrupted_multipart_push_resumes_with_only_the_missing_parts(
         second: list[TransferEvent] = []
         before = len(s3_plane.store_proxy.part_uploads())
         assert sorted(s3_plane.store_proxy.part_uploads()[start:before]) == held
-        version = sdk.push(model, tmp_path, format="safetensors", progress=second.append)
+        version = sdk.push(model, tmp_path, progress=second.append)
         assert [v.version for v in sdk.list_versions(model)] == [pending.version]
 
     assert version.version == pending.version and version.status == VersionStatus.ready
@@ -156,7 +156,7 @@ def test_a_killed_cli_push_is_resumed_by_the_next_one(s3_plane: S3Plane, tmp_pat
     (tmp_path / "weights.bin").write_bytes(data)
     env = {**base_env(), "MODELPLANE_URL": s3_plane.cp.url, "MODELPLANE_HOME": str(tmp_path)}
     command = [sys.executable, "-m", "cli", "push", model, str(tmp_path / "weights.bin")]
-    command += ["--format", "safetensors", "--parallel", "1", "-o", "json"]
+    command += ["--parallel", "1", "-o", "json"]
     proxy = s3_plane.store_proxy
     start = len(proxy.part_uploads())
     with (tmp_path / "push.log").open("wb") as log:

@@ -229,11 +229,11 @@ def test_stack_keeps_its_database_artifacts_and_keys_between_runs(tmp_path: Path
     data = b"kept between runs" * 100
     try:
         with modelplane_stack(home, database, *flags) as first:
-            push_version(first.url, "kept", {"w.bin": data}, "safetensors", first.token)
+            push_version(first.url, "kept", {"model.pt": data}, "torchscript", first.token)
             token = first.token
         with modelplane_stack(home, database, *flags) as second:
             assert second.token == token  # the saved admin key still works: not minted again
-            answer = second.api("GET", "/models/kept/versions/1/files/w.bin")
+            answer = second.api("GET", "/models/kept/versions/1/files/model.pt")
             assert answer.status_code == 200 and answer.content == data
     finally:
         drop_database(database)

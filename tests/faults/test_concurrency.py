@@ -42,7 +42,7 @@ def test_50_concurrent_creations_and_alias_moves(cp: ControlPlane) -> None:
     http = httpx.Client(base_url=cp.url, timeout=30)
     assert http.post(f"{API}/models", json={"name": MODEL}).status_code == 201
     weights = {"w.bin": b"the same bytes for every version"}
-    body = {"files": manifest(weights), "format": "safetensors"}
+    body = {"files": manifest(weights)}
     created = asyncio.run(
         _all(cp.url, [("POST", f"{API}/models/{MODEL}/versions", {"json": body})] * N)
     )

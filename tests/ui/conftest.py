@@ -122,7 +122,8 @@ def _populate(d: Dashboard) -> None:
     three = d.upload("resnet", {"model.pt": b"v3 weights " * 500}, format="torchscript")
     d.send("PUT", "/models/resnet/aliases/production", json={"version": three})
     d.send("PUT", "/models/resnet/aliases/staging", json={"version": one})
-    d.upload("bert-small", {"model.safetensors": b"bert"}, format="safetensors", alias="production")
+    bert = {"graph.pt": b"bert graph", "model.safetensors": b"bert"}
+    d.upload("bert-small", bert, format="safetensors", alias="production")
     # Needs a GPU no worker offers: it stays pending, with the reason shown.
     d.send(
         "POST",
