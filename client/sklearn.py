@@ -58,11 +58,18 @@ def convert(estimator: Any, example: Any, path: Path) -> tuple[dict[str, Any], d
     except ImportError as exc:
         raise ModelplaneError(f"push_sklearn needs scikit-learn and skl2onnx ({EXTRA})") from exc
     rows = example_array(example)
+    kind = f"{type(estimator).__module__}.{type(estimator).__qualname__}"
+    # probabilities as a tensor, not ZipMap's list of dicts (a classifier without
+    # probabilities, LinearSVC, has no such option: its scores are a tensor already)
     options = {"zipmap": False} if is_classifier(estimator) else None
     try:
-        model = skl2onnx.to_onnx(estimator, rows[:1], options=options)
+        try:
+            model = skl2onnx.to_onnx(estimator, rows[:1], options=options)
+        except NameError as exc:  # "Option 'zipmap' not in [...]"
+            if options is None or "zipmap" not in str(exc):
+                raise
+            model = skl2onnx.to_onnx(estimator, rows[:1])
     except Exception as exc:  # skl2onnx raises RuntimeError, MissingShapeCalculator, ...
-        kind = f"{type(estimator).__module__}.{type(estimator).__qualname__}"
         raise ModelplaneError(f"skl2onnx cannot convert {kind}: {exc}") from exc
     path.write_bytes(model.SerializeToString())
     signature = {
@@ -71,7 +78,7 @@ def convert(estimator: Any, example: Any, path: Path) -> tuple[dict[str, Any], d
     }
     name = signature["inputs"][0]["name"]
     metadata = {
-        "estimator": f"{type(estimator).__module__}.{type(estimator).__qualname__}",
+        "estimator": kind,
         "sklearn": sklearn.__version__,
         "skl2onnx": skl2onnx.__version__,
         "serialised_by": "skl2onnx",

@@ -102,8 +102,8 @@ def binary_infer(server: ServerProcess, case: Case, x: np.ndarray) -> dict[str, 
         **{HEADER: str(length), "Content-Type": "application/octet-stream"},
     )
     assert status == 200, raw
-    length = headers.get(HEADER.lower())
-    return decode_response(raw, None if length is None else int(length))
+    answered = headers.get(HEADER.lower())
+    return decode_response(raw, None if answered is None else int(answered))
 
 
 def from_json(answer: dict[str, Any]) -> dict[str, np.ndarray]:
