@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.cache import BlobCache, CacheError, DigestMismatch, sha256_args
+from deployer.cache import BlobCache, CacheError, DigestMismatch, serving_path, sha256_args
 from deployer.contract import Assignment, FileRef
 
 
@@ -109,6 +109,26 @@ def test_replica_directory_links_blobs(tmp_path: Path) -> None:
     assert not directory.exists() and cache.blob(weights.sha256).exists()
 
 
+@pytest.mark.parametrize(
+    ("fmt", "paths", "single"),
+    [
+        ("onnx", ["model.onnx"], True),
+        ("onnx", ["m/model.onnx", "m/weights.bin"], False),  # external data: the directory
+        ("keras", ["model.keras"], True),
+        ("tf_savedmodel", ["saved_model.pb"], False),  # a SavedModel is always a directory
+        ("torchscript", ["weights.bin"], False),  # cannot make one: the runtime says why
+        (None, ["model.pt"], False),
+    ],
+)
+def test_the_serving_path_is_what_the_format_s_layout_says(
+    tmp_path: Path, fmt: str | None, paths: list[str], single: bool
+) -> None:
+    source = Source()
+    one = _assignment("r1", fmt, [source.add(p, b"bytes") for p in paths])
+    assert serving_path(tmp_path, one) == (tmp_path / paths[0] if single else tmp_path)
+    assert (len(sha256_args(one)[0]) == 64) is single
+
+
 def test_a_path_escaping_the_replica_directory_is_refused(tmp_path: Path) -> None:
     cache, source = BlobCache(tmp_path, 1000), Source()
     ref = source.add("../evil.pt", b"e")
@@ -117,7 +137,7 @@ def test_a_path_escaping_the_replica_directory_is_refused(tmp_path: Path) -> Non
         cache.materialise(_assignment("r1", "torchscript", [ref]))
 
 
-def _assignment(rid: str, fmt: str, files: list[FileRef]) -> Assignment:
+def _assignment(rid: str, fmt: str | None, files: list[FileRef]) -> Assignment:
     return Assignment.model_validate(
         {
             "replica_id": rid,
