@@ -16,9 +16,10 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from contract.enums import Device, ModelFormat
+from contract.enums import Device
+from contract.formats import known_formats
 
 SETTINGS_ENV = "MODELPLANE_SERVING_SETTINGS_JSON"
 
@@ -36,8 +37,18 @@ class ServingSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        # an open set: a third party's runtime brings its format through the entry points
+        if value not in (known := known_formats()):
+            raise ValueError(f"unknown format {value!r}; known: {', '.join(known)}")
+        return value
+
     name: str = Field(description="model name served under /v2/models/{name}")
-    format: ModelFormat = Field(description="artifact format")
+    format: str = Field(
+        description="artifact format: a built-in one or an installed runtime's"
+    )
     path: Path = Field(description="model file, or a directory (safetensors: graph + weights)")
     version: str = Field("1", description="version served under /versions/{v}")
     host: str = Field("127.0.0.1", description="address to listen on")

@@ -199,7 +199,7 @@ def _load(app: ServingApp, settings: ServingSettings, lifecycle: Lifecycle) -> f
     if settings.sha256_verified:  # the worker's cache vouches for the bytes
         app.runtime.load(settings.path)
         return time.perf_counter() - started
-    if settings.format is ModelFormat.pickle or not settings.sha256:
+    if settings.format == ModelFormat.pickle or not settings.sha256:
         verify_sha256(settings.path, settings.sha256)
         app.runtime.load(settings.path)
         return time.perf_counter() - started

@@ -4,17 +4,22 @@ joins the same way."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from contract import formats
 from contract.formats import LAYOUTS, LayoutError, PickledObject, UnknownFormat
+from contract.serving import SETTINGS_ENV, ServingSpec
 from serving.artifacts import ArtifactError
 from serving.runtimes import BUILTIN, RuntimeOptions, runtime_for
+from tests.serving.conftest import StartServer
 from tests.support.third_party_runtime import FORMAT, acme_runtime  # noqa: F401 - a fixture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,3 +125,24 @@ def test_a_third_party_runtime_is_found_by_its_format_and_serves(
     (tmp_path / "model.acme").unlink()
     with pytest.raises(ArtifactError, match=r"one acme file \(.acme\)"):
         runtime_for(FORMAT)(FORMAT, RuntimeOptions()).load(tmp_path)
+
+
+@pytest.mark.system
+def test_a_third_party_format_starts_a_serving_process_and_answers(
+    acme_runtime: Path,  # noqa: F811
+    tmp_path: Path,
+    start_server: StartServer,
+) -> None:
+    (tmp_path / "model.acme").write_text('{"scale": 2}')
+    settings = {"name": "acme-model", "format": FORMAT, "path": str(tmp_path / "model.acme")}
+    env = {SETTINGS_ENV: json.dumps(settings), "PYTHONPATH": f"{REPO}:{acme_runtime}"}
+    server = start_server([], "acme", env).wait_ready()
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.5, 2]}]}
+    answer = httpx.post(f"{server.url}/v2/models/acme-model/infer", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [3.0, 4.0]
+
+
+def test_an_unknown_format_is_refused_in_the_serving_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="unknown format 'tensorrt'; known: .*onnx"):
+        ServingSpec(name="m", format="tensorrt", path=tmp_path)
