@@ -26,11 +26,12 @@ RUN groupadd --system --gid 10001 modelplane \
 
 WORKDIR /app
 
-# Dependencies before code: this layer is rebuilt only when pyproject.toml changes. torch
-# comes from the variant's index first; the pin in pyproject (torch==X) is then satisfied by
-# X+cpu or X+cuNNN, and every other dependency comes from PyPI.
+# Dependencies before code: this layer is rebuilt only when pyproject.toml changes. The image
+# runs the server side with the PyTorch runtime: the base dependencies plus the `server` and
+# `torch` extras. torch comes from the variant's index first; the pin in pyproject
+# (torch==X) is then satisfied by X+cpu or X+cuNNN, and every other dependency comes from PyPI.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = p['optional-dependencies']; deps = p['dependencies'] + extras['server'] + extras['torch']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
  && pip install --index-url "${TORCH_INDEX_URL}" "$(grep '^torch' /tmp/requirements.txt)" \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
@@ -38,11 +39,15 @@ RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))
 # The code. Editable, so `registry.migrate` finds alembic.ini and migrations/ beside it.
 COPY README.md alembic.ini ./
 COPY migrations ./migrations
+COPY contract ./contract
 COPY storage ./storage
 COPY registry ./registry
+COPY gateway ./gateway
 COPY serving ./serving
 COPY deployer ./deployer
 COPY client ./client
+COPY cli ./cli
+COPY devstack ./devstack
 RUN pip install --no-deps -e . && python -m compileall -q /app
 
 USER modelplane

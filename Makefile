@@ -1,18 +1,21 @@
-# Modelplane: `make up` runs the embedded platform, `make test` runs the whole suite.
+# Modelplane: `make up` runs the embedded platform, `make test` runs the whole suite,
+# `make test-fast` its unit and in-process API tiers (markers: pyproject.toml, tests/conftest.py).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # The CPU wheel of torch==2.13.0 lives in /opt/wheels on our machines; pip finds it there.
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: up install install-dev test chromium iproute2 lint bench stack clean
+.PHONY: up install install-dev test test-fast chromium iproute2 lint bench stack clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) --quiet --upgrade pip setuptools wheel
 
+# `make up` needs the server side and the PyTorch runtime; a bare `pip install .` is the SDK
+# and the command line only.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install $(PIP_FLAGS) -e .
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,torch]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
@@ -32,6 +35,10 @@ CHROMIUM := /usr/bin/chromium
 
 test: install-dev chromium iproute2
 	$(BIN)/python -m pytest -q -rs
+
+# No real processes, nothing slow: the unit and in-process API tiers.
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -rs -m '(unit or api) and not slow'
 
 chromium:
 	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

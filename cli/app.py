@@ -1,6 +1,10 @@
-"""The `modelplane` command line: the platform commands (`up`, `server`, `migrate`), `login`,
-and the command groups of other modules (`cli/catalog.py`, `cli/deploy.py`, `cli/keys.py`,
-`cli/gc.py`), each registered by one small function below."""
+"""The `modelplane` command line: the platform commands (`up`, `server`, `migrate`, `worker`,
+`stack`), `login`, and the command groups of other modules (`cli/catalog.py`, `cli/deploy.py`,
+`cli/keys.py`, `cli/gc.py`), each registered by one small function below.
+
+Importing this module loads the SDK and the command line only: the platform commands import
+the server side (registry/, deployer/, devstack/) when they run, so `pip install modelplane`
+without `[server]` runs every other command, and those say which extra to install."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from cli.extras import install_hint
 from cli.output import fail
 from client.errors import Forbidden, ModelplaneError, Unauthorized
 
@@ -26,12 +31,17 @@ if TYPE_CHECKING:
 
 
 class OneLineErrors(TyperGroup):
-    """Every SDK error, unreadable file or interrupt ends the command with one line on
-    stderr and a non-zero exit code, never a traceback."""
+    """Every SDK error, unreadable file, missing extra or interrupt ends the command with one
+    line on stderr and a non-zero exit code, never a traceback."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            hint = install_hint(ctx.invoked_subcommand or "", exc)
+            if hint is None:
+                raise
+            fail(hint)
         except (Unauthorized, Forbidden) as exc:
             fail(f"{exc} (check the token: `modelplane login`, MODELPLANE_TOKEN or --token)")
         except ModelplaneError as exc:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out = Console(soft_wrap=True)
@@ -37,7 +38,8 @@ OutputOpt = Annotated[
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False)
+    # the message is text, not markup: `modelplane[server]` and `[1, 4]` print as written
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 

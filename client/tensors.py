@@ -5,12 +5,12 @@ prefixed; BF16 travels as its 16-bit pattern (``uint16``)."""
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import orjson
 
 from contract.dtypes import FROM_NUMPY, NUMERIC_DTYPES
 
@@ -62,7 +62,7 @@ def encode_request(
     doc: dict[str, Any] = {"inputs": described, "parameters": {"binary_data_output": True}}
     if outputs is not None:
         doc["outputs"] = [{"name": n, "parameters": {"binary_data": True}} for n in outputs]
-    header = orjson.dumps(doc)
+    header = json.dumps(doc, separators=(",", ":")).encode()
     return b"".join([header, *blobs]), len(header)
 
 
@@ -70,8 +70,8 @@ def decode_response(body: bytes, header_length: int | None) -> dict[str, np.ndar
     """Output name → array, from a binary or plain JSON answer."""
     length = len(body) if header_length is None else header_length
     try:
-        doc = orjson.loads(body[:length])
-    except orjson.JSONDecodeError as exc:
+        doc = json.loads(body[:length])
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise TensorError(f"the answer is not v2 JSON: {exc}") from None
     offset, results = length, {}
     for item in doc.get("outputs") or []:
