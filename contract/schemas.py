@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from contract import formats
+from contract.optimize import OptimizationReport, Optimize
 from contract.enums import (
     DeploymentStatus,
     Device,
@@ -304,6 +305,11 @@ MAX_UNAVAILABLE = (
     "there is room). Default: 1 when replicas > 1, else 0 (a single replica is never stopped "
     "first: the rollout waits, `pending` with a reason)"
 )
+OPTIMIZE = (
+    "deploy-time optimisation: none | int8_dynamic | fp16 | bf16 | auto, or {mode, "
+    "max_abs_error, max_rel_error, min_top1_agreement, unchecked}; checked against the "
+    "version's example inputs before any traffic (contract/optimize.py)"
+)
 AUTO_ROLLBACK = (
     "when a new revision fails (a replica cannot load, crash-loops, or its bytes do not "
     "match), start a rollback to the revision before it at once"
@@ -325,6 +331,7 @@ class DeploymentCreate(BaseModel):
     allow_pickle: bool = False
     max_unavailable: int | None = Field(default=None, ge=0, le=256, description=MAX_UNAVAILABLE)
     auto_rollback: bool = Field(default=False, description=AUTO_ROLLBACK)
+    optimize: Optimize = Field(default_factory=Optimize, description=OPTIMIZE)
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentCreate:
@@ -347,6 +354,7 @@ class DeploymentUpdate(BaseModel):
     allow_pickle: bool | None = None
     max_unavailable: int | None = Field(default=None, ge=0, le=256, description=MAX_UNAVAILABLE)
     auto_rollback: bool | None = Field(default=None, description=AUTO_ROLLBACK)
+    optimize: Optimize | None = Field(default=None, description=OPTIMIZE)
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentUpdate:
@@ -366,6 +374,7 @@ class DeploymentSpec(BaseModel):
     allow_pickle: bool = False
     max_unavailable: int | None = None  # None: the default rule (see ``unavailable_budget``)
     auto_rollback: bool = False
+    optimize: Optimize = Field(default_factory=Optimize)
 
     def unavailable_budget(self) -> int:
         """Replicas that may stop before their replacements are ready, when nothing else fits."""
@@ -407,6 +416,7 @@ class DeploymentOut(BaseModel):
     allow_pickle: bool
     max_unavailable: int = Field(description="the value in force (" + MAX_UNAVAILABLE + ")")
     auto_rollback: bool = Field(description=AUTO_ROLLBACK)
+    optimize: Optimize = Field(default_factory=Optimize, description=OPTIMIZE)
     revision: int
     status: DeploymentStatus
     status_reason: str | None
@@ -425,6 +435,9 @@ class RevisionOut(BaseModel):
     request_id: str | None = Field(
         None, description="X-Request-ID of the request that made it (grep the logs for it)"
     )
+    optimization: OptimizationReport | None = Field(
+        None, description="what its newest serving process reported of `optimize`: figures"
+    )
 
 
 class RollbackRequest(BaseModel):
@@ -441,11 +454,13 @@ class EndpointRegister(BaseModel):
     replica_id: str = Field(min_length=1, max_length=64)
     status: EndpointStatus = EndpointStatus.loading
     reason: str | None = Field(default=None, max_length=4096)
+    optimization: OptimizationReport | None = None
 
 
 class EndpointHeartbeat(BaseModel):
     status: EndpointStatus
     reason: str | None = Field(default=None, max_length=4096)
+    optimization: OptimizationReport | None = None
 
 
 class EndpointOut(BaseModel):
@@ -459,6 +474,7 @@ class EndpointOut(BaseModel):
     worker: str | None
     replica_id: str | None
     heartbeat_at: datetime
+    optimization: OptimizationReport | None = None
 
 
 class WorkerRegister(BaseModel):
@@ -524,6 +540,7 @@ class Assignment(BaseModel):
     gpu_ids: list[int]
     batching: Batching
     allow_pickle: bool
+    optimize: Optimize = Field(default_factory=Optimize)
     request_id: str | None = Field(
         None,
         description="X-Request-ID of the request that made the deployment's newest revision "

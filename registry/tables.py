@@ -167,6 +167,9 @@ class RevisionRow(Base):
     # The request that made the revision (X-Request-ID): workers and serving processes
     # log it for everything they do for the revision, so one grep follows a rollout.
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # What the newest serving process of the revision reported of its `optimize` setting
+    # (contract.optimize.OptimizationReport): kept after its endpoints are gone.
+    optimization: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
@@ -227,6 +230,7 @@ class EndpointRow(Base):
     url: Mapped[str] = mapped_column(String(2048))
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
+    optimization: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 

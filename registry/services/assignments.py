@@ -44,6 +44,7 @@ async def assignments_for(session: AsyncSession, worker_id: str, base_url: str) 
                 gpu_ids=replica.gpu_ids,
                 batching=spec.batching,
                 allow_pickle=spec.allow_pickle,
+                optimize=spec.optimize,
                 request_id=detail.request_id,
             )
         )

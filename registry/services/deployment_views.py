@@ -33,6 +33,7 @@ def revision_out(deployment: str, row: RevisionRow) -> RevisionOut:
         reason=RevisionReason(row.reason),
         created_at=row.created_at,
         request_id=row.request_id,
+        optimization=row.optimization,
     )
 
 
@@ -48,6 +49,7 @@ def endpoint_out(row: EndpointRow, deployment: str) -> EndpointOut:
         worker=row.worker_id,
         replica_id=row.replica_id,
         heartbeat_at=row.heartbeat_at,
+        optimization=row.optimization,
     )
 
 
@@ -121,6 +123,7 @@ async def deployment_out(
         allow_pickle=spec.allow_pickle,
         max_unavailable=spec.unavailable_budget(),
         auto_rollback=spec.auto_rollback,
+        optimize=spec.optimize,
         revision=row.revision,
         status=DeploymentStatus(row.status),
         status_reason=reason,

@@ -44,6 +44,7 @@ from registry.services.deployment_views import (
     replica_outs,
     revision_out,
 )
+from registry.services.optimize import check_optimize
 from registry.services.paging import to_page
 from registry.services.rollout import begin_revision, reconcile
 from registry.tables import DeploymentRow, VersionRow
@@ -81,7 +82,11 @@ async def start_revision(
     spec: DeploymentSpec,
     reason: RevisionReason,
 ) -> None:
-    """A new revision and its replicas, beside the old ones; then the rollout rule."""
+    """A new revision and its replicas, beside the old ones; then the rollout rule. A new
+    setting is checked here (a rollback or an alias move keeps what was accepted before: a
+    version the optimisation cannot check fails its replicas, with the reason)."""
+    if reason in (RevisionReason.create, RevisionReason.update):
+        await check_optimize(session, spec, version)
     settings = spec.model_dump(mode="json")
     target = (version.id, version.version)
     await begin_revision(ctx, session, deployment, model, target, settings, reason.value)

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contract.optimize import OptimizationReport
 from contract.schemas import (
     Assignments,
     EndpointHeartbeat,
@@ -248,6 +249,7 @@ class FleetService:
                     heartbeat_at=now,
                 )
             )
+            await _record_optimization(session, row, deployment, body.optimization)
             await EventRepository(session).add(
                 self._ctx.actor,
                 "endpoint.registered",
@@ -272,6 +274,7 @@ class FleetService:
             row, deployment, model = await self._locked_endpoint(session, endpoint_id)
             now = utcnow()
             row.heartbeat_at = now
+            await _record_optimization(session, row, deployment, body.optimization)
             if (body.status.value, body.reason) != (row.status, row.reason):
                 before = row.status
                 row.status, row.reason = body.status.value, body.reason
@@ -341,6 +344,25 @@ class FleetService:
         replica = await ReplicaRepository(session).find(row.replica_id)
         if replica is not None and replica.worker_id == row.worker_id:
             await set_state(self._ctx, session, replica, where, status, row.reason, now)
+
+
+async def _record_optimization(
+    session: AsyncSession,
+    row: EndpointRow,
+    deployment: DeploymentRow,
+    report: OptimizationReport | None,
+) -> None:
+    """An endpoint's optimisation report, kept on it and on its revision (the newest
+    report wins: replicas of one revision make the same artifact)."""
+    if report is None:
+        return
+    figures = report.model_dump(mode="json")
+    if figures == row.optimization:
+        return
+    row.optimization = figures
+    revision = await DeploymentRepository(session).revision(deployment.id, row.revision)
+    if revision is not None:
+        revision.optimization = figures
 
 
 def _process_state(reported: str, endpoint: EndpointRow | None) -> str:
