@@ -262,8 +262,9 @@ def push(
         str | None,
         typer.Option(
             "--format",
-            help="torchscript, torch_export, safetensors, onnx, ... (default: from the suffix; "
-            "a scikit-learn estimator: convert it to .onnx, Client.push_sklearn does).",
+            help="torchscript, torch_export, safetensors, onnx, hf_causal_lm, hf_embedding, "
+            "... (default: from the suffix, a directory with config.json and .safetensors is "
+            "hf_causal_lm; a scikit-learn estimator: convert it to .onnx, push_sklearn does).",
         ),
     ] = None,
     description: Annotated[str, typer.Option(help="Markdown description.")] = "",

@@ -13,6 +13,7 @@ y = mp.infer("iris", x)["output0"]              # numpy in, numpy out
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -81,14 +82,32 @@ def selector(version: Selector) -> str:
     return f"@{text}"
 
 
-def guess_format(paths: list[str]) -> str | None:
+def guess_format(paths: list[str], config: Path | None = None) -> str | None:
+    """The format files' names suggest; ``config``: the local ``config.json`` of a Hugging
+    Face directory, read to tell a causal LM from an encoder."""
     suffixes = {Path(p).suffix for p in paths}
     if any(Path(p).name == "saved_model.pb" for p in paths):
         return "tf_savedmodel"  # a SavedModel directory (TF Serving's)
+    if "config.json" in paths and ".safetensors" in suffixes:
+        return hf_format(config)  # a Hugging Face directory (save_pretrained's)
     if ".safetensors" in suffixes:
         return "safetensors"
     found = {FORMAT_BY_SUFFIX[s] for s in suffixes if s in FORMAT_BY_SUFFIX}
     return found.pop() if len(found) == 1 else None
+
+
+def hf_format(config: Path | None) -> str:
+    """``hf_embedding`` for an encoder's config (no generating architecture), else
+    ``hf_causal_lm``."""
+    try:
+        found = json.loads(config.read_text()) if config is not None else {}
+    except (OSError, ValueError):
+        return "hf_causal_lm"
+    arches = found.get("architectures") or [] if isinstance(found, dict) else []
+    generates = ("CausalLM", "LMHeadModel", "ForConditionalGeneration")
+    if arches and not any(str(a).endswith(generates) for a in arches):
+        return "hf_embedding"
+    return "hf_causal_lm"
 
 
 class Client:
@@ -228,7 +247,8 @@ class Client:
         object (``.pkl``, ``.joblib``) is refused before anything is sent:
         ``push_sklearn`` converts an estimator to ONNX instead."""
         pairs = collect(files)
-        fmt = format or guess_format([path for path, _ in pairs])
+        config = dict(pairs).get("config.json")
+        fmt = format or guess_format([path for path, _ in pairs], config)
         try:
             refuse_pickled(fmt, [path for path, _ in pairs])
             recorded = {} if example is None else {"example": encode_example(example)}
@@ -356,6 +376,45 @@ class Client:
                 metadata={**meta, **(metadata or {})},
                 signature=sig,
                 source=f"push_keras:{type(model).__module__}.{type(model).__qualname__}",
+                progress=progress,
+                resume=False,
+            )
+
+    def push_pretrained(
+        self,
+        name: str,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        format: str = "hf_causal_lm",
+        alias: str | None = None,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        max_shard_size: str | int = "5GB",
+        progress: ProgressHook | None = None,
+    ) -> VersionOut:
+        """Save a transformers model and its tokenizer with ``save_pretrained`` (weights as
+        safetensors, in shards past ``max_shard_size``) and push the directory as a
+        ``hf_causal_lm`` (or ``hf_embedding``) version: the shards go up in parallel, and
+        the registry checks the index and each shard's header before it is ready. The
+        model's hub id and revision, when known, become the version's ``source`` and its
+        ``metadata.huggingface``. Needs ``transformers`` here (the objects bring it)."""
+        from client.pretrained import check_format, provenance, save
+
+        check_format(format)
+        source, meta = provenance(model)
+        with tempfile.TemporaryDirectory(prefix="modelplane-") as tmp:
+            save(model, tokenizer, Path(tmp), max_shard_size)
+            return self.push(
+                name,
+                tmp,
+                alias=alias,
+                format=format,
+                description=description,
+                tags=tags,
+                metadata={**meta, **(metadata or {})},
+                source=source,
                 progress=progress,
                 resume=False,
             )

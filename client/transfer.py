@@ -182,11 +182,19 @@ class Pusher:
                 self.emit(TransferEvent("skip", f.path, f.size))
             else:
                 todo.append((f, by_path[f.path]))
+        # One bounded pool for everything: the parts of every large file (a sharded model's
+        # shards) and the small files go at once, `concurrency` requests in flight in all.
+        jobs: list[Callable[[], None]] = []
+        completions: list[Callable[[], None]] = []
         for f, source in todo:
             if f.upload is not None and f.upload.multipart is not None:
-                self.multipart(f, source)
-        small = [(f, s) for f, s in todo if f.upload is not None and f.upload.multipart is None]
-        self.run_all([lambda f=f, s=s: self.put(f, s) for f, s in small])  # type: ignore[misc]
+                if (planned := self.plan_multipart(f, source)) is not None:
+                    jobs += planned[0]
+                    completions.append(planned[1])
+            else:
+                jobs.append(lambda f=f, s=source: self.put(f, s))  # type: ignore[misc]
+        self.run_all(jobs)
+        self.run_all(completions)
 
     def run_all(self, jobs: list[Callable[[], None]]) -> None:
         """Run ``jobs`` in parallel. The first failure (or Ctrl-C) stops the rest: none is
@@ -250,9 +258,12 @@ class Pusher:
                 sent[0] += len(chunk)
                 self.emit(TransferEvent("advance", path, length, len(chunk)))
 
-    def multipart(self, f: FileOut, source: LocalFile) -> None:
-        """Direct upload: presigned part URLs, the parts S3 already holds skipped, the rest
-        sent in parallel, then the control plane assembles and verifies the object."""
+    def plan_multipart(
+        self, f: FileOut, source: LocalFile
+    ) -> tuple[list[Callable[[], None]], Callable[[], None]] | None:
+        """Direct upload: presigned part URLs, the parts S3 already holds skipped; returns the
+        jobs sending the rest (run in parallel by the caller) and the completion, where the
+        control plane assembles and verifies the object. None: nothing to send."""
         assert f.upload is not None and f.upload.multipart is not None
         url = f.upload.multipart.url
         try:
@@ -261,7 +272,7 @@ class Pusher:
             # Stored meanwhile (another push of the same bytes), or the version is no
             # longer pending: either way finalize says where things stand.
             self.emit(TransferEvent("skip", f.path, f.size))
-            return
+            return None
         offer = MultipartOut.model_validate(answer)
         size, part_size = f.size, offer.part_size
 
@@ -272,21 +283,23 @@ class Pusher:
         already = sum(length(n) for n in done)
         self.emit(TransferEvent("start", f.path, size, already))
         missing = [p for p in offer.parts if p.part_number not in done]
-        self.run_all(
-            [
-                lambda p=p: self.put_part(  # type: ignore[misc]
-                    f.path,
-                    source,
-                    p.url,
-                    p.part_number,
-                    (p.part_number - 1) * part_size,
-                    length(p.part_number),
-                )
-                for p in missing
-            ]
-        )
-        self.transport.request("POST", f"{url}/complete", idempotent=True)
-        self.emit(TransferEvent("done", f.path, size))
+        jobs: list[Callable[[], None]] = [
+            lambda p=p: self.put_part(  # type: ignore[misc]
+                f.path,
+                source,
+                p.url,
+                p.part_number,
+                (p.part_number - 1) * part_size,
+                length(p.part_number),
+            )
+            for p in missing
+        ]
+
+        def complete() -> None:
+            self.transport.request("POST", f"{url}/complete", idempotent=True)
+            self.emit(TransferEvent("done", f.path, size))
+
+        return jobs, complete
 
     def put_part(
         self, path: str, source: LocalFile, url: str, number: int, offset: int, length: int

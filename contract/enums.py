@@ -64,3 +64,5 @@ class ModelFormat(StrEnum):
     onnx = "onnx"
     keras = "keras"
     tf_savedmodel = "tf_savedmodel"
+    hf_causal_lm = "hf_causal_lm"  # a Hugging Face directory: config, tokenizer, safetensors
+    hf_embedding = "hf_embedding"  # the same for an encoder whose pooled output is served

@@ -125,6 +125,74 @@ class Layout:
         return f" ({self.hint})" if self.hint else ""
 
 
+HF_CONFIG = "config.json"
+HF_INDEX = "model.safetensors.index.json"
+HF_SINGLE = "model.safetensors"
+HF_TOKENIZERS = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json", "spiece.model")
+HF_PICKLED = (".bin", ".pt", ".pth", ".ckpt")  # torch.save'd state dicts: run code when loaded
+HF_HINT = (
+    "model.save_pretrained(dir, safe_serialization=True) and tokenizer.save_pretrained(dir), "
+    "or Client.push_pretrained(name, model, tokenizer)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HfLayout(Layout):
+    """A Hugging Face directory as ``save_pretrained`` writes it: ``config.json`` (the
+    graph: the runtime builds the model from it), a tokenizer, and the weights as
+    ``model.safetensors`` or shards listed by ``model.safetensors.index.json``. Pickled
+    weights (``pytorch_model.bin``) are refused unless the version allows pickle. What the
+    files hold (the index's shards, the safetensors headers) the registry reads at finalize
+    (``registry/services/hf_layout.py``); this checks the names and sizes only."""
+
+    def check(self, files: Files, *, allow_pickle: bool = False) -> Artifact:
+        pairs = dict(_pairs(files))
+        listed = _names(sorted(pairs))
+        if HF_CONFIG not in pairs:
+            raise LayoutError(
+                f"format {self.format} needs {HF_CONFIG} at the top of the version; found "
+                f"none among {listed} ({self.hint})"
+            )
+        pickled = sorted(p for p in pairs if _hf_weights(p) and p.lower().endswith(HF_PICKLED))
+        if pickled and not allow_pickle:
+            raise LayoutError(
+                f"format {self.format}: {pickled[0]} holds pickled weights, which run code when "
+                "loaded and are refused: save with safe_serialization=True (model.safetensors) "
+                "or create the version with metadata allow_pickle: true"
+            )
+        shards = sorted(p for p in pairs if p.endswith(".safetensors") and "/" not in p)
+        if not shards and not pickled:
+            raise LayoutError(
+                f"format {self.format} needs its weights as {HF_SINGLE} or shards listed by "
+                f"{HF_INDEX}; found none among {listed} ({self.hint})"
+            )
+        if len(shards) > 1 and HF_INDEX not in pairs:
+            raise LayoutError(
+                f"format {self.format}: {len(shards)} safetensors files ({_names(shards)}) "
+                f"but no {HF_INDEX} saying which tensor is in which"
+            )
+        for path in shards:
+            if pairs[path] < 8:
+                raise LayoutError(
+                    f"format {self.format}: {path} has {pairs[path]} bytes, "
+                    "too few for a safetensors header"
+                )
+        if not any(PurePosixPath(p).name in HF_TOKENIZERS for p in pairs):
+            raise LayoutError(
+                f"format {self.format} needs a tokenizer ({', '.join(HF_TOKENIZERS[:2])} with "
+                f"tokenizer_config.json) beside {HF_CONFIG}; found none among {listed} "
+                "(tokenizer.save_pretrained(dir))"
+            )
+        return Artifact(self.format, HF_CONFIG, single_file=False)
+
+
+def _hf_weights(path: str) -> bool:
+    name = PurePosixPath(path.lower()).name
+    return name.startswith(("pytorch_model", "model", "tf_model", "flax_model")) or (
+        name.endswith((".pt", ".pth", ".ckpt"))
+    )
+
+
 LAYOUTS: dict[str, Layout] = {
     str(layout.format): layout
     for layout in (
@@ -182,8 +250,24 @@ LAYOUTS: dict[str, Layout] = {
             directory=True,
             hint="tf.saved_model.save(model, directory): push that directory",
         ),
+        HfLayout(
+            ModelFormat.hf_causal_lm,
+            "a Hugging Face causal LM directory (config.json, tokenizer, safetensors)",
+            names=(HF_CONFIG,),
+            directory=True,
+            hint=HF_HINT,
+        ),
+        HfLayout(
+            ModelFormat.hf_embedding,
+            "a Hugging Face encoder directory (config.json, tokenizer, safetensors)",
+            names=(HF_CONFIG,),
+            directory=True,
+            hint=HF_HINT,
+        ),
     )
 }
+
+HF_FORMATS = frozenset({str(ModelFormat.hf_causal_lm), str(ModelFormat.hf_embedding)})
 
 
 def known_formats() -> list[str]:
@@ -202,22 +286,25 @@ def layout_for(fmt: str) -> Layout | None:
     return _third_party_layout(entry)
 
 
-def artifact(fmt: str, files: Files) -> Artifact | None:
+def artifact(fmt: str, files: Files, *, allow_pickle: bool = False) -> Artifact | None:
     """What `files` make as `fmt` (None: a third party's format without a layout).
-    Raises `UnknownFormat`, `PickledObject` or `LayoutError`."""
+    Raises `UnknownFormat`, `PickledObject` or `LayoutError`. `allow_pickle`: a Hugging
+    Face directory may hold pickled weights (`pytorch_model.bin`)."""
     pairs = _pairs(files)
     refuse_pickled(fmt, [p for p, _ in pairs])
     layout = layout_for(fmt)
+    if isinstance(layout, HfLayout):
+        return layout.check(pairs, allow_pickle=allow_pickle)
     return None if layout is None else layout.check(pairs)
 
 
-def check_version(fmt: str | None, files: Files) -> Artifact | None:
+def check_version(fmt: str | None, files: Files, *, allow_pickle: bool = False) -> Artifact | None:
     """The registry's check of a new or finalised version: no pickled Python objects in any
     version (but a pickled torch module as format `pickle`), and the files make `fmt`."""
     if fmt is None:
         refuse_pickled(None, [p for p, _ in _pairs(files)])
         return None
-    return artifact(fmt, files)
+    return artifact(fmt, files, allow_pickle=allow_pickle)
 
 
 def refuse_pickled(fmt: str | None, paths: Iterable[str]) -> None:

@@ -31,6 +31,7 @@ Fetch = Callable[[FileRef], Iterator[bytes]]
 
 WRITE_AHEAD = 8  # chunks hashed but not yet written (at most 8 ranged pieces: 64 MiB)
 WRITERS = 4
+FILES_AT_ONCE = 4  # a version's files pulled in parallel (a sharded model's shards)
 DISK_MARGIN = 64 * 1024  # the filesystem's own blocks: a file needs a little more than its size
 
 
@@ -52,6 +53,8 @@ class BlobCache:
         self.blobs = root / "blobs" / "sha256"
         self.replicas = root / "replicas"
         self.stamps = root / "verified"  # per blob: what it looked like when it was hashed
+        self._room = threading.Lock()  # room is made for one download at a time...
+        self._inflight = 0  # ...counting the bytes of those under way
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.replicas.mkdir(parents=True, exist_ok=True)
         self.stamps.mkdir(parents=True, exist_ok=True)
@@ -87,14 +90,48 @@ class BlobCache:
         if self.has(ref):
             return self.blob(ref.sha256), False
         keep = set(pinned) | {ref.sha256}
-        self._make_room(ref.size, keep)
+        with self._room:
+            self._make_room(ref.size, keep, self._inflight)
+            self._inflight += ref.size
+        try:
+            return self._download_evicting(ref, fetch, keep)
+        finally:
+            with self._room:
+                self._inflight -= ref.size
+
+    def ensure_all(
+        self, refs: list[FileRef], fetch: Fetch, pinned: Iterable[str] = ()
+    ) -> list[tuple[Path, bool]]:
+        """`ensure` for each of a version's files, `FILES_AT_ONCE` downloading at a time
+        (each streamed into the cache and verified by itself); the first failure is raised
+        once those under way end, and no other starts."""
+        unique = list({ref.sha256: ref for ref in refs}.values())  # the same bytes twice
+        keep = set(pinned) | {ref.sha256 for ref in unique}
+        failed = threading.Event()
+
+        def one(ref: FileRef) -> tuple[Path, bool]:
+            if failed.is_set():
+                raise CacheError(f"{ref.path}: not pulled, another file failed")
+            try:
+                return self.ensure(ref, fetch, keep)
+            except BaseException:
+                failed.set()
+                raise
+
+        with ThreadPoolExecutor(FILES_AT_ONCE, thread_name_prefix="pull-file") as pool:
+            futures = {ref.sha256: pool.submit(one, ref) for ref in unique}
+            done = {digest: future.result() for digest, future in futures.items()}
+        return [done[ref.sha256] for ref in refs]
+
+    def _download_evicting(self, ref: FileRef, fetch: Fetch, keep: set[str]) -> tuple[Path, bool]:
         try:
             return self._download(ref, fetch), True
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
             log.warning("disk full while downloading %s: evicting unused blobs", ref.sha256)
-        self._evict_for_disk(ref.size, keep)
+        with self._room:
+            self._evict_for_disk(ref.size, keep)
         try:
             return self._download(ref, fetch), True
         except OSError as exc:
@@ -155,7 +192,7 @@ class BlobCache:
     def used_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.blobs.iterdir() if not p.name.startswith("."))
 
-    def _make_room(self, size: int, keep: set[str]) -> None:
+    def _make_room(self, size: int, keep: set[str], inflight: int = 0) -> None:
         if size > self.max_bytes:
             raise CacheError(
                 f"file of {size} bytes exceeds the cache limit of {self.max_bytes} bytes "
@@ -165,7 +202,7 @@ class BlobCache:
             (p for p in self.blobs.iterdir() if not p.name.startswith(".")),
             key=lambda p: p.stat().st_mtime,
         )
-        used = sum(p.stat().st_size for p in blobs)
+        used = sum(p.stat().st_size for p in blobs) + inflight
         for path in blobs:
             if used + size <= self.max_bytes:
                 break

@@ -261,8 +261,8 @@ class Executor:
 
     def _fetch_files(self, assignment: Assignment, pinned: frozenset[str], started: float) -> Path:
         downloaded = 0
-        for ref in assignment.files:
-            _, fresh = self.cache.ensure(ref, self.control_plane.download, pinned)
+        pulled = self.cache.ensure_all(assignment.files, self.control_plane.download, pinned)
+        for ref, (_, fresh) in zip(assignment.files, pulled, strict=True):
             downloaded += ref.size if fresh else 0
             result = "miss" if fresh else "hit"
             self.metrics.cache_lookups.labels(result).inc()

@@ -47,17 +47,20 @@ from registry.repositories.versions import (
 )
 from registry.services.aliases import move_alias
 from registry.services.context import Context
+from registry.services.hf_layout import HfLayoutError, check_hf_files
 from registry.services.paging import to_page
 from registry.services.version_views import version_out
 from registry.tables import EventRow, ModelRow, VersionRow
-from storage.base import StorageError
+from storage.base import ArtifactNotFound, StorageError
 
 
-def check_format(fmt: str | None, files: Any) -> None:
+def check_format(fmt: str | None, files: Any, metadata: Any = None) -> None:
     """A version's format is one a runtime serves and its files make one (`contract.formats`):
-    422 when a version is created, and again when it is finalised, before anything deploys."""
+    422 when a version is created, and again when it is finalised, before anything deploys.
+    A Hugging Face directory may hold pickled weights only with metadata `allow_pickle`."""
+    allow_pickle = isinstance(metadata, dict) and metadata.get("allow_pickle") is True
     try:
-        formats.check_version(fmt, files)
+        formats.check_version(fmt, files, allow_pickle=allow_pickle)
     except formats.UnknownFormat as exc:
         raise UnknownFormat(str(exc), known=exc.known) from None
     except formats.FormatError as exc:
@@ -189,7 +192,7 @@ class CatalogService:
             metrics.versions_created.labels(kind).inc()
 
     async def _create_version(self, session: Any, name: str, body: VersionCreate) -> VersionOut:
-        check_format(body.format, body.files)
+        check_format(body.format, body.files, body.metadata)
         model_id, number = await ModelRepository(session).next_version(name)
         now = utcnow()
         version = _Version(
@@ -221,6 +224,8 @@ class CatalogService:
         self, name: str, body: VersionCreate, alias: str | None
     ) -> VersionOut:
         """One-shot upload: the bytes are stored already; version, ready and alias in one go."""
+        check_format(body.format, body.files, body.metadata)
+        await self._check_contents(body.format, body.files)
         async with self._sessions.begin() as session:
             out = await self._create_version(session, name, body)
             if missing := [f.path for f in out.files if not f.present]:
@@ -287,6 +292,7 @@ class CatalogService:
 
     async def finalize_version(self, name: str, selector: Selector) -> VersionOut:
         """All manifest blobs stored → ready. Idempotent on a ready version."""
+        await self._check_stored_contents(name, selector)
         async with self._sessions.begin() as session:
             # Version, manifest and blob presence in one locked read: one round trip.
             versions = VersionRepository(session)
@@ -301,7 +307,7 @@ class CatalogService:
             files = [r for r in rows if r.path is not None]
             if missing := [f.path for f in files if f.stored is None]:
                 raise FilesMissing(name, row.version, missing)
-            check_format(row.format, files)
+            check_format(row.format, files, row.metadata_)
             now = utcnow()
             await versions.set_fields(row.id, status="ready", ready_at=now, updated_at=now)
             await self._event(
@@ -383,6 +389,28 @@ class CatalogService:
             return to_page(rows, limit, lambda r: r.id, event_out)
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def _check_stored_contents(self, name: str, selector: Selector) -> None:
+        """Before the finalize transaction (the blobs are immutable, reads stay out of it):
+        a pending version whose files are all stored gets its contents checked."""
+        async with reading_connection(self._sessions) as connection:
+            rows = await read_detail(connection, name, selector)
+        files = [r for r in rows if r.path is not None]
+        if not rows or rows[0].status != "pending" or any(f.stored is None for f in files):
+            return  # the transaction says why it cannot become ready
+        check_format(rows[0].format, files, rows[0].metadata_)
+        await self._check_contents(rows[0].format, files)
+
+    async def _check_contents(self, fmt: str | None, files: Any) -> None:
+        """What a Hugging Face directory's files hold (`hf_layout`): 422 naming the file."""
+        if fmt not in formats.HF_FORMATS:
+            return
+        try:
+            await to_thread.run_sync(check_hf_files, self._ctx.store, list(files))
+        except HfLayoutError as exc:
+            raise InvalidLayout(f"format {fmt}: {exc}") from None
+        except ArtifactNotFound:
+            return  # not stored: FilesMissing says so
 
     async def _get_version(
         self, session: Any, name: str, selector: Selector, *, lock: bool = False

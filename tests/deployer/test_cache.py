@@ -188,3 +188,35 @@ def test_a_pulled_blob_is_vouched_for_until_it_changes(tmp_path: Path) -> None:
     with path.open("r+b") as f:  # flipped in place: same size, new mtime
         f.write(b"W")
     assert not cache.verified(ref)
+
+
+def test_a_versions_shards_are_pulled_in_parallel_each_verified(tmp_path: Path) -> None:
+    import threading
+
+    from deployer.cache import FILES_AT_ONCE
+
+    cache, source = BlobCache(tmp_path, 10_000), Source()
+    refs = [source.add(f"model-0000{i}-of-00006.safetensors", bytes([i]) * 300) for i in range(6)]
+    together = threading.Barrier(FILES_AT_ONCE, timeout=10)  # breaks unless 4 run at once
+
+    def fetch(ref: FileRef) -> Iterator[bytes]:
+        together.wait()
+        yield from source.fetch(ref)
+
+    pulled = cache.ensure_all(refs[:FILES_AT_ONCE], fetch)
+    assert all(fresh for _, fresh in pulled)
+    bad = source.add("model-00009-of-00009.safetensors", b"y" * 300, claimed=b"z" * 300)
+    with pytest.raises(DigestMismatch, match="model-00009"):
+        cache.ensure_all([*refs[FILES_AT_ONCE:], bad], source.fetch)
+    assert not cache.blob(bad.sha256).exists()
+    assert [p.read_bytes() for p, _ in cache.ensure_all(refs, source.fetch)] == [
+        bytes([i]) * 300 for i in range(6)
+    ]
+
+
+def test_parallel_pulls_count_each_others_bytes_against_the_limit(tmp_path: Path) -> None:
+    cache, source = BlobCache(tmp_path, 1000), Source()
+    refs = [source.add(f"shard-{i}.safetensors", bytes([i]) * 400) for i in range(3)]
+    with pytest.raises(CacheError, match="cache full"):
+        cache.ensure_all(refs, source.fetch)
+    assert cache.used_bytes() <= 1000
