@@ -19,7 +19,6 @@ from pydantic import (
 )
 
 from contract import formats
-from contract.optimize import OptimizationReport, Optimize
 from contract.enums import (
     DeploymentStatus,
     Device,
@@ -27,6 +26,7 @@ from contract.enums import (
     ReplicaState,
     VersionStatus,
 )
+from contract.optimize import OptimizationReport, Optimize
 
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 MAX_PATH_LENGTH = 1024

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract.enums import Device
 from contract.formats import known_formats
+from contract.optimize import Optimize
 
 SETTINGS_ENV = "MODELPLANE_SERVING_SETTINGS_JSON"
 
@@ -93,6 +94,15 @@ class ServingSpec(BaseModel):
     )
     allow_pickle: bool = Field(
         False, description="allow --format pickle (torch.save of a whole module runs code on load)"
+    )
+    optimize: Optimize = Field(
+        default_factory=Optimize,
+        description="deploy-time optimisation, checked on the version's examples before ready",
+    )
+    optimized_cache_dir: Path | None = Field(
+        None,
+        description="where optimised artifacts are kept for reuse (the worker's cache); "
+        "default: beside the model",
     )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 avoids contention)")
     workers: int = Field(1, ge=1, description="processes sharing the port (SO_REUSEPORT)")

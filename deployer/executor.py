@@ -362,6 +362,8 @@ class Executor:
                 "sha256_verified": all(self.cache.verified(ref) for ref in assignment.files),
                 "signature": None if signature is None else orjson.dumps(signature).decode(),
                 "allow_pickle": assignment.allow_pickle,
+                "optimize": assignment.optimize.model_dump(mode="json"),
+                "optimized_cache_dir": self.cache.root / "optimized",
                 "request_id": assignment.request_id,
             }
         )

@@ -32,6 +32,10 @@ class Lifecycle(Protocol):
     def close(self, timeout: float = 5.0) -> None:
         """Called once before the process exits: deliver what is pending, within `timeout`."""
 
+    def report(self, optimization: dict[str, Any]) -> None:
+        """What deploy-time optimisation did (contract.optimize.OptimizationReport): sent
+        with every later registration and heartbeat."""
+
 
 class LoggingLifecycle:
     def changed(self, state: EndpointStatus, reason: str | None = None) -> None:
@@ -39,6 +43,9 @@ class LoggingLifecycle:
 
     def close(self, timeout: float = 5.0) -> None:
         pass
+
+    def report(self, optimization: dict[str, Any]) -> None:
+        log.info("optimization %s", optimization)
 
 
 class HttpAnnouncer:
@@ -71,6 +78,7 @@ class HttpAnnouncer:
         self._heartbeat_s = heartbeat_s
         self._state = EndpointStatus.loading
         self._id: str | None = None
+        self._optimization: dict[str, Any] | None = None
         self._changes: queue.SimpleQueue[tuple[EndpointStatus, str | None] | None] = (
             queue.SimpleQueue()
         )
@@ -80,6 +88,10 @@ class HttpAnnouncer:
     def changed(self, state: EndpointStatus, reason: str | None = None) -> None:
         LoggingLifecycle().changed(state, reason)
         self._changes.put((state, reason))
+
+    def report(self, optimization: dict[str, Any]) -> None:
+        LoggingLifecycle().report(optimization)
+        self._optimization = optimization  # read by the announcer thread on its next send
 
     def close(self, timeout: float = 5.0) -> None:
         self._changes.put(None)
@@ -99,7 +111,9 @@ class HttpAnnouncer:
             self._send(*change)
 
     def _send(self, state: EndpointStatus, reason: str | None) -> None:
-        body = {"status": state.value, "reason": reason}
+        body: dict[str, Any] = {"status": state.value, "reason": reason}
+        if self._optimization is not None:
+            body["optimization"] = self._optimization
         if self._id is None:
             answer = self._call("POST", "/endpoints", {**self._endpoint, **body})
             self._id = str(answer["id"]) if answer and "id" in answer else None

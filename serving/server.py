@@ -18,11 +18,13 @@ from typing import Any
 import uvicorn
 
 from contract.asgi import nodelay_protocol
+from contract.optimize import OptimizeMode
 from serving.app import ServingApp
 from serving.artifacts import parse_signature, verify_sha256
 from serving.batching import Batcher
 from serving.lifecycle import EndpointStatus, HttpAnnouncer, Lifecycle, LoggingLifecycle
 from serving.metrics import ServingMetrics
+from serving.optimize import apply_optimization
 from serving.runtimes import RuntimeOptions, runtime_for
 from serving.runtimes.base import Runtime, example_input
 from serving.settings import Executor, ModelFormat, ServingSettings
@@ -196,6 +198,9 @@ def _load(app: ServingApp, settings: ServingSettings, lifecycle: Lifecycle) -> f
     the digests match; pickle is hashed first."""
     started = time.perf_counter()
     lifecycle.changed(EndpointStatus.loading)
+    if settings.optimize.mode is not OptimizeMode.none:  # verifies, then makes and checks
+        apply_optimization(app.runtime, settings, lifecycle.report)
+        return time.perf_counter() - started
     if settings.sha256_verified:  # the worker's cache vouches for the bytes
         app.runtime.load(settings.path)
         return time.perf_counter() - started

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_map
 
 from contract.dtypes import FROM_NUMPY, torch_datatype
 from contract.enums import Device, ModelFormat
@@ -86,6 +87,7 @@ class TorchRuntime(Runtime):
         self._module: Any = None
         self._ranges: dict[Any, Any] = {}  # torch.export: symbol → its allowed range
         self._seen: Seen = {}  # unchecked inputs: what the model ran on
+        self.precision = "none"  # fp16/bf16: set by serving.optimize; float inputs cast
         _set_threads(self.options)
 
     @property
@@ -253,14 +255,25 @@ class TorchRuntime(Runtime):
     def _run(self, inputs: Inputs) -> list[tuple[str, OutputTensor]]:
         specs = self.inputs or [TensorSpec(n, "FP32", [-1]) for n in inputs]
         args = [_to_torch(inputs[s.name], s.datatype, self.device) for s in specs]
+        if self.precision in HALF:
+            args = [a.to(HALF[self.precision]) if a.is_floating_point() else a for a in args]
         with torch.inference_mode():
             result = self._module(*args)
+        if self.precision in HALF:  # answered as float32, as the signature says
+            result = tree_map(lambda v: v.float() if _is_half(v) else v, result)
         return _flatten_outputs(result)
 
     def unload(self) -> None:
         self._module = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _is_half(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16)
 
 
 def _seen(inputs: Inputs) -> Seen:
