@@ -306,11 +306,12 @@ def login(
 
 
 def _register_groups() -> None:
-    from cli import catalog, deploy, gc
+    from cli import catalog, chat, deploy, gc
 
     catalog.register(app)
     deploy.register(app)
     gc.register(app)
+    chat.register(app)
 
 
 _register_groups()

@@ -130,6 +130,8 @@ def from_response(response: httpx.Response) -> ApiError:
     if isinstance(body, dict):
         problem = body
     detail = problem.get("detail") or problem.get("error") or response.text.strip()
+    if isinstance(detail, dict) and detail.get("message"):  # OpenAI's {"error": {"message"}}
+        detail = detail["message"]
     detail = " ".join(str(detail).split())[:500] or response.reason_phrase
     if response.status_code == 422 and isinstance(problem.get("errors"), list):
         fields = [_field(e) for e in problem["errors"] if isinstance(e, dict)]

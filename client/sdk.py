@@ -20,14 +20,24 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 from urllib.parse import quote
 
+import httpx
 import numpy as np
 from pydantic import BaseModel
 
+from client.chat import deltas as chat_deltas
 from client.config import resolve
-from client.errors import ApiError, Conflict, ModelplaneError, NotFound, NotReady
+from client.errors import (
+    ApiError,
+    Conflict,
+    ConnectionFailed,
+    ModelplaneError,
+    NotFound,
+    NotReady,
+    from_response,
+)
 from client.modules import serialise
 from client.sklearn import convert as sklearn_to_onnx
 from client.tensors import HEADER, decode_response, encode_request
@@ -44,6 +54,7 @@ from client.transfer import (
 from client.transport import API, Transport
 from contract.examples import Example, ExampleError, encode_example
 from contract.formats import FormatError, refuse_pickled
+from contract.http import describe
 from contract.schemas import (
     AliasMove,
     AliasOut,
@@ -620,6 +631,72 @@ class Client:
         )
         length = answer.headers.get(HEADER)
         return decode_response(answer.content, int(length) if length else None)
+
+    @overload
+    def chat(
+        self,
+        deployment: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stream: Literal[False] = False,
+        **params: Any,
+    ) -> dict[str, Any]: ...
+
+    @overload
+    def chat(
+        self,
+        deployment: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stream: Literal[True],
+        **params: Any,
+    ) -> Iterator[str]: ...
+
+    def chat(
+        self,
+        deployment: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stream: bool = False,
+        **params: Any,
+    ) -> dict[str, Any] | Iterator[str]:
+        """A chat completion from a language-model deployment through its stable URL
+        (``/serve/{deployment}/v1/chat/completions``, OpenAI's API): ``messages`` as OpenAI
+        spells them, ``params`` such as ``max_tokens``, ``temperature``, ``top_p``, ``seed``,
+        ``stop``. Answers OpenAI's completion object, or with ``stream=True`` yields the
+        text of each chunk as the model writes it (the call starts on the first ``next``;
+        closing the iterator ends the stream, and the server stops generating)."""
+        body = {
+            "model": params.pop("model", None) or self.served_model(deployment),
+            "messages": [dict(m) for m in messages],
+            **params,
+        }
+        path = f"/serve/{deployment}/v1/chat/completions"
+        if not stream:
+            answer: dict[str, Any] = self.transport.json("POST", path, json=body)
+            return answer
+        return self._chat_stream(path, {**body, "stream": True})
+
+    def served_model(self, deployment: str) -> str:
+        """The model id a language-model deployment answers to (its ``/v1/models``)."""
+        key = f"openai:{deployment}"
+        if key not in self._models:
+            listed = self.transport.json("GET", f"/serve/{deployment}/v1/models")
+            data = listed.get("data") if isinstance(listed, dict) else None
+            if not data:
+                raise ModelplaneError(f"deployment {deployment!r} lists no model at /v1/models")
+            self._models[key] = str(data[0]["id"])
+        return self._models[key]
+
+    def _chat_stream(self, path: str, body: dict[str, Any]) -> Iterator[str]:
+        try:
+            with self.transport.http.stream("POST", path, json=body, timeout=None) as answer:
+                if not answer.is_success:
+                    answer.read()
+                    raise from_response(answer)
+                yield from chat_deltas(answer.iter_lines())
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"cannot reach {self.url}: {describe(exc)}") from exc
 
     # -- events --------------------------------------------------------------------------
 
