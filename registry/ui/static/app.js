@@ -482,10 +482,110 @@
     });
   };
 
+  // --- the prompt box of a language-model deployment ----------------------------------
+
+  const LLM_FORMATS = new Set(["hf_causal_lm"]);
+
+  // The `data` of each server-sent event in `text`; what is left is an unfinished event.
+  function sseEvents(text) {
+    const events = [];
+    const blocks = text.replace(/\r\n/g, "\n").split("\n\n");
+    const rest = blocks.pop();
+    for (const block of blocks) {
+      const data = block.split("\n").filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).replace(/^ /, ""));
+      if (data.length) events.push(data.join("\n"));
+    }
+    return { events, rest };
+  }
+
+  function openaiError(data, status) {
+    const e = data && data.error;
+    return (e && (e.message || e)) || (data && data.detail) || `HTTP ${status}`;
+  }
+
+  // POST the conversation with `stream: true` to the deployment's stable URL and append
+  // each delta to `out` as it arrives (fetch + a ReadableStream reader: no EventSource,
+  // which cannot POST or send the key).
+  async function streamChat(name, body, out) {
+    const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
+    const key = apiKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const response = await fetch(`/serve/${enc(name)}/v1/chat/completions`, {
+      method: "POST", headers, cache: "no-store", body: JSON.stringify({ ...body, stream: true }),
+    });
+    if (!response.ok) {
+      const data = await response.json().catch(() => null);
+      throw new Error(openaiError(data, response.status));
+    }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let text = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const { events, rest } = sseEvents(buffer + decoder.decode(value, { stream: true }));
+      buffer = rest;
+      for (const data of events) {
+        if (data.trim() === "[DONE]") return text;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(openaiError(chunk));
+        const delta = (chunk.choices || []).map((c) => (c.delta && c.delta.content) || "").join("");
+        text += delta;
+        out.append(delta);
+      }
+    }
+    return text;
+  }
+
+  function promptBox(name) {
+    const panel = document.getElementById("prompt-panel");
+    const form = document.getElementById("prompt-form");
+    const input = document.getElementById("prompt-text");
+    const send = document.getElementById("prompt-send");
+    const reply = document.getElementById("prompt-reply");
+    let shownFor = null;
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const prompt = input.value.trim();
+      if (!prompt) return;
+      const body = {
+        model: shownFor.model,
+        messages: [{ role: "user", content: prompt }],
+        max_tokens: Number(document.getElementById("prompt-max-tokens").value) || undefined,
+        temperature: Number(document.getElementById("prompt-temperature").value),
+      };
+      send.disabled = true;
+      reply.classList.remove("error");
+      reply.textContent = "";
+      reply.dataset.state = "streaming";
+      try {
+        await streamChat(name, body, reply);
+        reply.dataset.state = "done";
+      } catch (err) {
+        reply.classList.add("error");
+        reply.textContent = err.message || String(err);
+        reply.dataset.state = "error";
+      } finally {
+        send.disabled = false;
+      }
+    });
+    // Shown once the deployment's version is known to be a language model.
+    return async (d) => {
+      if (shownFor && shownFor.model === d.model && shownFor.version === d.version) return;
+      const version = await api(`/models/${enc(d.model)}/versions/${d.version}`);
+      shownFor = { model: d.model, version: d.version };
+      panel.hidden = !LLM_FORMATS.has(version.format);
+      panel.dataset.format = version.format || "";
+    };
+  }
+
   pages.deployment = () => {
     const name = page.deployment;
     const base = `/deployments/${enc(name)}`;
     const button = document.getElementById("rollback-deployment");
+    const showPrompt = promptBox(name);
     let current = null;
     const ids = ["deployment", "replicas", "endpoints", "revisions"];
 
@@ -500,6 +600,7 @@
         throw err;
       }
       current = d;
+      showPrompt(d).catch(() => {}); // a version it cannot read: no box, the rest still shows
       button.disabled = revisions.items.length < 2;
       document.getElementById("deployment-status").replaceChildren(pill(d.status));
       const { observed, ...desired } = d;
