@@ -23,7 +23,7 @@ from serving.batching import Batcher, QueueFull
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import ServingMetrics
 from serving.pipeline import Pipeline, load_pipeline
-from serving.protocols import torchserve, v1
+from serving.protocols import openai, torchserve, v1
 from serving.protocols.http import (
     OCTETS,
     HttpError,
@@ -78,6 +78,7 @@ class ServingApp:
         self._specs: dict[str, TensorSpec] = {}  # the model's own inputs
         self._metadata = b""
         metrics.track_serving(lambda: self.serving)
+        metrics.llm = getattr(runtime, "llm_metrics", None)  # a generation runtime's series
 
     def load_pipeline(self, path: Path, metadata: dict[str, Any] | None = None) -> None:
         """Once the runtime is loaded (blocking: call off the event loop): the version's
@@ -119,6 +120,8 @@ class ServingApp:
         try:
             if path.startswith("/v2/models/"):
                 await self._model_route(path[11:].split("/"), method, scope, receive, send)
+            elif path in openai.ROUTES:  # exact: /v1/models/{m}... stays TF Serving's
+                await openai.route(self, path, method, scope, receive, send)
             elif path.startswith("/v1/models/"):
                 await v1.route(self, path[11:], method, scope, receive, send)
             elif path.startswith("/predictions/"):

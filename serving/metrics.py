@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
@@ -58,6 +59,67 @@ class Gauge:
         self.value = value
 
 
+class LlmMetrics:
+    """A generation engine's series (serving.llm): tokens and latencies are written by the
+    engine thread only, the gauges read at scrape time."""
+
+    def __init__(self) -> None:
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.ttft = FastHistogram(TOKEN_BUCKETS)  # submit to first token
+        self.itl = FastHistogram(TOKEN_BUCKETS)  # between a sequence's tokens
+        self.finished: dict[str, int] = {}  # by finish reason (stop, length, cancelled)
+        self._running: Callable[[], int] = lambda: 0
+        self._waiting: Callable[[], int] = lambda: 0
+        self._cache: Callable[[], tuple[int, int]] = lambda: (0, 0)
+
+    def track(
+        self,
+        running: Callable[[], int],
+        waiting: Callable[[], int],
+        cache: Callable[[], tuple[int, int]],
+    ) -> None:
+        self._running, self._waiting, self._cache = running, waiting, cache
+
+    def collect(self, names: list[str], values: list[str]) -> Iterator[Metric]:
+        for name, doc, value in (
+            ("modelplane_llm_prompt_tokens", "Prompt tokens prefilled", self.tokens_in),
+            ("modelplane_llm_generation_tokens", "Tokens generated", self.tokens_out),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=names)
+            counter.add_metric(values, value)
+            yield counter
+        finished = CounterMetricFamily(
+            "modelplane_llm_requests_finished",
+            "Generations ended, by reason (stop, length, cancelled)",
+            labels=[*names, "reason"],
+        )
+        for reason, count in list(self.finished.items()):
+            finished.add_metric([*values, reason], count)
+        yield finished
+        for name, doc, histogram in (
+            ("modelplane_llm_time_to_first_token_seconds", "Queue plus prefill", self.ttft),
+            ("modelplane_llm_inter_token_seconds", "Between a sequence's tokens", self.itl),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=names)
+            family.add_metric(values, histogram.buckets(), histogram.sum)
+            yield family
+        used, capacity = self._cache()
+        for name, doc, value in (
+            ("modelplane_llm_requests_running", "Sequences in the decode batch", self._running()),
+            ("modelplane_llm_requests_waiting", "Requests queued for prefill", self._waiting()),
+            ("modelplane_llm_kv_cache_tokens", "KV cache slots held (padding too)", used),
+            (
+                "modelplane_llm_kv_cache_usage_ratio",
+                "KV cache slots held over max running sequences x context length",
+                used / capacity if capacity else 0.0,
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=names)
+            gauge.add_metric(values, float(value))
+            yield gauge
+
+
 class ServingMetrics(Collector):
     def __init__(self, model: str, version: str) -> None:
         self._labels = {"model": model, "version": version}
@@ -66,6 +128,7 @@ class ServingMetrics(Collector):
         self.load_seconds = Gauge()
         self._queue_depth: Callable[[], float] = lambda: 0.0
         self._serving: Callable[[], bool] = lambda: False
+        self.llm: LlmMetrics | None = None  # set by a generation runtime
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, fds
@@ -121,3 +184,5 @@ class ServingMetrics(Collector):
         )
         ready.add_metric(values, 1.0 if self._serving() else 0.0)
         yield from (requests, latency, batches, depth, load, ready)
+        if self.llm is not None:
+            yield from self.llm.collect(names, values)

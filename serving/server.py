@@ -87,6 +87,8 @@ def build_app(settings: ServingSettings) -> ServingApp:
         signature=parse_signature(settings.signature),
         allow_pickle=settings.allow_pickle,
         intra_op_threads=settings.torch_threads,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue,
     )
     runtime = runtime_for(settings.format)(settings.format, options)
     metrics = ServingMetrics(settings.name, settings.version)

@@ -21,10 +21,18 @@ BUILTIN: dict[str, str] = {
     "onnx": "serving.runtimes.onnx:OnnxRuntime",
     "keras": "serving.runtimes.keras:KerasRuntime",
     "tf_savedmodel": "serving.runtimes.tensorflow:TensorflowRuntime",
+    "hf_causal_lm": "serving.runtimes.hf:HfCausalLmRuntime",
+    "hf_embedding": "serving.runtimes.hf:HfEmbeddingRuntime",
 }
 
 # formats the table knows whose runtime ships as an extra of its own
-EXTRAS = {"onnx": "onnx", "keras": "keras", "tf_savedmodel": "tensorflow"}
+EXTRAS = {
+    "onnx": "onnx",
+    "keras": "keras",
+    "tf_savedmodel": "tensorflow",
+    "hf_causal_lm": "llm",
+    "hf_embedding": "llm",
+}
 
 
 def runtime_for(model_format: str) -> type[Runtime]:

@@ -43,6 +43,8 @@ class RuntimeOptions:
     allow_pickle: bool = False  # torch's `pickle` format only
     intra_op_threads: int = 1  # threads one call may use (1: no contention with the loop)
     inter_op_threads: int = 1  # independent graph branches run at once
+    max_batch_size: int = 32  # a generation runtime: sequences decoded together
+    max_queue: int = 1024  # a generation runtime: requests waiting before 429
 
 
 class InputsDoNotFit(ProtocolError):

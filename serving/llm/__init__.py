@@ -1,0 +1,1 @@
+"""Language-model serving: the continuous-batching engine (torch; imported by serving.runtimes.hf only)."""
