@@ -82,7 +82,9 @@ class Optimize(BaseModel):
 AUTO_LIMITS = Optimize(max_rel_error=0.05, min_top1_agreement=0.99)  # auto without limits
 
 
-def refusal(optimize: Optimize, model_format: str | None, device: Device, examples: bool) -> str | None:
+def refusal(
+    optimize: Optimize, model_format: str | None, device: Device, examples: bool
+) -> str | None:
     """Why the control plane refuses `optimize` for a version of `model_format` on `device`
     (`examples`: the version records an example input or carries examples.npz); None: fine.
 
@@ -113,6 +115,13 @@ def refusal(optimize: Optimize, model_format: str | None, device: Device, exampl
             f"{EXAMPLES_FILE}); or set optimize.unchecked: true to serve it unchecked"
         )
     return None
+
+
+def checkable(example: Any) -> bool:
+    """A recorded example (contract.examples) carries data for every input: one recorded
+    past MAX_EXAMPLE_ELEMENTS keeps only datatype and shape (zeros would check nothing)."""
+    inputs = example.get("inputs") if isinstance(example, dict) else None
+    return bool(inputs) and all(item.get("data") is not None for item in inputs)
 
 
 class Candidate(BaseModel):

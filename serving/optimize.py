@@ -37,6 +37,7 @@ from contract.optimize import (
     OptimizationReport,
     Optimize,
     OptimizeMode,
+    checkable,
 )
 from serving.artifacts import ArtifactError, verify_sha256
 from serving.runtimes.base import Inputs, Runtime, example_input
@@ -331,7 +332,7 @@ def _load_into(runtime: Runtime, chosen: tuple[OptimizeMode, Path | None], origi
 def _examples(runtime: Runtime, path: Path) -> list[Inputs]:
     """The recorded example input, plus `examples.npz` (one call, arrays by input name)."""
     out = []
-    if (recorded := runtime.example()) is not None:
+    if checkable(runtime.options.signature.example) and (recorded := runtime.example()):
         out.append(recorded)
     directory = path if path.is_dir() else path.parent
     if (npz := directory / EXAMPLES_FILE).is_file():

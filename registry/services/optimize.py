@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contract.examples import example_of
-from contract.optimize import EXAMPLES_FILE, OptimizeMode, refusal
+from contract.optimize import EXAMPLES_FILE, OptimizeMode, checkable, refusal
 from contract.schemas import DeploymentSpec
 from registry.errors import Unprocessable
 from registry.repositories.fleet import version_files
@@ -17,7 +17,7 @@ async def check_optimize(session: AsyncSession, spec: DeploymentSpec, version: V
     """Raises `Unprocessable` saying why `spec.optimize` cannot apply to `version`."""
     if spec.optimize.mode is OptimizeMode.none:
         return
-    examples = example_of(version.metadata_) is not None
+    examples = checkable(example_of(version.metadata_))
     if not examples:
         files = (await version_files(session, {version.id}))[version.id]
         examples = any(f.path == EXAMPLES_FILE for f in files)
