@@ -96,7 +96,9 @@ class EmbeddingRequest(_Request):
     encoding_format: Literal["float", "base64"] = "float"
 
 
-async def route(app: Any, path: str, method: str, scope: Scope, receive: Receive, send: Send) -> None:
+async def route(
+    app: Any, path: str, method: str, scope: Scope, receive: Receive, send: Send
+) -> None:
     """One OpenAI call on `app` (a ServingApp whose runtime is an hf runtime)."""
     try:
         if path == "/v1/models":
@@ -168,8 +170,10 @@ async def _generate(
             prompt = _completion_prompt(runtime, request.prompt)
     except InputsDoNotFit as exc:
         raise OpenAIError(400, str(exc), param="messages" if chat else "prompt") from None
-    wanted = (getattr(request, "max_completion_tokens", None) or request.max_tokens) if chat else (
-        request.max_tokens
+    wanted = (
+        (getattr(request, "max_completion_tokens", None) or request.max_tokens)
+        if chat
+        else (request.max_tokens)
     )
     context = runtime.context_length
     if len(prompt) >= context or (wanted is not None and len(prompt) + wanted > context):
@@ -195,7 +199,9 @@ async def _generate(
     try:
         seq = runtime.engine.submit(prompt, params)
     except QueueFull as exc:
-        raise OpenAIError(429, f"server busy: {exc}; retry later", kind="rate_limit_error") from None
+        raise OpenAIError(
+            429, f"server busy: {exc}; retry later", kind="rate_limit_error"
+        ) from None
     watcher = asyncio.create_task(_watch_disconnect(receive, seq))
     try:
         answer = _Answer(app.name, chat, len(prompt))
@@ -368,7 +374,9 @@ async def _send_json(
     send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -166,7 +166,8 @@ def test_eight_concurrent_streams_equal_their_sequential_answers(llm: ServerProc
     sync = client(llm)
     ask = {"model": "tiny", "max_tokens": 48, "temperature": 0}
     sequential = [
-        sync.completions.create(prompt=p, **ask).choices[0].text for p in PROMPTS  # type: ignore[call-overload]
+        sync.completions.create(prompt=p, **ask).choices[0].text
+        for p in PROMPTS  # type: ignore[call-overload]
     ]
     itl_before = metric(llm, "modelplane_llm_inter_token_seconds_count")
 
