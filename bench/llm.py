@@ -81,8 +81,8 @@ async def drive(
 
     async def one(http: httpx.AsyncClient, prompt: list[int]) -> None:
         nonlocal tokens
-        body = {"model": "bench", "prompt": prompt, "max_tokens": output, "stream": True,
-                "temperature": 0, "ignore_eos": True, "stream_options": {"include_usage": True}}  # fmt: skip
+        body = {"model": "bench", "prompt": prompt, "max_tokens": output, "stream": True}
+        body |= {"temperature": 0, "ignore_eos": True, "stream_options": {"include_usage": True}}
         started = last = time.perf_counter()
         async with http.stream("POST", "/v1/completions", json=body) as answer:
             assert answer.status_code == 200, await answer.aread()

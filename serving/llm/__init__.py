@@ -1,1 +1,2 @@
-"""Language-model serving: the continuous-batching engine (torch; imported by serving.runtimes.hf only)."""
+"""Language-model serving: the continuous-batching engine (torch; imported by the hf
+runtime only)."""

@@ -248,7 +248,7 @@ class Engine:
             finish = "stop"
         elif params.stop and (cut := _find_stop(text, params.stop, seq.sent_chars)) is not None:
             text, finish = text[:cut], "stop"
-        elif len(seq.generated) >= params.max_tokens or len(seq.prompt_ids) + len(seq.generated) >= self.context_length:
+        elif len(seq.generated) >= min(params.max_tokens, self.context_length - len(seq.prompt_ids)):
             finish = "length"
         if finish is None:
             # hold back what may still become a stop string or a multi-byte character
