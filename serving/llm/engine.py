@@ -243,12 +243,13 @@ class Engine:
         self.metrics.tokens_out += 1
         params = seq.params
         text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        room = self.context_length - len(seq.prompt_ids)
         finish = None
         if token in self.eos and not params.ignore_eos:
             finish = "stop"
         elif params.stop and (cut := _find_stop(text, params.stop, seq.sent_chars)) is not None:
             text, finish = text[:cut], "stop"
-        elif len(seq.generated) >= min(params.max_tokens, self.context_length - len(seq.prompt_ids)):
+        elif len(seq.generated) >= min(params.max_tokens, room):
             finish = "length"
         if finish is None:
             # hold back what may still become a stop string or a multi-byte character
