@@ -48,14 +48,17 @@ def _finish(
     if wait:
         err.print(f"{d.name} revision {d.revision}: {_what(d)}; waiting until it serves…")
         d = _client(ctx).wait_ready(d.name, timeout)
-    show(
-        output,
-        d,
-        lambda: (
-            _summary(d)
-            + f"\n  stable URL: {ctx.obj.client().url}/serve/{d.name}/v2/models/{d.model}/infer"
-        ),
-    )
+    show(output, d, lambda: _summary(d) + f"\n  stable URL: {_stable_url(ctx, d)}")
+
+
+def _stable_url(ctx: typer.Context, d: DeploymentOut) -> str:
+    """Where to call it: OpenAI's API for a language model, else v2's infer."""
+    base = f"{_client(ctx).url}/serve/{d.name}"
+    if d.version is not None:
+        fmt = _client(ctx).get_version(d.model, d.version).format or ""
+        if fmt.startswith("hf_"):
+            return f"{base}/v1 (OpenAI API: /v1/chat/completions, /v1/completions, /v1/embeddings)"
+    return f"{base}/v2/models/{d.model}/infer"
 
 
 def deploy(
