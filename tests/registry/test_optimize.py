@@ -61,18 +61,14 @@ async def test_optimize_refusals_say_why(client: httpx.AsyncClient, model: str) 
         "int8_dynamic is not supported for format keras",
     )  # fmt: skip
     await _refused(client, {**base, "optimize": "fp16"}, "fp16 needs a CUDA device")
-    await _refused(
-        client, {**base, "device": "cpu", "optimize": "fp16"}, "device is cpu"
-    )
+    await _refused(client, {**base, "device": "cpu", "optimize": "fp16"}, "device is cpu")
     await _refused(
         client, {**base, "version": bare, "optimize": "int8_dynamic"}, "no example input"
     )
     unchecked = {"mode": "int8_dynamic", "unchecked": True}
     made = await deploy(client, model, version=bare, optimize=unchecked)
     assert made["optimize"]["unchecked"] is True
-    bad = await client.post(
-        f"{API}/deployments", json={**base, "name": "x", "optimize": "int4"}
-    )
+    bad = await client.post(f"{API}/deployments", json={**base, "name": "x", "optimize": "int4"})
     assert bad.status_code == 422
 
 
