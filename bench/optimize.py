@@ -31,9 +31,16 @@ warnings.filterwarnings("ignore")
 class Cnn(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))  # fmt: skip
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, 10),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)  # type: ignore[no-any-return]
@@ -41,11 +48,16 @@ class Cnn(nn.Module):
 
 def models() -> list[tuple[str, nn.Module, tuple[int, ...]]]:
     torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                        nn.Linear(256, 10))  # fmt: skip
+    mlp = nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
     layer = nn.TransformerEncoderLayer(512, 8, 2048, batch_first=True, dropout=0.0)
     encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
-    return [("mlp", mlp, (1, 64)), ("cnn", Cnn(), (1, 3, 32, 32)), ("encoder", encoder, (1, 128, 512))]
+    return [
+        ("mlp", mlp, (1, 64)),
+        ("cnn", Cnn(), (1, 3, 32, 32)),
+        ("encoder", encoder, (1, 128, 512)),
+    ]
 
 
 def latency_ms(predict, x: dict[str, np.ndarray], calls: int = 30) -> float:  # type: ignore[no-untyped-def]
@@ -74,10 +86,13 @@ def main() -> None:
         if example is not None:
             signature["example"] = encode_example(example)
         settings = ServingSettings(
-            name=name, format="torchscript", path=root / "model.pt",
-            signature=json.dumps(signature), optimized_cache_dir=root / "opt",
+            name=name,
+            format="torchscript",
+            path=root / "model.pt",
+            signature=json.dumps(signature),
+            optimized_cache_dir=root / "opt",
             optimize={"mode": "int8_dynamic", "unchecked": example is None},
-        )  # fmt: skip
+        )
         original = build_app(settings.model_copy(update={"optimize": {"mode": "none"}})).runtime
         original.load(settings.path)
         optimised = build_app(settings).runtime
@@ -97,13 +112,26 @@ def main() -> None:
         before = latency_ms(original.predict, inputs[0])
         after = latency_ms(optimised.predict, inputs[0])
         report = reports[0]
-        rows.append((name, before, after, report["size_bytes_before"], report["size_bytes_after"],
-                     max(errors), agree / rows_seen))  # fmt: skip
-    print(f"{'model':8} {'orig ms':>8} {'int8 ms':>8} {'speed-up':>8} {'size':>10} {'int8 size':>10}"
-          f" {'max abs err':>11} {'top-1':>6}")  # fmt: skip
+        rows.append(
+            (
+                name,
+                before,
+                after,
+                report["size_bytes_before"],
+                report["size_bytes_after"],
+                max(errors),
+                agree / rows_seen,
+            )
+        )
+    print(
+        f"{'model':8} {'orig ms':>8} {'int8 ms':>8} {'speed-up':>8} {'size':>10} {'int8 size':>10}"
+        f" {'max abs err':>11} {'top-1':>6}"
+    )
     for name, before, after, sb, sa, err, top1 in rows:
-        print(f"{name:8} {before:8.3f} {after:8.3f} {before / after:7.2f}x {sb:10d} {sa:10d}"
-              f" {err:11.4g} {top1:6.3f}")  # fmt: skip
+        print(
+            f"{name:8} {before:8.3f} {after:8.3f} {before / after:7.2f}x {sb:10d} {sa:10d}"
+            f" {err:11.4g} {top1:6.3f}"
+        )
 
 
 if __name__ == "__main__":

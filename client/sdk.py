@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
@@ -52,6 +53,7 @@ from client.transfer import (
     version_path,
 )
 from client.transport import API, Transport
+from contract.enums import DeploymentStatus, ReplicaState
 from contract.examples import Example, ExampleError, encode_example
 from contract.formats import FormatError, refuse_pickled
 from contract.http import describe
@@ -59,12 +61,10 @@ from contract.schemas import (
     AliasMove,
     AliasOut,
     DeploymentOut,
-    DeploymentStatus,
     Desired,
     EndpointOut,
     EventOut,
     ModelOut,
-    ReplicaState,
     RevisionOut,
     VersionOut,
     VersionSummary,
@@ -308,19 +308,8 @@ class Client:
         tuple): names, v2 datatypes, shapes with -1 for the batch dimension."""
         with tempfile.TemporaryDirectory(prefix="modelplane-") as tmp:
             path, sig, meta = serialise(module, example_inputs, format, Path(tmp), batched=batched)
-            return self.push(
-                name,
-                {path.name: path},
-                alias=alias,
-                format=format,
-                description=description,
-                tags=tags,
-                metadata={**meta, **(metadata or {})},
-                signature=sig,
-                source=f"push_module:{type(module).__module__}.{type(module).__qualname__}",
-                progress=progress,
-                resume=False,
-            )
+            made = _Made(path, format, f"push_module:{_qualname(module)}", sig, meta)
+            return self._push_made(name, made, alias, description, tags, metadata, progress)
 
     def push_sklearn(
         self,
@@ -341,19 +330,8 @@ class Client:
         with tempfile.TemporaryDirectory(prefix="modelplane-") as tmp:
             path = Path(tmp) / "model.onnx"
             sig, meta = sklearn_to_onnx(estimator, example, path)
-            return self.push(
-                name,
-                {path.name: path},
-                alias=alias,
-                format="onnx",
-                description=description,
-                tags=tags,
-                metadata={**meta, **(metadata or {})},
-                signature=sig,
-                source=f"push_sklearn:{meta['estimator']}",
-                progress=progress,
-                resume=False,
-            )
+            made = _Made(path, "onnx", f"push_sklearn:{meta['estimator']}", sig, meta)
+            return self._push_made(name, made, alias, description, tags, metadata, progress)
 
     def push_keras(
         self,
@@ -377,19 +355,8 @@ class Client:
         with tempfile.TemporaryDirectory(prefix="modelplane-") as tmp:
             path = Path(tmp) / "model.keras"
             sig, meta = keras_save(model, example, path)
-            return self.push(
-                name,
-                {path.name: path},
-                alias=alias,
-                format="keras",
-                description=description,
-                tags=tags,
-                metadata={**meta, **(metadata or {})},
-                signature=sig,
-                source=f"push_keras:{type(model).__module__}.{type(model).__qualname__}",
-                progress=progress,
-                resume=False,
-            )
+            made = _Made(path, "keras", f"push_keras:{_qualname(model)}", sig, meta)
+            return self._push_made(name, made, alias, description, tags, metadata, progress)
 
     def push_pretrained(
         self,
@@ -417,18 +384,34 @@ class Client:
         source, meta = provenance(model)
         with tempfile.TemporaryDirectory(prefix="modelplane-") as tmp:
             save(model, tokenizer, Path(tmp), max_shard_size)
-            return self.push(
-                name,
-                tmp,
-                alias=alias,
-                format=format,
-                description=description,
-                tags=tags,
-                metadata={**meta, **(metadata or {})},
-                source=source,
-                progress=progress,
-                resume=False,
-            )
+            made = _Made(Path(tmp), format, source, None, meta)
+            return self._push_made(name, made, alias, description, tags, metadata, progress)
+
+    def _push_made(
+        self,
+        name: str,
+        made: _Made,
+        alias: str | None,
+        description: str,
+        tags: Mapping[str, str] | None,
+        metadata: Mapping[str, Any] | None,
+        progress: ProgressHook | None,
+    ) -> VersionOut:
+        """Push what a ``push_*`` helper serialised (a file, or a directory) with what it
+        learned of the model; the caller's ``metadata`` wins over the learned."""
+        return self.push(
+            name,
+            made.path if made.path.is_dir() else {made.path.name: made.path},
+            alias=alias,
+            format=made.format,
+            description=description,
+            tags=tags,
+            metadata={**made.metadata, **(metadata or {})},
+            signature=made.signature,
+            source=made.source,
+            progress=progress,
+            resume=False,
+        )
 
     def pull(
         self,
@@ -724,3 +707,18 @@ class Client:
 
 
 __all__ = ["Client", "TransferEvent", "selector"]
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A model serialised by a ``push_*`` helper into a temporary directory."""
+
+    path: Path
+    format: str
+    source: str | None
+    signature: Any
+    metadata: Mapping[str, Any]
+
+
+def _qualname(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"

@@ -121,7 +121,9 @@ def checkable(example: Any) -> bool:
     """A recorded example (contract.examples) carries data for every input: one recorded
     past MAX_EXAMPLE_ELEMENTS keeps only datatype and shape (zeros would check nothing)."""
     inputs = example.get("inputs") if isinstance(example, dict) else None
-    return bool(inputs) and all(item.get("data") is not None for item in inputs)
+    if not inputs:
+        return False
+    return all(item.get("data") is not None for item in inputs)
 
 
 class Candidate(BaseModel):

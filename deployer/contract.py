@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from contract.schemas import Assignment, ReplicaReport, ReplicaState, WorkerHeartbeat
+from contract.enums import ReplicaState
+from contract.schemas import Assignment, ReplicaReport, WorkerHeartbeat
 from contract.schemas import AssignmentFile as FileRef
 from contract.schemas import Assignments as HeartbeatAnswer
 from contract.schemas import WorkerRegister as WorkerRegistration

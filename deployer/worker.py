@@ -27,7 +27,7 @@ class Worker:
         self.metrics_url: str | None = None
         if settings.metrics_port is not None:
             server, _ = self.metrics.serve(settings.metrics_address, settings.metrics_port)
-            host, port = server.server_address[:2]
+            host, port = str(server.server_address[0]), server.server_address[1]
             self.metrics_url = f"http://{host}:{port}/metrics"
             log.info("metrics on %s", self.metrics_url)
         self.lease: WorkerLease | None = None

@@ -105,7 +105,7 @@ class LlmMetrics:
             family.add_metric(values, histogram.buckets(), histogram.sum)
             yield family
         used, capacity = self._cache()
-        for name, doc, value in (
+        gauges: tuple[tuple[str, str, float], ...] = (
             ("modelplane_llm_requests_running", "Sequences in the decode batch", self._running()),
             ("modelplane_llm_requests_waiting", "Requests queued for prefill", self._waiting()),
             ("modelplane_llm_kv_cache_tokens", "KV cache slots held (padding too)", used),
@@ -114,9 +114,10 @@ class LlmMetrics:
                 "KV cache slots held over max running sequences x context length",
                 used / capacity if capacity else 0.0,
             ),
-        ):
+        )
+        for name, doc, reading in gauges:
             gauge = GaugeMetricFamily(name, doc, labels=names)
-            gauge.add_metric(values, float(value))
+            gauge.add_metric(values, reading)
             yield gauge
 
 

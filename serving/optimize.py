@@ -280,7 +280,7 @@ def _make_onnx(mode: OptimizeMode, source: Path, dest: Path) -> None:
         return
     if mode is OptimizeMode.fp16:
         import onnx
-        from onnxconverter_common import float16  # type: ignore[import-not-found]
+        from onnxconverter_common import float16
 
         model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
         onnx.save(model, str(dest))
@@ -306,15 +306,17 @@ def _make_torch(fmt: str, mode: OptimizeMode, source: Path, dest: Path, device: 
         if scripted:
             from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic_jit
 
-            module = quantize_dynamic_jit(module, {"": default_dynamic_qconfig})
+            module = quantize_dynamic_jit(module, {"": default_dynamic_qconfig})  # type: ignore[no-untyped-call]
         else:
             layers = {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}
-            module = torch.ao.quantization.quantize_dynamic(module, layers, dtype=torch.qint8)
+            module = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+                module, layers, dtype=torch.qint8
+            )
     else:
         dtype = torch.float16 if mode is OptimizeMode.fp16 else torch.bfloat16
         module = module.to(device=device, dtype=dtype)
     if scripted:
-        torch.jit.save(module, str(dest))  # type: ignore[no-untyped-call]
+        torch.jit.save(module, str(dest))
     else:
         torch.save(module, dest)
 

@@ -18,11 +18,12 @@ from typing import Any
 import uvicorn
 
 from contract.asgi import nodelay_protocol
+from contract.enums import EndpointStatus
 from contract.optimize import OptimizeMode
 from serving.app import ServingApp
 from serving.artifacts import parse_signature, verify_sha256
 from serving.batching import Batcher
-from serving.lifecycle import EndpointStatus, HttpAnnouncer, Lifecycle, LoggingLifecycle
+from serving.lifecycle import HttpAnnouncer, Lifecycle, LoggingLifecycle
 from serving.metrics import ServingMetrics
 from serving.optimize import apply_optimization
 from serving.runtimes import RuntimeOptions, runtime_for

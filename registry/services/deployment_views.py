@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contract.enums import DeploymentStatus, EndpointStatus, ReplicaState
+from contract.optimize import OptimizationReport
 from contract.schemas import (
     DeploymentOut,
     DeploymentSpec,
@@ -33,7 +35,7 @@ def revision_out(deployment: str, row: RevisionRow) -> RevisionOut:
         reason=RevisionReason(row.reason),
         created_at=row.created_at,
         request_id=row.request_id,
-        optimization=row.optimization,
+        optimization=_report(row.optimization),
     )
 
 
@@ -49,8 +51,12 @@ def endpoint_out(row: EndpointRow, deployment: str) -> EndpointOut:
         worker=row.worker_id,
         replica_id=row.replica_id,
         heartbeat_at=row.heartbeat_at,
-        optimization=row.optimization,
+        optimization=_report(row.optimization),
     )
+
+
+def _report(stored: dict[str, Any] | None) -> OptimizationReport | None:
+    return None if stored is None else OptimizationReport.model_validate(stored)
 
 
 def replica_out(row: ReplicaRow, deployment: str, version: int) -> ReplicaOut:

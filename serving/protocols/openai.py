@@ -224,14 +224,16 @@ def _message(message: ChatMessage) -> dict[str, Any]:
 
 def _completion_prompt(runtime: Any, prompt: str | list[str] | list[int]) -> list[int]:
     if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
-        return runtime.text_prompt(list(prompt))
+        return list(runtime.text_prompt(list(prompt)))
     if isinstance(prompt, list):
         if len(prompt) != 1:
             raise OpenAIError(400, "one prompt per request is served here", param="prompt")
-        prompt = prompt[0]
-    if not prompt:
+        text = str(prompt[0])
+    else:
+        text = prompt
+    if not text:
         raise OpenAIError(400, "prompt is empty", param="prompt")
-    return runtime.text_prompt(str(prompt))
+    return list(runtime.text_prompt(text))
 
 
 async def _chunks(seq: Any) -> AsyncIterator[Any]:

@@ -269,14 +269,16 @@ def test_a_full_queue_answers_429_with_retry_after(
         body = {"model": "tiny", "prompt": "hello", "max_tokens": 900, "stream": True}
         body |= {"temperature": 0.8, "seed": 3, "ignore_eos": True}
         statuses: list[int] = []
-        with httpx.Client(base_url=server.url, timeout=60) as http:
-            with http.stream("POST", "/v1/completions", json=body) as running:
-                lines = running.iter_lines()  # kept: a dropped iterator closes the stream
-                next(lines)  # it decodes: the one slot is taken
-                with http.stream("POST", "/v1/completions", json=body) as waiting:
-                    time.sleep(0.2)
-                    third = httpx.post(server.url + "/v1/completions", json=body)
-                    statuses.append(waiting.status_code)
+        with (
+            httpx.Client(base_url=server.url, timeout=60) as http,
+            http.stream("POST", "/v1/completions", json=body) as running,
+        ):
+            lines = running.iter_lines()  # kept: a dropped iterator closes the stream
+            next(lines)  # it decodes: the one slot is taken
+            with http.stream("POST", "/v1/completions", json=body) as waiting:
+                time.sleep(0.2)
+                third = httpx.post(server.url + "/v1/completions", json=body)
+                statuses.append(waiting.status_code)
         assert third.status_code == 429
         assert third.headers["retry-after"] == "1"
         assert third.json()["error"]["type"] == "rate_limit_error"
