@@ -47,9 +47,7 @@ class ServingSpec(BaseModel):
         return value
 
     name: str = Field(description="model name served under /v2/models/{name}")
-    format: str = Field(
-        description="artifact format: a built-in one or an installed runtime's"
-    )
+    format: str = Field(description="artifact format: a built-in one or an installed runtime's")
     path: Path = Field(description="model file, or a directory (safetensors: graph + weights)")
     version: str = Field("1", description="version served under /versions/{v}")
     host: str = Field("127.0.0.1", description="address to listen on")

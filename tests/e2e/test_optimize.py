@@ -41,6 +41,8 @@ def _free_slots(plane: Platform) -> Iterator[None]:
         return all(api(plane, "GET", f"/deployments/{n}").status_code == 404 for n in NAMES)
 
     wait_for("optimize deployments deleted", gone, 60, plane.logs)
+
+
 warnings.filterwarnings("ignore")
 
 
