@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from client.errors import ModelplaneError
-from contract.dtypes import FROM_TORCH, NUMERIC_DTYPES
+from contract.dtypes import FROM_NAME, NUMERIC_DTYPES
 from contract.examples import encode_example
 
 EXTRA = "pip install 'modelplane[keras]'"
@@ -88,7 +88,7 @@ def _layer_names(tensors: list[Any]) -> list[str]:
 
 
 def _spec(name: str, tensor: Any) -> dict[str, Any]:
-    datatype = FROM_TORCH.get(str(tensor.dtype))
+    datatype = FROM_NAME.get(str(tensor.dtype))
     if datatype is None:
         raise ModelplaneError(f"{name!r} is {tensor.dtype}, which the v2 API cannot carry")
     return {

@@ -33,10 +33,14 @@ FROM_NUMPY: dict[np.dtype[Any], str] = {
     dtype: name for name, dtype in NUMERIC_DTYPES.items() if name != "BF16"
 }
 
-# torch dtype, as ``str(dtype).removeprefix("torch.")`` -> v2 datatype
-FROM_TORCH: dict[str, str] = {
+# a framework's dtype name -> v2 datatype: torch's (``str(dtype).removeprefix("torch.")``),
+# TensorFlow's (``tf.DType.name``) and numpy's share these names
+FROM_NAME: dict[str, str] = {
     "bool": "BOOL",
     "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
     "int8": "INT8",
     "int16": "INT16",
     "int32": "INT32",
@@ -50,4 +54,4 @@ FROM_TORCH: dict[str, str] = {
 
 def torch_datatype(dtype: object) -> str | None:
     """The v2 datatype of a torch dtype (``None`` when v2 has none)."""
-    return FROM_TORCH.get(str(dtype).removeprefix("torch."))
+    return FROM_NAME.get(str(dtype).removeprefix("torch."))

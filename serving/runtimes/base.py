@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from serving.protocol import OutputTensor, ProtocolError, TensorSpec
 
 Inputs = dict[str, np.ndarray[Any, Any]]
 Outputs = dict[str, OutputTensor]
+R = TypeVar("R")
 MAX_ERROR_CHARS = 400  # a model's error, as one line in an answer
 
 
@@ -130,6 +131,34 @@ class Runtime(ABC):
         if found is None:
             raise ArtifactError(f"format {self.format} has no layout to find its graph file")
         return root / found.graph, found
+
+    def warm_up(
+        self,
+        run: Callable[[Inputs], R],
+        example: Inputs | None = None,
+        reason: Callable[[BaseException], str] | None = None,
+    ) -> R:
+        """One call before the endpoint turns ready, through `run` (`predict`, or the
+        runtime's own call), on
+        `example` or the recorded example when it names every input, else zeros: proves the
+        model runs. A failure is an `ArtifactError` with `reason(exc)` (default `one_line`)."""
+        example = self.example() if example is None else example
+        if example is None or set(example) != {s.name for s in self.inputs}:
+            example = {s.name: example_input(s) for s in self.inputs}
+        try:
+            return run(example)
+        except Exception as exc:
+            raise ArtifactError(f"the warm-up call failed: {(reason or one_line)(exc)}") from exc
+
+    def learn_shapes(self, results: Outputs, names: Collection[str]) -> None:
+        """The outputs in `names` (their rank unknown to the graph) take the shapes a call
+        answered, with -1 in dimension 0 when calls batch."""
+        self.outputs = [
+            spec_of(s.name, s.datatype, results[s.name].data.shape, self.batchable)
+            if s.name in names
+            else s
+            for s in self.outputs
+        ]
 
     def example(self) -> Inputs | None:
         """The version's recorded example input as arrays by input name (None: none)."""

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from contract.dtypes import FROM_TORCH
+from contract.dtypes import FROM_NAME
 from contract.enums import Device, ModelFormat
 from contract.formats import LAYOUTS, Layout
 from serving.artifacts import ArtifactError
@@ -38,7 +38,6 @@ from serving.runtimes.base import (
     Outputs,
     Runtime,
     RuntimeOptions,
-    example_input,
     one_line,
     spec_of,
 )
@@ -129,14 +128,8 @@ class KerasRuntime(Runtime):
     def _warm_up(self) -> None:
         """One call (on the recorded example, else zeros): proves the model runs and shows
         its outputs' datatypes, shapes from the model where it declares them."""
-        example = self.example()
-        if example is None or set(example) != {s.name for s in self.inputs}:
-            example = {s.name: example_input(s) for s in self.inputs}
         self._output_names = _layer_names(self._model)
-        try:
-            results = self._run(example)
-        except Exception as exc:
-            raise ArtifactError(f"the warm-up call failed: {_reason(exc)}") from exc
+        results = self.warm_up(self._run, reason=_reason)
         declared = _declared_shapes(self._model)
         self.outputs = [
             TensorSpec(name, tensor.datatype, declared[name])
@@ -196,7 +189,7 @@ def _keras_device(torch: Any) -> str:
 
 
 def _spec(name: str, dtype: Any, shape: Any) -> TensorSpec:
-    datatype = FROM_TORCH.get(str(dtype))
+    datatype = FROM_NAME.get(str(dtype))
     if datatype is None:
         raise ArtifactError(f"input {name!r} is {dtype}, which the torch backend cannot serve")
     return TensorSpec(str(name), datatype, [-1 if d is None else int(d) for d in shape])
@@ -246,7 +239,7 @@ def _output(value: Any) -> OutputTensor:
         value = value.cpu()
     if value.dtype == torch.bfloat16:
         return OutputTensor("BF16", value.view(torch.int16).numpy().view(np.uint16))
-    datatype = FROM_TORCH.get(str(value.dtype).removeprefix("torch."))
+    datatype = FROM_NAME.get(str(value.dtype).removeprefix("torch."))
     if datatype is None:
         raise TypeError(f"model output dtype {value.dtype} has no v2 datatype")
     return OutputTensor(datatype, value.numpy())

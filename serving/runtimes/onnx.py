@@ -28,9 +28,7 @@ from serving.runtimes.base import (
     ModelError,
     Outputs,
     Runtime,
-    example_input,
     one_line,
-    spec_of,
 )
 
 # ONNX tensor element types, as onnxruntime names them, to v2 datatypes
@@ -140,20 +138,8 @@ class OnnxRuntime(Runtime):
         ]
 
     def _warm_up(self) -> None:
-        """One call (on the recorded example, else zeros) before the endpoint turns ready."""
-        example = self.example()
-        if example is None or set(example) != {s.name for s in self.inputs}:
-            example = {s.name: example_input(s) for s in self.inputs}
-        try:
-            results = self.predict(example)
-        except Exception as exc:
-            raise ArtifactError(f"the warm-up call failed: {one_line(exc)}") from exc
-        self.outputs = [
-            spec_of(s.name, s.datatype, results[s.name].data.shape, self.batchable)
-            if s.name in self._unranked
-            else s
-            for s in self.outputs
-        ]
+        """One call before the endpoint turns ready; outputs of unknown rank learn theirs."""
+        self.learn_shapes(self.warm_up(self.predict), self._unranked)
 
     def predict(self, inputs: Inputs) -> Outputs:
         feeds = {

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from contract.dtypes import NUMERIC_DTYPES
+from contract.dtypes import FROM_NAME, NUMERIC_DTYPES
 from contract.enums import Device, ModelFormat
 from contract.formats import LAYOUTS, Layout
 from serving.artifacts import ArtifactError
@@ -38,31 +38,14 @@ from serving.runtimes.base import (
     Outputs,
     Runtime,
     RuntimeOptions,
-    example_input,
     one_line,
-    spec_of,
 )
 
 SIGNATURE = "serving_default"
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 # TensorFlow dtypes (`tf.DType.name`) to v2 datatypes
-DATATYPES: dict[str, str] = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "uint32": "UINT32",
-    "uint64": "UINT64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
-    "bfloat16": "BF16",
-    "string": "BYTES",
-}
+DATATYPES: dict[str, str] = {**FROM_NAME, "string": "BYTES"}
 
 
 def import_tensorflow(options: RuntimeOptions) -> Any:
@@ -148,20 +131,8 @@ class TensorflowRuntime(Runtime):
         return [_spec(str(name), s) for name, s in structured.items()]
 
     def _warm_up(self) -> None:
-        """One call (on the recorded example, else zeros) before the endpoint turns ready."""
-        example = self.example()
-        if example is None or set(example) != {s.name for s in self.inputs}:
-            example = {s.name: example_input(s) for s in self.inputs}
-        try:
-            results = self.predict(example)
-        except Exception as exc:
-            raise ArtifactError(f"the warm-up call failed: {one_line(exc)}") from exc
-        self.outputs = [
-            spec_of(s.name, s.datatype, results[s.name].data.shape, self.batchable)
-            if s.name in self._unranked
-            else s
-            for s in self.outputs
-        ]
+        """One call before the endpoint turns ready; outputs of unknown rank learn theirs."""
+        self.learn_shapes(self.warm_up(self.predict), self._unranked)
 
     def predict(self, inputs: Inputs) -> Outputs:
         if self._function is None:

@@ -34,7 +34,6 @@ from serving.runtimes.base import (
     Outputs,
     Runtime,
     RuntimeOptions,
-    example_input,
     manifest,
     one_line,
     spec_of,
@@ -172,13 +171,7 @@ class TorchRuntime(Runtime):
     def _warm_up(self, example: Inputs | None) -> None:
         """One call (on the recorded example, else zeros): proves the model runs and shows
         the outputs' shapes."""
-        if example is None or set(example) != {s.name for s in self.inputs}:
-            example = {s.name: example_input(s) for s in self.inputs}
-        try:
-            results = self._run(example)
-        except Exception as exc:
-            raise ArtifactError(f"the warm-up call failed: {one_line(exc)}") from exc
-        self._learn_outputs(results)
+        self._learn_outputs(self.warm_up(self._run, example))
 
     def _warm_up_unchecked(self, example: Inputs) -> None:
         """TorchScript without a signature: the example shows the inputs' datatypes and
