@@ -44,7 +44,8 @@ class Server(ThreadingHTTPServer):
         self.handler = handler
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        # A short poll: `shutdown` waits for the loop to notice (0.5 s by default, every test).
+        threading.Thread(target=self.serve_forever, args=(0.01,), daemon=True).start()
 
     @property
     def url(self) -> str:
