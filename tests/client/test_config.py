@@ -101,7 +101,8 @@ class Recorder(BaseHTTPRequestHandler):
 def recorder() -> Iterator[str]:
     Recorder.seen, Recorder.fail = [], 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # a short poll: `shutdown` waits for the loop to notice (0.5 s by default)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
