@@ -36,9 +36,10 @@ CHROMIUM := /usr/bin/chromium
 test: install-dev chromium iproute2
 	$(BIN)/python -m pytest -q -rs
 
-# No real processes, nothing slow: the unit and in-process API tiers.
+# The inner loop: the unit and in-process API tiers, no real process, nothing slow, and the
+# registry's API tests on SQLite only (`make test` runs them on Postgres as well).
 test-fast: install-dev
-	$(BIN)/python -m pytest -q -rs -m '(unit or api) and not slow'
+	$(BIN)/python -m pytest -q -rs -m '(unit or api) and not slow and not postgres'
 
 chromium:
 	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

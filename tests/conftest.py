@@ -49,7 +49,8 @@ def store(request: pytest.FixtureRequest) -> ArtifactStore:
 
 # -- tiers ------------------------------------------------------------------------------------
 # Every test gets one tier (pyproject.toml registers the markers; `make test-fast` runs
-# `(unit or api) and not slow`):
+# `(unit or api) and not slow and not postgres`, `postgres` marking the registry's tests
+# on Postgres, whose twins on SQLite it runs):
 #   unit    our code alone, in this process;
 #   api     in-process through the HTTP API or against the database (ASGI, SQLite, Postgres);
 #   system  real processes: ours (control planes, workers, serving), SeaweedFS, pip, a browser.
@@ -130,11 +131,22 @@ def tier_of(item: pytest.Item) -> str:
     return "api" if fixtures & API_FIXTURES else "unit"
 
 
+def on_postgres(item: pytest.Item) -> bool:
+    """The test runs against the shared Postgres (the registry's tests run on SQLite and
+    on Postgres: the same code path, twice)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("database_url") == "postgres" or "postgres_url" in getattr(
+        item, "fixturenames", ()
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = tier_of(item)
         if item.get_closest_marker(tier) is None:
             item.add_marker(tier)
+        if on_postgres(item) and not item.get_closest_marker("postgres"):
+            item.add_marker("postgres")
         slow = Path(item.path).relative_to(TESTS).parts[0] in SLOW_DIRECTORIES
         if (slow or item.nodeid.startswith(SLOW_TESTS)) and not item.get_closest_marker("slow"):
             item.add_marker("slow")
