@@ -104,6 +104,9 @@ SLOW_TESTS = (
     "tests/registry/test_fuzz.py",
     "tests/e2e/test_multihost.py",
     "tests/e2e/test_rollout_no_room.py",
+    "tests/storage/test_faults.py",  # S3 faults waited out: throttling, timeouts, backoff
+    "tests/serving/test_runtime_contract.py::test_unload_lets_the_model_go",  # builds every model
+    "tests/registry/test_hf_versions.py::test_a_sharded_llama_directory",  # builds a Llama
 )
 
 
