@@ -12,10 +12,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) --quiet --upgrade pip setuptools wheel
 
-# `make up` needs the server side and the PyTorch runtime; a bare `pip install .` is the SDK
-# and the command line only.
+# `make up` installs the server side and every runtime (`.[all]`); a bare `pip install .` is
+# the SDK and the command line only.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[server,torch]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python

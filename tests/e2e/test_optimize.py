@@ -23,16 +23,25 @@ from torch import nn
 
 from bench.platform import auth, push_version, wait_for
 from contract.examples import encode_example
-from tests.e2e.conftest import Platform
+from devstack.seaweed import SeaweedServer
+from tests.e2e.conftest import Platform, running_platform
 from tests.e2e.deploy_helpers import api, deployment, ready_endpoints
 
 pytestmark = pytest.mark.timeout(240)
 NAMES = ("qmlp", "qenc", "qonnx", "qhuge")
 
 
+@pytest.fixture(scope="module")
+def plane(seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """A platform of this module's own (the package's workers hold other modules'
+    deployments): two workers with two CPU slots each."""
+    with running_platform(seaweed, tmp_path_factory, {"w3": 2, "full": 2}) as platform:
+        yield platform
+
+
 @pytest.fixture(autouse=True)
 def _free_slots(plane: Platform) -> Iterator[None]:
-    """Each test's deployment goes afterwards: the package's workers have 4 CPU slots."""
+    """Each test's deployment goes afterwards: the module's workers have 4 CPU slots."""
     yield
     for name in NAMES:
         api(plane, "DELETE", f"/deployments/{name}")
