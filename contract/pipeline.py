@@ -18,6 +18,7 @@ registry validates it when the version is created, the serving process when it l
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -168,6 +169,14 @@ def parse_pipeline(doc: Any) -> PipelineSpec:
     except ValidationError as exc:
         problems = "; ".join(_describe(e) for e in exc.errors())
         raise ValueError(f"invalid pipeline: {problems}") from None
+
+
+def parse_pipeline_file(raw: bytes) -> PipelineSpec:
+    """A version's `pipeline.json` (its first `MAX_PIPELINE_BYTES` + 1 bytes are enough to
+    tell) as a pipeline; raises ValueError saying what is wrong."""
+    if len(raw) > MAX_PIPELINE_BYTES:
+        raise ValueError(f"over {MAX_PIPELINE_BYTES} bytes")
+    return parse_pipeline(json.loads(raw))  # a JSONDecodeError is a ValueError
 
 
 def _describe(error: Any) -> str:

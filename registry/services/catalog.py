@@ -12,6 +12,7 @@ from sqlalchemy import Row
 
 from contract import formats
 from contract.enums import VersionStatus
+from contract.pipeline import MAX_PIPELINE_BYTES, PIPELINE_FILE, parse_pipeline_file
 from contract.schemas import (
     EventOut,
     ModelCreate,
@@ -28,6 +29,7 @@ from registry.errors import (
     FilesMissing,
     Forbidden,
     InvalidLayout,
+    InvalidPipeline,
     ModelHasAliases,
     UnknownFormat,
     VersionAliased,
@@ -51,7 +53,7 @@ from registry.services.hf_layout import HfLayoutError, check_hf_files
 from registry.services.paging import to_page
 from registry.services.version_views import version_out
 from registry.tables import EventRow, ModelRow, VersionRow
-from storage.base import ArtifactNotFound, StorageError
+from storage.base import ArtifactNotFound, StorageError, blob_key
 
 
 def check_format(fmt: str | None, files: Any, metadata: Any = None) -> None:
@@ -402,7 +404,12 @@ class CatalogService:
         await self._check_contents(rows[0].format, files)
 
     async def _check_contents(self, fmt: str | None, files: Any) -> None:
-        """What a Hugging Face directory's files hold (`hf_layout`): 422 naming the file."""
+        """What the files hold where a format or a pipeline needs it: a version's
+        `pipeline.json` parses (422 `invalid-pipeline`), a Hugging Face directory's files
+        make a model (`hf_layout`: 422 naming the file)."""
+        files = list(files)
+        if pipeline := next((f for f in files if f.path == PIPELINE_FILE), None):
+            await to_thread.run_sync(self._check_pipeline, pipeline.sha256)
         if fmt not in formats.HF_FORMATS:
             return
         try:
@@ -411,6 +418,17 @@ class CatalogService:
             raise InvalidLayout(f"format {fmt}: {exc}") from None
         except ArtifactNotFound:
             return  # not stored: FilesMissing says so
+
+    def _check_pipeline(self, sha256: str) -> None:
+        try:
+            with self._ctx.store.open(blob_key(sha256)) as blob:
+                raw = blob.read(MAX_PIPELINE_BYTES + 1)
+        except ArtifactNotFound:
+            return  # not stored: FilesMissing says so
+        try:
+            parse_pipeline_file(raw)
+        except ValueError as exc:
+            raise InvalidPipeline(f"{PIPELINE_FILE}: {exc}") from None
 
     async def _get_version(
         self, session: Any, name: str, selector: Selector, *, lock: bool = False

@@ -14,10 +14,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import orjson
 from anyio import CancelScope, to_thread
 
-from contract.pipeline import MAX_PIPELINE_BYTES, PIPELINE_FILE, parse_pipeline
+from contract.pipeline import MAX_PIPELINE_BYTES, PIPELINE_FILE, parse_pipeline_file
 from contract.schemas import (
     CompletedPart,
     FileOut,
@@ -407,9 +406,7 @@ def check_pipeline_file(file: BinaryIO) -> None:
     raw = file.read(MAX_PIPELINE_BYTES + 1)
     file.seek(0)
     try:
-        if len(raw) > MAX_PIPELINE_BYTES:
-            raise ValueError(f"over {MAX_PIPELINE_BYTES} bytes")
-        parse_pipeline(orjson.loads(raw))  # a JSONDecodeError is a ValueError
+        parse_pipeline_file(raw)
     except ValueError as exc:
         raise InvalidPipeline(f"{PIPELINE_FILE}: {exc}") from None
 

@@ -132,3 +132,26 @@ def test_a_bad_pipeline_is_refused_when_the_version_is_created(
     good = {"pipeline": PIPELINE}
     created = plane.http.post(f"/models/{model}/versions", json={"files": files, "metadata": good})
     assert created.status_code == 201, created.text
+
+
+def test_a_bad_pipeline_file_is_refused_at_finalize_and_the_version_stays_pending(
+    plane: Plane,
+) -> None:
+    model = f"m-{uuid.uuid4().hex[:8]}"
+    plane.call("POST", "/models", 201, json={"name": model})
+    files = {"model.pt": b"graph", "pipeline.json": orjson.dumps(BAD_PIPELINES["unknown_step"])}
+    body = {"files": manifest(files), "format": "torchscript"}
+    version = plane.call("POST", f"/models/{model}/versions", 201, json=body)
+    for entry in version["files"]:
+        url = entry["upload"]["url"]
+        put = httpx.put(
+            plane.url + url if url.startswith("/") else url, content=files[entry["path"]]
+        )
+        assert put.status_code == 200, put.text
+    number = version["version"]
+    answer = plane.http.post(f"/models/{model}/versions/{number}/finalize")
+    assert answer.status_code == 422, answer.text
+    problem = answer.json()
+    assert problem["type"] == "/problems/invalid-pipeline"
+    assert problem["detail"].startswith("pipeline.json: invalid pipeline")
+    assert plane.call("GET", f"/models/{model}/versions/{number}")["status"] == "pending"
