@@ -14,7 +14,7 @@ import aiohttp
 import httpx
 import orjson
 
-from bench.platform import ControlPlane
+from bench.harness import ControlPlane
 from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
 
 API = "/api/v1"

@@ -20,7 +20,7 @@ process: the req/s ratio.
     .venv/bin/python -m bench.runtimes                                  # everything
     .venv/bin/python -m bench.runtimes --models mlp --concurrency 32 --duration 5 --repeat 1
 
-(`-m` from the repository root: `bench/platform.py` shadows the standard library's
+(`-m` from the repository root: `bench/harness.py` shadows the standard library's
 `platform` when run as a script. Needs `wrk`: `apt-get install -y wrk`.) Traffic goes to
 127.0.0.1 only; every server is stopped by PID.
 """

@@ -42,8 +42,7 @@ from typing import Any
 import httpx
 
 from bench.cluster import Load, alias_history, events, manifest, s3_env, sha
-from bench.pg import throwaway_database
-from bench.platform import (
+from bench.harness import (
     SIGNATURE,
     Process,
     Worker,
@@ -52,6 +51,7 @@ from bench.platform import (
     torchscript_bytes,
     wait_for,
 )
+from bench.pg import throwaway_database
 from devstack.seaweed import SeaweedServer
 
 API = "/api/v1"

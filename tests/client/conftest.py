@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from bench.platform import ControlPlane, Process, base_env, free_port, wait_for
+from bench.harness import ControlPlane, Process, base_env, free_port, wait_for
 from client import Client
 from client.config import read_credentials
 from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
-from bench.platform import REPO, base_env, free_port
+from bench.harness import REPO, base_env, free_port
 from cli.app import app
 from client import Client, Unauthorized
 from tests.client.conftest import Up, unique

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.platform import REPO, base_env, wait_for
+from bench.harness import REPO, base_env, wait_for
 from client import TransferEvent
 from contract.schemas import VersionStatus
 from tests.client.conftest import PART_SIZE, S3Plane, unique

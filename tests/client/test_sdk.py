@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from bench.platform import wait_for
+from bench.harness import wait_for
 from client import Client, Conflict, DigestMismatch, NotFound, TransferEvent, ValidationError
 from client.errors import ModelplaneError
 from contract.schemas import DeploymentStatus, VersionStatus

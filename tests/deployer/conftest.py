@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.platform import Process, base_env, free_port, wait_for
+from bench.harness import Process, base_env, free_port, wait_for
 
 
 @pytest.fixture(scope="package")

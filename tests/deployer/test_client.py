@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.platform import free_port
+from bench.harness import free_port
 from deployer.cache import BlobCache, DigestMismatch
 from deployer.client import PIECE, RANGED_AFTER, ControlPlane, ControlPlaneError, WorkerLapsed
 from deployer.contract import FileRef, ReplicaReport, WorkerRegistration

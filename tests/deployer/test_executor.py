@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.platform import (
+from bench.harness import (
     SIGNATURE,
     push_version,
     torchscript_bytes,

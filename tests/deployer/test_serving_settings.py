@@ -21,7 +21,7 @@ import httpx
 import pytest
 from pydantic_settings import CliApp
 
-from bench.platform import REPO, SIGNATURE, base_env, push_version, torchscript_bytes
+from bench.harness import REPO, SIGNATURE, base_env, push_version, torchscript_bytes
 from contract.serving import SETTINGS_ENV, ServingSpec
 from deployer.client import ControlPlane
 from deployer.contract import Assignment, FileRef

@@ -9,7 +9,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from bench.platform import REPO, base_env
+from bench.harness import REPO, base_env
 from deployer.settings import WorkerSettings
 
 

@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import pytest
 
+from bench.harness import ControlPlane, Worker
 from bench.pg import postgres_unavailable, throwaway_database
-from bench.platform import ControlPlane, Worker
 from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
 
 LEASE_TTL_S = 4.0

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import tritonclient.http as triton
 
-from bench.platform import auth, wait_for
+from bench.harness import auth, wait_for
 from tests.e2e.conftest import Platform
 
 X = [[1.0, 2.0, 3.0, 4.0]]

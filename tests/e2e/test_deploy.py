@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.platform import (
+from bench.harness import (
     SIGNATURE,
     push_version,
     torch_export_bytes,

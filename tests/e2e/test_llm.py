@@ -15,8 +15,8 @@ import httpx
 import openai
 import pytest
 
+from bench.harness import wait_for
 from bench.llm_models import make_llama
-from bench.platform import wait_for
 from client.sdk import Client
 from tests.e2e.conftest import Platform
 from tests.e2e.deploy_helpers import api, ready_endpoints

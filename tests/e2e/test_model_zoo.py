@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tritonclient.http as triton  # noqa: E402
 
-from bench.platform import ControlPlane, Worker  # noqa: E402
+from bench.harness import ControlPlane, Worker  # noqa: E402
 from client import Client  # noqa: E402
 
 pytestmark = [

@@ -29,8 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from bench.pg import ADMIN_DSN, drop_database, postgres_unavailable
-from bench.platform import (
+from bench.harness import (
     REPO,
     SIGNATURE,
     auth,
@@ -38,6 +37,7 @@ from bench.platform import (
     torchscript_bytes,
     wait_for,
 )
+from bench.pg import ADMIN_DSN, drop_database, postgres_unavailable
 from devstack import netns
 
 pytestmark = pytest.mark.timeout(300)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.platform import (
+from bench.harness import (
     REPO,
     SIGNATURE,
     ControlPlane,

@@ -21,7 +21,7 @@ import torch
 import tritonclient.http as triton
 from torch import nn
 
-from bench.platform import auth, push_version, wait_for
+from bench.harness import auth, push_version, wait_for
 from contract.examples import encode_example
 from devstack.seaweed import SeaweedServer
 from tests.e2e.conftest import Platform, running_platform

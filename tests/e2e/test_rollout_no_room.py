@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench.platform import (
+from bench.harness import (
     SIGNATURE,
     push_version,
     torch_export_bytes,

@@ -157,7 +157,7 @@ def test_up_runs_a_worker_that_serves_a_deployment(
     platform: tuple[str, Path], tmp_path: Path
 ) -> None:
     """The embedded platform (SQLite, folder artifacts) deploys with its own worker."""
-    from bench.platform import SIGNATURE, push_version, torchscript_bytes, wait_for
+    from bench.harness import SIGNATURE, push_version, torchscript_bytes, wait_for
 
     url, home = platform
     data = torchscript_bytes(1.0, tmp_path / "plus1.pt")

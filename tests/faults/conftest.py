@@ -12,8 +12,8 @@ from typing import ClassVar
 import pytest
 
 from bench.cluster import cp_env, s3_env
+from bench.harness import ControlPlane
 from bench.pg import postgres_unavailable, throwaway_database
-from bench.platform import ControlPlane
 from devstack.seaweed import SeaweedServer
 from tests.e2e.conftest import Platform
 

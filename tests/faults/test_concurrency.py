@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bench.cluster import API, alias_history, cp_env, events, manifest, start_cp
-from bench.platform import ControlPlane
+from bench.harness import ControlPlane
 
 pytestmark = pytest.mark.timeout(180)
 N = 50

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from bench.cluster import API, Load, manifest, sha, start_cp
-from bench.platform import (
+from bench.harness import (
     SIGNATURE,
     ControlPlane,
     push_version,

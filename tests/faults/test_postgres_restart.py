@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from bench.cluster import API, cp_env, start_cp
-from bench.platform import ControlPlane, wait_for
+from bench.harness import ControlPlane, wait_for
 from tests.support.private_pg import PrivatePostgres, unavailable
 
 pytestmark = pytest.mark.timeout(180)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.cluster import cp_env, s3_env, sha, start_cp
-from bench.platform import ControlPlane
+from bench.harness import ControlPlane
 from client import Client
 from client.errors import ServerError
 from tests.support.s3faults import Fault, FaultyS3Server, S3Request

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from bench.cluster import Load
-from bench.platform import (
+from bench.harness import (
     SIGNATURE,
     push_version,
     torch_export_bytes,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from bench.cluster import API, Load, manifest, sha, start_cp
-from bench.platform import SIGNATURE, push_version, torchscript_bytes
+from bench.harness import SIGNATURE, push_version, torchscript_bytes
 from tests.e2e.deploy_helpers import api, ready_endpoints, serving_pid, wait_serving
 from tests.faults.conftest import FaultPlatform
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from bench.cluster import API, cp_env, manifest, s3_env, sha, start_cp
-from bench.platform import ControlPlane
+from bench.harness import ControlPlane
 from devstack.seaweed import SeaweedServer
 from tests.support.s3faults import Fault, FaultyS3Server, S3Request, nth
 

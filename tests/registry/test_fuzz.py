@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from bench.platform import Process, base_env, free_port, mint, wait_for
+from bench.harness import Process, base_env, free_port, mint, wait_for
 from registry.app import create_app
 from registry.settings import Settings
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.platform import REPO, Process, base_env, free_port, wait_for
+from bench.harness import REPO, Process, base_env, free_port, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

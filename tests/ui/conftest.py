@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from bench.platform import REPO, ControlPlane
+from bench.harness import REPO, ControlPlane
 from contract.schemas import KeyCreate, Scope
 from registry.services.keys import mint_key
 
