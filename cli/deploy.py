@@ -76,11 +76,36 @@ def deploy(
     device: Annotated[str | None, typer.Option(help="auto, cuda or cpu.")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Dynamic batching bound.")] = None,
     max_delay_ms: Annotated[float | None, typer.Option(help="Batching wait.")] = None,
+    optimize: Annotated[
+        str | None,
+        typer.Option(help="none, int8_dynamic, fp16, bf16 or auto: applied before traffic."),
+    ] = None,
+    max_abs_error: Annotated[
+        float | None, typer.Option(help="With --optimize: the largest absolute error allowed.")
+    ] = None,
+    max_rel_error: Annotated[
+        float | None, typer.Option(help="With --optimize: the largest relative error allowed.")
+    ] = None,
+    min_top1_agreement: Annotated[
+        float | None, typer.Option(help="With --optimize: classifiers' top-1 agreement, 0-1.")
+    ] = None,
+    unchecked: Annotated[
+        bool, typer.Option(help="With --optimize: serve it without an accuracy check.")
+    ] = False,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
     output: OutputOpt = Output.table,
 ) -> None:
     """Deploy a version (or follow an alias); on an existing deployment, roll out the change."""
+    limits = {
+        "max_abs_error": max_abs_error,
+        "max_rel_error": max_rel_error,
+        "min_top1_agreement": min_top1_agreement,
+        "unchecked": unchecked or None,
+    }
+    given = {k: v for k, v in limits.items() if v is not None}
+    if given and optimize is None:
+        fail(f"--{next(iter(given)).replace('_', '-')} goes with --optimize")
     d = _client(ctx).deploy(
         name,
         model,
@@ -91,6 +116,7 @@ def deploy(
         device=device,
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
+        optimize={"mode": optimize, **given} if optimize is not None else None,
     )
     _finish(ctx, d, wait, timeout, output)
 

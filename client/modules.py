@@ -15,6 +15,7 @@ from typing import Any
 
 from client.errors import ModelplaneError
 from contract.dtypes import torch_datatype
+from contract.examples import encode_example
 
 FORMATS = ("torchscript", "torch_export")
 MAX_BATCH = 65536
@@ -99,7 +100,9 @@ def serialise(
         with torch.no_grad():
             outputs = flatten_outputs(module(*inputs))
         names = input_names(module, len(inputs))
-        meta: dict[str, Any] = {"torch": torch.__version__}
+        # the example drives serving's warm-up and deploy-time accuracy checks
+        example = {name: tensor for name, tensor in zip(names, inputs, strict=True)}
+        meta: dict[str, Any] = {"torch": torch.__version__, "example": encode_example(example)}
         if fmt == "torchscript":
             path = directory / "model.pt"
             meta["serialised_by"] = _save_torchscript(module, inputs, path)

@@ -469,10 +469,14 @@ class Client:
         max_batch_size: int | None = None,
         max_delay_ms: float | None = None,
         allow_pickle: bool | None = None,
+        optimize: str | Mapping[str, Any] | None = None,
     ) -> DeploymentOut:
         """Create the deployment (``model`` defaults to ``name``), or update it when it
         exists: a new version, alias or settings make a new revision, rolled out replica by
-        replica. Give ``version`` or ``alias`` (the alias is then followed)."""
+        replica. Give ``version`` or ``alias`` (the alias is then followed). ``optimize`` is a
+        mode (``int8_dynamic``, ``fp16``, ``bf16``, ``auto``, ``none``) or ``{"mode": ...,
+        "max_abs_error": ..., "max_rel_error": ..., "min_top1_agreement": ..., "unchecked":
+        ...}``: checked against the version's example before the replica takes traffic."""
         if version is not None and alias is not None:
             raise ModelplaneError("give a version or an alias, not both")
         settings: dict[str, Any] = {
@@ -482,6 +486,7 @@ class Client:
             "gpus": gpus,
             "device": device,
             "allow_pickle": allow_pickle,
+            "optimize": optimize,
         }
         batching = {"max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms}
         if any(v is not None for v in batching.values()):

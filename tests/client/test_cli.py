@@ -191,3 +191,31 @@ def test_keys_and_other_commands_find_up_s_saved_admin_key(up: Up) -> None:
     listed = run(up, "keys", "list", **env)
     assert "admin" in listed.stdout
     assert isinstance(run(up, "models", "ls", "-o", "json", **env).stdout, str)
+
+
+def test_deploy_optimize_from_the_command_line(up: Up, tmp_path: Path) -> None:
+    name = unique("quant")
+    mlp = Mlp(6)
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    with up.client() as sdk:
+        sdk.push_module(name, mlp, torch.from_numpy(x))
+        try:
+            refused = run(up, "deploy", name, "--version", "1", "--optimize", "fp16", code=1)
+            assert "fp16 needs a CUDA device" in refused.stderr
+            alone = run(up, "deploy", name, "--version", "1", "--max-abs-error", "0.1", code=1)
+            assert "--max-abs-error goes with --optimize" in alone.stderr
+            assert name not in [d.name for d in sdk.list_deployments()]
+
+            args = ["--optimize", "int8_dynamic", "--max-abs-error", "0.5"]
+            d = run_json(up, "deploy", name, "--version", "1", *args)
+            assert d["status"] == "available"
+            [revision] = run_json(up, "deployments", "revisions", name)
+            report = revision["optimization"]
+            assert report["requested"] == report["applied"] == "int8_dynamic"
+            assert report["passed"] and report["max_abs_error"] <= 0.5
+            answer = run_json(up, "infer", name, "--input", str(tmp_path / "x.npy"))
+            expected = mlp(torch.from_numpy(x)).detach().numpy()
+            np.testing.assert_allclose(answer["output0"]["data"], expected, atol=0.5)
+        finally:
+            delete_and_wait(sdk, name, up)
