@@ -31,6 +31,8 @@ from registry.app import create_app
 from registry.settings import Settings
 
 MAX_EXAMPLES = 20
+# uvicorn's own answer to bytes its HTTP parser rejects, before any application code runs
+UNPARSEABLE = "Invalid HTTP request received."
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -104,4 +106,6 @@ schema = schemathesis.openapi.from_dict(_document())
 )
 def test_api_answers_conform_and_never_5xx(case: Any, server: Server) -> None:
     response = case.call(base_url=server.url, headers=server.headers, timeout=30)
+    if response.status_code == 400 and response.text == UNPARSEABLE:
+        return  # not HTTP (e.g. a garbled Transfer-Encoding): uvicorn refused it, no app ran
     case.validate_response(response, checks=CHECKS)
