@@ -27,6 +27,7 @@ from contract.enums import (
     VersionStatus,
 )
 from contract.optimize import OptimizationReport, Optimize
+from contract.traffic import CanaryOut, LaneOut, ShadowSpec, Strategy, TrafficEntry
 
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 MAX_PATH_LENGTH = 1024
@@ -284,6 +285,9 @@ class RevisionReason(StrEnum):
     update = "update"
     rollback = "rollback"
     alias_moved = "alias-moved"
+    canary = "canary"  # a new revision beside the current one, taking a growing share
+    split = "split"  # another version kept live by a fixed traffic split
+    shadow = "shadow"  # a version taking mirrored calls only
 
 
 class Batching(BaseModel):
@@ -310,6 +314,21 @@ OPTIMIZE = (
     "max_abs_error, max_rel_error, min_top1_agreement, unchecked}; checked against the "
     "version's example inputs before any traffic (contract/optimize.py)"
 )
+TRAFFIC = (
+    "a fixed split between versions kept live together, each with its replicas: "
+    "[{version, percent, replicas?}], percents adding up to 100; the largest share is the "
+    "primary (the deployment's current revision)"
+)
+SHADOW = (
+    "mirror `percent` of calls to `version`: its answers are dropped and compared with the "
+    "primary's (counted per revision); null removes the shadow"
+)
+STRATEGY = (
+    "how a version change rolls out: {\"canary\": {steps, interval_s, max_error_rate, "
+    "max_p99_ms, min_calls, ready_timeout_s}}; kept on the deployment, so an alias move "
+    "rolls out the same way. Without it the new revision replaces the old one replica by "
+    "replica"
+)
 AUTO_ROLLBACK = (
     "when a new revision fails (a replica cannot load, crash-loops, or its bytes do not "
     "match), start a rollback to the revision before it at once"
@@ -332,11 +351,18 @@ class DeploymentCreate(BaseModel):
     max_unavailable: int | None = Field(default=None, ge=0, le=256, description=MAX_UNAVAILABLE)
     auto_rollback: bool = Field(default=False, description=AUTO_ROLLBACK)
     optimize: Optimize = Field(default_factory=Optimize, description=OPTIMIZE)
+    traffic: list[TrafficEntry] | None = Field(default=None, description=TRAFFIC)
+    shadow: ShadowSpec | None = Field(default=None, description=SHADOW)
+    strategy: Strategy | None = Field(default=None, description=STRATEGY)
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentCreate:
-        if (self.version is None) == (self.alias is None):
-            raise ValueError("give exactly one of 'version' and 'alias'")
+        if self.traffic is not None:
+            _check_traffic(self.traffic)
+            if self.version is not None or self.alias is not None:
+                raise ValueError("give 'traffic' instead of 'version' or 'alias', not both")
+        elif (self.version is None) == (self.alias is None):
+            raise ValueError("give exactly one of 'version', 'alias' and 'traffic'")
         _check_device(self.device, self.gpus)
         return self
 
@@ -355,12 +381,36 @@ class DeploymentUpdate(BaseModel):
     max_unavailable: int | None = Field(default=None, ge=0, le=256, description=MAX_UNAVAILABLE)
     auto_rollback: bool | None = Field(default=None, description=AUTO_ROLLBACK)
     optimize: Optimize | None = Field(default=None, description=OPTIMIZE)
+    traffic: list[TrafficEntry] | None = Field(default=None, description=TRAFFIC)
+    shadow: ShadowSpec | None = Field(
+        default=None, description=SHADOW + " (an explicit null removes it; absent keeps it)"
+    )
+    strategy: Strategy | None = Field(
+        default=None, description=STRATEGY + " (an explicit null removes it)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentUpdate:
         if self.version is not None and self.alias is not None:
             raise ValueError("give at most one of 'version' and 'alias'")
+        if self.traffic is not None:
+            _check_traffic(self.traffic)
+            if self.version is not None or self.alias is not None:
+                raise ValueError("give 'traffic' instead of 'version' or 'alias', not both")
         return self
+
+
+def _check_traffic(entries: list[TrafficEntry]) -> None:
+    """Percents add up to 100, each version once (422 with the reason otherwise)."""
+    if not entries:
+        raise ValueError("traffic needs at least one version")
+    total = sum(e.percent for e in entries)
+    if abs(total - 100) > 1e-6:
+        shares = " + ".join(f"{e.percent:g}" for e in entries)
+        raise ValueError(f"traffic percents must add up to 100, not {shares} = {total:g}")
+    versions = [e.version for e in entries]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"each version may appear once in traffic: {versions}")
 
 
 class DeploymentSpec(BaseModel):
@@ -375,6 +425,7 @@ class DeploymentSpec(BaseModel):
     max_unavailable: int | None = None  # None: the default rule (see ``unavailable_budget``)
     auto_rollback: bool = False
     optimize: Optimize = Field(default_factory=Optimize)
+    strategy: Strategy | None = None
 
     def unavailable_budget(self) -> int:
         """Replicas that may stop before their replacements are ready, when nothing else fits."""
@@ -417,12 +468,19 @@ class DeploymentOut(BaseModel):
     max_unavailable: int = Field(description="the value in force (" + MAX_UNAVAILABLE + ")")
     auto_rollback: bool = Field(description=AUTO_ROLLBACK)
     optimize: Optimize = Field(default_factory=Optimize, description=OPTIMIZE)
+    strategy: Strategy | None = Field(default=None, description=STRATEGY)
     revision: int
     status: DeploymentStatus
     status_reason: str | None
     created_at: datetime
     updated_at: datetime
     observed: Observed
+    lanes: list[LaneOut] = Field(
+        default_factory=list,
+        description="the revisions taking calls now, with their role and share (a plain "
+        "rolling update: the current revision alone, 100)",
+    )
+    canary: CanaryOut | None = Field(default=None, description="the newest canary, if any")
 
 
 class RevisionOut(BaseModel):
@@ -437,6 +495,11 @@ class RevisionOut(BaseModel):
     )
     optimization: OptimizationReport | None = Field(
         None, description="what its newest serving process reported of `optimize`: figures"
+    )
+    verdict: dict[str, Any] | None = Field(
+        None,
+        description="for a canary revision: its outcome (promoted, rolled_back, aborted), "
+        "the reason and the figures it was decided on",
     )
 
 
@@ -557,7 +620,8 @@ class Assignments(BaseModel):
 
 class Scope(StrEnum):
     """What a key may do. `admin` may do everything; `write`, `deploy` and `promote` may
-    also read; `worker` is only for deployer workers and serving processes."""
+    also read; `worker` is only for deployer workers and serving processes; `gateway` only
+    for gateway processes (`python -m gateway`: the route feed, key checks, traffic reports)."""
 
     read = "read"
     write = "write"
@@ -565,6 +629,7 @@ class Scope(StrEnum):
     promote = "promote"
     admin = "admin"
     worker = "worker"
+    gateway = "gateway"
 
 
 # `*` and `?` over model names, e.g. `team-a-*`

@@ -137,7 +137,12 @@ class EventRow(Base):
 class DeploymentRow(Base):
     """Desired state: a model's version (or an alias followed) on N replicas.
 
-    The current spec is the newest revision's; ``revision`` counts them (history only grows).
+    ``revision`` is the current (primary) revision; ``last_revision`` counts revisions made
+    (history only grows). A canary's, a split's or a shadow's revision is made beside the
+    current one without moving ``revision``; ``lanes`` says which revisions take calls now
+    (``contract.traffic.LaneOut`` dicts; ``None``: the current revision alone, as during a
+    plain rolling update); ``canary`` is the newest canary's state (``CanaryOut`` as JSON),
+    kept after it ends.
     """
 
     __tablename__ = "deployments"
@@ -146,6 +151,9 @@ class DeploymentRow(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
     alias: Mapped[str | None] = mapped_column(String(63))
     revision: Mapped[int] = mapped_column(default=0)
+    last_revision: Mapped[int] = mapped_column(default=0, server_default="0")
+    lanes: Mapped[list[dict[str, Any]] | None] = mapped_column(Json, nullable=True)
+    canary: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     status_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
@@ -170,7 +178,34 @@ class RevisionRow(Base):
     # What the newest serving process of the revision reported of its `optimize` setting
     # (contract.optimize.OptimizationReport): kept after its endpoints are gone.
     optimization: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
+    # A canary revision's outcome: {"state", "reason", "figures", "base_figures", "at"}.
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class TrafficCountRow(Base):
+    """What one gateway counted for one revision over one report window
+    (``contract.traffic.RevisionCounts``). Canary verdicts and the dashboard's charts sum
+    them; rows older than the charts' window are pruned."""
+
+    __tablename__ = "traffic_counts"
+    __table_args__ = (
+        Index("ix_traffic_counts_deployment_id_ended_at", "deployment_id", "ended_at"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    revision: Mapped[int]
+    gateway: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(Timestamp)
+    ended_at: Mapped[datetime] = mapped_column(Timestamp)
+    calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency: Mapped[list[int]] = mapped_column(Json, default=list)
+    shadow_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    shadow_errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    shadow_compared: Mapped[int] = mapped_column(BigInteger, default=0)
+    shadow_disagreements: Mapped[int] = mapped_column(BigInteger, default=0)
+    shadow_dropped: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class WorkerRow(Base):
