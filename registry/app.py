@@ -121,6 +121,8 @@ def create_app(
     stable = app.state.stable = StableUrl(
         ReadyEndpoints(sessions, settings.lease_ttl_s), cache_s=settings.serve_cache_s
     )
+    # told (after commit) the name of each deployment whose routes changed
+    app.state.routes_changed = stable.forget
     app.add_middleware(ServeFront, stable=stable)
     # API keys before any body is read
     app.add_middleware(Authenticate, sessions=sessions, settings=settings)

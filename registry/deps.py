@@ -77,11 +77,11 @@ Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous 
 
 
 async def get_deployments(request: Request) -> DeploymentService:
-    return DeploymentService(context_of(request), request.app.state.stable.forget)
+    return DeploymentService(context_of(request), request.app.state.routes_changed)
 
 
 async def get_fleet(request: Request) -> FleetService:
-    return FleetService(context_of(request), request.app.state.stable.forget)
+    return FleetService(context_of(request), request.app.state.routes_changed)
 
 
 DeploymentDep = Annotated[DeploymentService, Depends(get_deployments)]
