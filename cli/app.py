@@ -306,10 +306,11 @@ def login(
 
 
 def _register_groups() -> None:
-    from cli import catalog, chat, deploy, gc
+    from cli import catalog, chat, deploy, gc, traffic
 
     catalog.register(app)
     deploy.register(app)
+    traffic.register(app)
     gc.register(app)
     chat.register(app)
 

@@ -9,7 +9,9 @@ import numpy as np
 import typer
 
 from cli.output import Output, OutputOpt, ago, err, fail, print_json, say, show, table
+from cli.traffic import canary_spec, lanes_view, parse_shadow, parse_split, show_canary
 from contract.schemas import DeploymentOut, EndpointOut, EventOut, RevisionOut
+from contract.traffic import LaneRole
 
 deployments = typer.Typer(help="Deployments: list, show, delete, revisions.", no_args_is_help=True)
 
@@ -32,6 +34,11 @@ def _client(ctx: typer.Context) -> Any:
 
 
 def _what(d: DeploymentOut) -> str:
+    if len([lane for lane in d.lanes if lane.role is not LaneRole.shadow]) > 1:
+        shares = ", ".join(
+            f"v{x.version} {x.percent:g}%" for x in d.lanes if x.role is not LaneRole.shadow
+        )
+        return f"{d.model} ({shares})"
     return f"{d.model}@{d.alias} (v{d.version})" if d.alias else f"{d.model} v{d.version}"
 
 
@@ -92,11 +99,38 @@ def deploy(
     unchecked: Annotated[
         bool, typer.Option(help="With --optimize: serve it without an accuracy check.")
     ] = False,
+    traffic: Annotated[
+        str | None,
+        typer.Option(help="A fixed split kept live: VERSION=PERCENT,… adding up to 100."),
+    ] = None,
+    shadow: Annotated[
+        str | None,
+        typer.Option(help="Mirror a share of calls to a version: VERSION=PERCENT, or none."),
+    ] = None,
+    canary: Annotated[
+        str | None,
+        typer.Option(
+            help="Roll version changes out as a canary: steps, e.g. 10,50,100 (none: off)."
+        ),
+    ] = None,
+    canary_interval: Annotated[
+        float | None, typer.Option(help="With --canary: seconds per step.")
+    ] = None,
+    max_error_rate: Annotated[
+        float | None, typer.Option(help="With --canary: roll back above this error rate (0-1).")
+    ] = None,
+    max_p99_ms: Annotated[
+        float | None, typer.Option(help="With --canary: roll back above this p99 (ms).")
+    ] = None,
+    min_calls: Annotated[
+        int | None, typer.Option(help="With --canary: calls a step needs before a verdict.")
+    ] = None,
     wait: WaitOpt = True,
     timeout: TimeoutOpt = 300.0,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Deploy a version (or follow an alias); on an existing deployment, roll out the change."""
+    """Deploy a version (or follow an alias, or keep a split of versions live); on an
+    existing deployment, roll out the change (as a canary with --canary)."""
     limits = {
         "max_abs_error": max_abs_error,
         "max_rel_error": max_rel_error,
@@ -117,7 +151,13 @@ def deploy(
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
         optimize={"mode": optimize, **given} if optimize is not None else None,
+        traffic=parse_split(traffic),
+        shadow=parse_shadow(shadow),
+        canary=canary_spec(canary, canary_interval, max_error_rate, max_p99_ms, min_calls),
     )
+    if d.canary is not None and d.canary.state.value in ("waiting", "running"):
+        wait = False  # a canary takes its steps' intervals: `modelplane canary status` shows it
+        show_canary(d.canary, d.name)
     _finish(ctx, d, wait, timeout, output)
 
 
@@ -149,6 +189,10 @@ def show_deployment(
         print_json(d)
         return
     say(_summary(d))
+    if d.lanes:
+        say(lanes_view(d.lanes))
+    if d.canary is not None:
+        show_canary(d.canary, d.name)
     t = table("REPLICA", "REVISION", "VERSION", "DESIRED", "STATE", "WORKER", "REASON")
     for r in d.observed.replicas:
         t.add_row(
@@ -253,6 +297,12 @@ def infer(
     input_: Annotated[
         list[str], typer.Option("--input", "-i", help="FILE.npy, or NAME=FILE.npy; repeatable.")
     ],
+    version: Annotated[
+        int | None, typer.Option(help="Only endpoints of this version (a pin).")
+    ] = None,
+    direct: Annotated[
+        bool, typer.Option(help="Call a serving process directly, not the stable URL.")
+    ] = False,
     output_file: Annotated[
         Path | None, typer.Option(help="Save outputs: .npy (one output) or .npz.")
     ] = None,
@@ -260,7 +310,7 @@ def infer(
 ) -> None:
     """Call a deployment through its stable URL (binary tensors) and print the outputs."""
     arrays = load_arrays(input_)
-    results = _client(ctx).infer(name, arrays)
+    results = _client(ctx).infer(name, arrays, version=version, direct=direct)
     if output_file is not None:
         if output_file.suffix == ".npz":
             np.savez(output_file, **results)

@@ -8,6 +8,7 @@ v = mp.push("iris", "model.pt", alias="production")
 mp.deploy("iris", model="iris", alias="production")
 mp.wait_ready("iris")
 y = mp.infer("iris", x)["output0"]              # numpy in, numpy out
+y = mp.infer("iris", x, direct=True)            # straight to a serving process (client/direct.py)
 ```
 """
 
@@ -30,6 +31,7 @@ from pydantic import BaseModel
 
 from client.chat import deltas as chat_deltas
 from client.config import resolve
+from client.direct import DirectRouter
 from client.errors import (
     ApiError,
     Conflict,
@@ -69,6 +71,7 @@ from contract.schemas import (
     VersionOut,
     VersionSummary,
 )
+from contract.traffic import VERSION_HEADER, Route, TrafficSeries
 
 M = TypeVar("M", bound=BaseModel)
 Selector = int | str
@@ -122,7 +125,10 @@ def hf_format(config: Path | None) -> str:
 
 
 class Client:
-    """A connection to one control plane. Thread-safe for concurrent calls."""
+    """A connection to one control plane. Thread-safe for concurrent calls. ``direct``:
+    inference calls go straight to the deployment's serving processes, balanced by its
+    route (splits and pins honoured, no shadows), instead of through the stable URL; each
+    call may say otherwise with its own ``direct=``."""
 
     def __init__(
         self,
@@ -132,16 +138,20 @@ class Client:
         timeout: float = 60.0,
         retries: int = 4,
         concurrency: int = 4,
+        direct: bool = False,
     ) -> None:
         found = resolve(url, token)
         self.url, self.token = found.url, found.token
         self.concurrency = concurrency
+        self.direct = direct
         self.transport = Transport(self.url, self.token, timeout=timeout, retries=retries)
+        self.router = DirectRouter(self.transport, timeout=timeout)
         self._models: dict[str, str] = {}  # deployment → model (never changes)
         self._inputs: dict[str, list[str]] = {}
 
     def close(self) -> None:
         self.transport.close()
+        self.router.close()
 
     def __enter__(self) -> Client:
         return self
@@ -470,13 +480,23 @@ class Client:
         max_delay_ms: float | None = None,
         allow_pickle: bool | None = None,
         optimize: str | Mapping[str, Any] | None = None,
+        traffic: Mapping[int, float] | Sequence[Mapping[str, Any]] | None = None,
+        shadow: Mapping[str, Any] | Literal[False] | None = None,
+        canary: Mapping[str, Any] | Literal[False] | None = None,
     ) -> DeploymentOut:
         """Create the deployment (``model`` defaults to ``name``), or update it when it
         exists: a new version, alias or settings make a new revision, rolled out replica by
         replica. Give ``version`` or ``alias`` (the alias is then followed). ``optimize`` is a
         mode (``int8_dynamic``, ``fp16``, ``bf16``, ``auto``, ``none``) or ``{"mode": ...,
         "max_abs_error": ..., "max_rel_error": ..., "min_top1_agreement": ..., "unchecked":
-        ...}``: checked against the version's example before the replica takes traffic."""
+        ...}``: checked against the version's example before the replica takes traffic.
+
+        ``traffic``: a fixed split kept live instead of one version, ``{7: 90, 8: 10}`` or
+        ``[{"version": 7, "percent": 90, "replicas": 2}, ...]``. ``shadow``: ``{"version": 9,
+        "percent": 20}`` mirrors that share of calls (``False`` removes it). ``canary``:
+        ``{"steps": [10, 50, 100], "interval_s": 60, "max_error_rate": 0.01, "max_p99_ms":
+        250, "min_calls": 200}`` makes this and later version changes canary rollouts gated
+        by the gateways' counts (``False`` goes back to replica-by-replica updates)."""
         if version is not None and alias is not None:
             raise ModelplaneError("give a version or an alias, not both")
         settings: dict[str, Any] = {
@@ -487,18 +507,25 @@ class Client:
             "device": device,
             "allow_pickle": allow_pickle,
             "optimize": optimize,
+            "traffic": _traffic(traffic),
         }
         batching = {"max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms}
         if any(v is not None for v in batching.values()):
             settings["batching"] = {k: v for k, v in batching.items() if v is not None}
         settings = {k: v for k, v in settings.items() if v is not None}
+        if shadow is not None:  # False: an explicit null removes it
+            settings["shadow"] = dict(shadow) if shadow else None
+        if canary is not None:
+            settings["strategy"] = {"canary": dict(canary)} if canary else None
         try:
             current = self.get_deployment(name)
         except NotFound:
             current = None
         if current is None:
-            if version is None and alias is None:
-                raise ModelplaneError("a new deployment needs a version or an alias")
+            if version is None and alias is None and traffic is None:
+                raise ModelplaneError(
+                    "a new deployment needs a version, an alias or a traffic split"
+                )
             if gpus and "device" not in settings:
                 settings["device"] = "cuda"
             body = {"name": name, "model": model or name, **settings}
@@ -521,6 +548,7 @@ class Client:
         answer = self.transport.request("DELETE", f"{API}/deployments/{name}")
         self._models.pop(name, None)
         self._inputs.pop(name, None)
+        self.router.forget(name)
         return DeploymentOut.model_validate(answer.json()) if answer.status_code == 202 else None
 
     def revisions(self, name: str) -> list[RevisionOut]:
@@ -534,6 +562,28 @@ class Client:
 
     def endpoints(self, name: str) -> list[EndpointOut]:
         return self._pages(f"{API}/deployments/{name}/endpoints", EndpointOut)
+
+    def route(self, name: str) -> Route:
+        """The deployment as a gateway routes it: its lanes (revision, version, role,
+        share) with their ready endpoint URLs."""
+        return self._get(f"{API}/deployments/{name}/route", Route)
+
+    def traffic(
+        self, name: str, minutes: float = 15, bucket_s: float | None = None
+    ) -> TrafficSeries:
+        """Calls/s, error rate and p50/p99 per revision over the last ``minutes``, as the
+        gateways counted them, with the lanes and the canary."""
+        path = f"{API}/deployments/{name}/traffic"
+        params = {"minutes": minutes, **({"bucket_s": bucket_s} if bucket_s else {})}
+        return self._get(path, TrafficSeries, **params)
+
+    def promote_canary(self, name: str) -> DeploymentOut:
+        """Give the canary all traffic now (the old revision drains)."""
+        return self._send("POST", f"{API}/deployments/{name}/canary/promote", DeploymentOut)
+
+    def abort_canary(self, name: str) -> DeploymentOut:
+        """Send all traffic back to the base revision now and stop the canary."""
+        return self._send("POST", f"{API}/deployments/{name}/canary/abort", DeploymentOut)
 
     def wait_ready(self, name: str, timeout: float = 300.0, interval: float = 0.5) -> DeploymentOut:
         """Until the current revision serves on every replica and the stable URL answers.
@@ -573,17 +623,42 @@ class Client:
             self._models[deployment] = self.get_deployment(deployment).model
         return self._models[deployment]
 
-    def model_metadata(self, deployment: str) -> dict[str, Any]:
+    def _serve(
+        self,
+        deployment: str,
+        method: str,
+        path: str,
+        *,
+        direct: bool | None,
+        version: int | None,
+        idempotent: bool | None = None,
+        **kw: Any,
+    ) -> httpx.Response:
+        """A protocol call (``path`` such as ``/v2/models/m/infer``) through the stable URL,
+        or straight to a serving process in direct mode; ``version`` pins it to that
+        version's endpoints (the ``Modelplane-Version`` header at the stable URL)."""
+        if self.direct if direct is None else direct:
+            return self.router.request(deployment, method, path, version=version, **kw)
+        if version is not None:
+            kw["headers"] = {**kw.get("headers", {}), VERSION_HEADER: str(version)}
+        return self.transport.request(
+            method, f"/serve/{deployment}{path}", idempotent=idempotent, **kw
+        )
+
+    def model_metadata(
+        self, deployment: str, *, direct: bool | None = None, version: int | None = None
+    ) -> dict[str, Any]:
         """The v2 model metadata (inputs, outputs) as a serving process of it answers."""
         model = self.model_of(deployment)
-        answer: dict[str, Any] = self.transport.json(
-            "GET", f"/serve/{deployment}/v2/models/{quote(model)}"
-        )
+        path = f"/v2/models/{quote(model)}"
+        answer: dict[str, Any] = self._serve(
+            deployment, "GET", path, direct=direct, version=version
+        ).json()
         return answer
 
-    def _input_names(self, deployment: str) -> list[str]:
+    def _input_names(self, deployment: str, direct: bool | None) -> list[str]:
         if deployment not in self._inputs:
-            doc = self.model_metadata(deployment)
+            doc = self.model_metadata(deployment, direct=direct)
             self._inputs[deployment] = [i["name"] for i in doc.get("inputs", [])]
         return self._inputs[deployment]
 
@@ -592,16 +667,22 @@ class Client:
         deployment: str,
         inputs: Array | Sequence[Array] | Mapping[str, Array],
         outputs: list[str] | None = None,
+        *,
+        version: int | None = None,
+        direct: bool | None = None,
     ) -> dict[str, Array]:
-        """Call the deployment through its stable URL with binary tensors: ``inputs`` is
-        one array (a one-input model), arrays in the model's input order, or a mapping by
-        input name. Answers every output (or those named) by name."""
+        """Call the deployment with binary tensors: ``inputs`` is one array (a one-input
+        model), arrays in the model's input order, or a mapping by input name. Answers every
+        output (or those named) by name. Through the stable URL, or with ``direct`` (default:
+        the client's) straight to a serving process; ``version`` pins the call to the
+        endpoints of that version (a version the deployment does not serve: ``NotFound``
+        naming those it does)."""
         named: Mapping[str, Any]
         if isinstance(inputs, Mapping):
             named = inputs
         else:
             arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
-            names = self._input_names(deployment)
+            names = self._input_names(deployment, direct)
             if len(names) != len(arrays):
                 raise ModelplaneError(
                     f"deployment {deployment!r} takes {len(names)} inputs {names}, "
@@ -610,9 +691,12 @@ class Client:
             named = dict(zip(names, arrays, strict=True))
         body, header = encode_request(named, outputs)
         model = self.model_of(deployment)
-        answer = self.transport.request(
+        answer = self._serve(
+            deployment,
             "POST",
-            f"/serve/{deployment}/v2/models/{quote(model)}/infer",
+            f"/v2/models/{quote(model)}/infer",
+            direct=direct,
+            version=version,
             content=body,
             headers={HEADER: str(header), "Content-Type": "application/octet-stream"},
             idempotent=True,
@@ -723,6 +807,17 @@ class _Made:
     source: str | None
     signature: Any
     metadata: Mapping[str, Any]
+
+
+def _traffic(
+    split: Mapping[int, float] | Sequence[Mapping[str, Any]] | None,
+) -> list[dict[str, Any]] | None:
+    """``{7: 90, 8: 10}`` or a list of entries, as the API's ``traffic``."""
+    if split is None:
+        return None
+    if isinstance(split, Mapping):
+        return [{"version": int(v), "percent": p} for v, p in split.items()]
+    return [dict(entry) for entry in split]
 
 
 def _qualname(obj: Any) -> str:
