@@ -1,30 +1,30 @@
-"""The stable URL: ``/serve/{deployment}/v2/...`` forwarded to the deployment's ready endpoints.
+"""The stable URL: ``/serve/{deployment}/...`` forwarded to the deployment's ready endpoints.
 
 A raw ASGI app (no FastAPI routing, validation or dependency injection on the hot path),
-put in front of the control plane's API by ``registry.app.create_app`` (``ServeFront``) in
-the embedded process. It knows nothing of the database: an ``EndpointSource`` tells it a
-deployment's ready endpoint URLs (``None``: no such deployment). Each call goes to the next
-ready endpoint, round robin, over pooled keep-alive connections; a refused connection, a
-dropped one, or a 503 (a draining endpoint) is retried on the next endpoint, so a rollout
-loses no call. Bodies up to ``STREAM_AFTER`` (every usual inference call) are held whole,
-so such a call can be retried; a larger request body is streamed to the endpoint as it
-arrives (retried elsewhere only if the endpoint could not be reached before the first byte
-went out), and a larger answer is streamed back to the caller. Which endpoints are ready is
-asked of the source at most once per ``cache_s`` per deployment (concurrent callers share
-the answer), and asked afresh when a forward fails or this process changes the
-deployment's endpoints. Answers of its own are the inference protocol's
-``{"error": ...}`` bodies.
+mounted by ``ServeFront`` in the embedded control plane and served by ``python -m gateway``.
+It knows nothing of the database: a `RouteTable` tells it each deployment's lanes (or, for
+the transition, an ``EndpointSource`` its ready endpoint URLs). A call goes to a lane chosen
+by the lanes' shares (or to its pinned version's), to the lane's next endpoint, round robin,
+over pooled keep-alive connections; a refused connection, a dropped one, or a 503 (a
+draining endpoint) is retried on the lane's next endpoint, then on the other lanes' (unpinned
+calls), so a rollout loses no call. Keys are checked by a `KeyCache` when auth is on; the
+answers are counted per revision (`Counts`) and a share mirrored to a shadow (`Shadow`).
+Bodies up to ``STREAM_AFTER`` (every usual inference call) are held whole, so such a call
+can be retried; a larger request body is streamed to the endpoint as it arrives (retried
+elsewhere only if the endpoint could not be reached before the first byte went out), and a
+larger answer is streamed back to the caller. With an ``EndpointSource``, a deployment's
+endpoints are asked of it at most once per ``cache_s`` (concurrent callers share the
+answer), and asked afresh when a forward fails or this process changes the deployment's
+endpoints. Answers of its own are the inference protocol's
+``{"error": ...}`` bodies. Nothing is logged per call.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator
+from typing import TypeAlias
 from urllib.parse import quote
 
 import aiohttp
@@ -32,6 +32,12 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contract.paths import SERVE_PREFIX
+from contract.traffic import VERSION_HEADER
+from gateway.counts import Counts
+from gateway.keys import Denied, KeyCache, Unverifiable
+from gateway.routes import NoVersion, Plan, Pool, RouteTable, path_version
+from gateway.shadow import Mirror, Shadow
+from gateway.sources import EndpointSource, SourceRoutes
 
 log = logging.getLogger("modelplane.serve")
 
@@ -50,8 +56,6 @@ STREAM_AFTER = 2**20  # bodies up to this size are held whole; larger ones are s
 CHUNK = 2**18
 Answer: TypeAlias = tuple[int, list[tuple[bytes, bytes]], bytes]
 Body: TypeAlias = "bytes | _Streamed"
-EndpointSource: TypeAlias = Callable[[str], Awaitable[list[str] | None]]
-"""A deployment's ready endpoint URLs, or ``None`` when there is no such deployment."""
 
 
 class _Streamed:
@@ -84,34 +88,64 @@ class _Sent(Exception):
 PREFIX = SERVE_PREFIX
 
 
-@dataclass
-class _Entry:
-    urls: list[str] | None  # None: no such deployment
-    expires: float
-    turn: itertools.count[int] = field(default_factory=itertools.count)
+class _Refused:
+    """A 503 answer (a draining endpoint), held for the caller if no other endpoint answers."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+
+# (status, the answer held whole or None when it was streamed, its content type, when its
+# last byte went to the caller, or its headers for a streamed answer: the latency counted)
+Reply: TypeAlias = tuple[int, bytes | None, str | None, float]
+_MIRRORED = frozenset({"POST", "PUT"})  # inference calls; metadata differs between versions
+_VERSION = VERSION_HEADER.encode()
 
 
 class StableUrl:
-    """ASGI app serving ``/{deployment}/v2/...`` (under ``root_path`` ``/serve``)."""
+    """ASGI app serving ``/{deployment}/...`` (under ``root_path`` ``/serve``).
 
-    def __init__(self, source: EndpointSource, *, cache_s: float = 0.5) -> None:
-        self._source = source
-        self._ttl = cache_s
-        self._cache: dict[str, _Entry] = {}
-        self._loading: dict[str, asyncio.Future[_Entry]] = {}
+    ``auth``: check keys (``keys`` needed) whatever the table says; else whenever the
+    table's latest feed says ``auth``."""
+
+    def __init__(
+        self,
+        table: RouteTable | EndpointSource,
+        *,
+        keys: KeyCache | None = None,
+        counts: Counts | None = None,
+        shadow: Shadow | None = None,
+        auth: bool = False,
+        cache_s: float = 0.5,
+    ) -> None:
+        if isinstance(table, RouteTable):
+            self._table, self._source = table, None
+        else:  # the transition: an EndpointSource, read through a cache
+            self._table, self._source = RouteTable(), SourceRoutes(table, cache_s)
+        self._keys = keys
+        self._counts = counts
+        self.shadow = shadow
+        self._auth = auth
         self._http: aiohttp.ClientSession | None = None
 
+    @property
+    def table(self) -> RouteTable:
+        return self._table
+
     def forget(self, deployment: str) -> None:
-        """Read the deployment's endpoints afresh on its next call (this process changed
-        them; other processes catch up within ``cache_s``)."""
-        self._cache.pop(deployment, None)
+        """Read the deployment's endpoints afresh on its next call (an ``EndpointSource``
+        only: a route table is replaced whole by its feed)."""
+        if self._source is not None:
+            self._source.forget(deployment)
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
             self._http = None
 
-    def _client(self) -> aiohttp.ClientSession:
+    def client(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30),
@@ -124,73 +158,147 @@ class StableUrl:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        started = time.perf_counter()
         name, _, rest = _route_path(scope).lstrip("/").partition("/")
-        entry = await self._entry(name) if name else None
-        if entry is None or entry.urls is None:
+        headers: list[tuple[str, str]] = []
+        authorization = pin = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                authorization = v
+            elif k not in _DROP_REQUEST:
+                if k == _VERSION:
+                    pin = v
+                headers.append((k.decode("latin-1"), v.decode("latin-1")))
+        grant = None
+        if self._keys is not None and (self._auth or self._table.auth):
+            try:
+                grant = await self._keys.check(authorization)
+            except (Denied, Unverifiable) as exc:
+                await _refuse(send, exc)
+                return
+        if self._source is not None:
+            plan = await self._source.plan(name) if name else None
+        else:
+            plan = self._table.lookup(name)
+        if plan is None:
             await _error(send, 404, f"deployment {name!r} does not exist")
             return
+        if grant is not None:
+            try:
+                grant.reach(plan.model, name)
+            except Denied as exc:
+                await _refuse(send, exc)
+                return
         path = "/" + rest
         if path in ("/v2/health/ready", "/v2/health/live") and scope["method"] == "GET":
-            ok = bool(entry.urls) or path.endswith("live")
+            ok = plan.any_endpoint or path.endswith("live")
             await _respond(send, 200 if ok else 503, [], b"")
+            return
+        try:
+            version = _pinned(pin, path)
+            pool, others = plan.choose(version)
+        except NoVersion as exc:
+            await _error(send, 404, str(exc))
+            return
+        except ValueError:
+            await _error(send, 400, f"{VERSION_HEADER} must be a version number, not {pin!r}")
+            return
+        if pool is None:
+            await _error(send, 503, f"deployment {name!r} has no ready endpoint", retry=True)
             return
         body = await _read_body(receive)
         target = quote(path, safe="/:@!$&'()*+,;=-._~%")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        await self._forward(scope, send, name, entry, target, body)
+        method = scope["method"]
+        reply = await self._forward(
+            method, send, plan, pool, others, target, headers, body, started
+        )
+        shadow = self.shadow
+        if (
+            shadow is not None
+            and reply is not None
+            and reply[1] is not None
+            and version is None
+            and method in _MIRRORED
+            and type(body) is bytes
+            and (mirror := plan.mirror()) is not None
+        ):
+            status, answer, content_type, _ = reply
+            shadow.offer(
+                Mirror(name, mirror, method, target, headers, body, status, content_type, answer)
+            )
 
     async def _forward(
-        self, scope: Scope, send: Send, name: str, entry: _Entry, target: str, body: Body
-    ) -> None:
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in scope["headers"]
-            if k.lower() not in _DROP_REQUEST
-        ]
-        last: Answer | None = None
-        for attempt in range(2):  # the second pass on a freshly read endpoint list
-            urls = entry.urls or []
-            start = next(entry.turn)
-            for i in range(len(urls)):
-                url = urls[(start + i) % len(urls)] + target
-                try:
-                    answer = await self._try(scope["method"], url, headers, body, send)
-                except _Sent:
-                    return  # the caller got part of an answer; its connection tells the rest
-                if answer is True:
-                    return
-                if answer is None or answer is False:
-                    self._cache.pop(name, None)
-                    if isinstance(body, _Streamed) and body.started:
-                        await _error(send, 502, f"endpoint of {name!r} failed mid-call")
-                        return
-                    continue
-                last = answer
-                self._cache.pop(name, None)
-                if isinstance(body, _Streamed):
-                    break  # its body went to that endpoint: not to be sent again
-            if isinstance(body, _Streamed) and body.started:
-                break
-            if attempt == 0:
-                fresh = await self._entry(name)
-                if fresh is None or not fresh.urls or fresh.urls == urls:
-                    break
-                entry = fresh
-        if last is not None:
-            await _respond(send, *last)
-            return
-        await _error(send, 503, f"deployment {name!r} has no ready endpoint", retry=True)
-
-    async def _try(
         self,
         method: str,
-        url: str,
+        send: Send,
+        plan: Plan,
+        pool: Pool,
+        others: list[Pool],
+        target: str,
         headers: list[tuple[str, str]],
         body: Body,
-        send: Send,
-    ) -> Answer | bool | None:
-        """``True`` once the endpoint's answer went to the caller; a 503 answer (held, for
+        started: float,
+    ) -> Reply | None:
+        """Forward to ``pool``'s endpoints, then the ``others``'; the caller's answer, counted
+        under the revision that gave it. ``None`` when no answer could be held for a shadow."""
+        counts = self._counts
+        refused: tuple[Pool, _Refused] | None = None
+        for attempt in range(2):  # the second: a freshly read EndpointSource
+            for lane in (pool, *others):
+                for url in lane.order():
+                    try:
+                        reply = await self._try(method, url + target, headers, body, send)
+                    except _Sent:  # the caller got part of an answer; its connection tells
+                        if counts is not None:
+                            counts.tally(plan.name, lane.revision).call(502, _since(started))
+                        return None
+                    if type(reply) is tuple:
+                        if counts is not None:
+                            tally = counts.tally(plan.name, lane.revision)
+                            tally.call(reply[0], reply[3] - started)
+                        return reply
+                    if isinstance(reply, _Refused):
+                        refused = (lane, reply)
+                    if self._source is not None:
+                        self._source.forget(plan.name)
+                    if isinstance(body, _Streamed) and body.started:
+                        if reply is None:
+                            return await self._failed(send, plan, lane, started)
+                        break  # its body went to that endpoint: not to be sent again
+                else:
+                    continue
+                break
+            if attempt or self._source is None or (isinstance(body, _Streamed) and body.started):
+                break
+            fresh = await self._source.plan(plan.name)
+            if fresh is None or fresh.urls() == plan.urls():
+                break
+            plan = fresh
+            pool, others = fresh.choose()
+            if pool is None:
+                break
+        if refused is not None:
+            lane, held = refused
+            if counts is not None:
+                counts.tally(plan.name, lane.revision).call(503, _since(started))
+            await _respond(send, *held.answer)
+            return None
+        if counts is not None:
+            counts.tally(plan.name, pool.revision).call(503, _since(started))
+        await _error(send, 503, f"deployment {plan.name!r} has no ready endpoint", retry=True)
+        return None
+
+    async def _failed(self, send: Send, plan: Plan, lane: Pool, started: float) -> None:
+        if self._counts is not None:
+            self._counts.tally(plan.name, lane.revision).call(502, _since(started))
+        await _error(send, 502, f"endpoint of {plan.name!r} failed mid-call")
+
+    async def _try(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: Body, send: Send
+    ) -> Reply | _Refused | None:
+        """The reply once the endpoint's answer went to the caller; a 503 answer (held, for
         the caller to try elsewhere); ``None`` if the endpoint cannot be reached. A pooled
         connection the endpoint closed while idle gets one more try on a new connection."""
         sent = [False]
@@ -223,55 +331,32 @@ class StableUrl:
         body: Body,
         send: Send,
         sent: list[bool],
-    ) -> Answer | bool:
+    ) -> Reply | _Refused:
         data = body if isinstance(body, bytes) else body.chunks()
-        async with self._client().request(method, url, headers=headers, data=data) as response:
+        async with self.client().request(method, url, headers=headers, data=data) as response:
             out = [
                 (k.lower().encode("latin-1"), v.encode("latin-1"))
                 for k, v in response.headers.items()
                 if k.lower() not in _DROP_RESPONSE
             ]
+            status = response.status
             length = response.content_length
-            if response.status == 503 or (length is not None and length <= STREAM_AFTER):
+            if status == 503 or (length is not None and length <= STREAM_AFTER):
                 content = await response.read()
-                if response.status == 503:
-                    return response.status, out, content
+                if status == 503:
+                    return _Refused((status, out, content))
                 sent[0] = True
-                await _respond(send, response.status, out, content)
-                return True
+                await _respond(send, status, out, content)
+                return status, content, response.headers.get("content-type"), time.perf_counter()
             if length is not None:
                 out.append((b"content-length", str(length).encode()))
             sent[0] = True
-            await send({"type": "http.response.start", "status": response.status, "headers": out})
+            await send({"type": "http.response.start", "status": status, "headers": out})
+            headed = time.perf_counter()
             async for chunk in response.content.iter_chunked(CHUNK):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
-            return True
-
-    async def _entry(self, name: str) -> _Entry | None:
-        entry = self._cache.get(name)
-        if entry is not None and entry.expires > time.monotonic():
-            return entry
-        loading = self._loading.get(name)
-        if loading is None:
-            loading = asyncio.ensure_future(self._load(name, entry))
-            self._loading[name] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(name, None))
-        try:
-            return await asyncio.shield(loading)
-        except Exception as exc:  # the source is away: serve what we knew, if anything
-            log.warning("endpoints of %r unreadable: %r", name, exc)
-            return entry
-
-    async def _load(self, name: str, old: _Entry | None) -> _Entry:
-        urls = await self._source(name)
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.clear()
-        entry = _Entry(urls, time.monotonic() + self._ttl)
-        if old is not None:
-            entry.turn = old.turn  # keep rotating where we were
-        self._cache[name] = entry
-        return entry
+            return status, None, None, headed
 
 
 class ServeFront:
@@ -286,6 +371,26 @@ class ServeFront:
             await self.stable({**scope, "root_path": PREFIX.rstrip("/")}, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _pinned(header: bytes | None, path: str) -> int | None:
+    """The version a call is pinned to: by its path, else by ``Modelplane-Version``."""
+    version = path_version(path)
+    if version is None and header is not None:
+        version = int(header)  # ValueError: a 400
+    return version
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
+
+
+async def _refuse(send: Send, exc: Denied | Unverifiable) -> None:
+    if isinstance(exc, Unverifiable):
+        await _error(send, 503, str(exc), retry=True)
+        return
+    extra = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
+    await _error(send, exc.status, str(exc), headers=extra)
 
 
 def _route_path(scope: Scope) -> str:
@@ -317,9 +422,16 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error(send: Send, status: int, message: str, *, retry: bool = False) -> None:
+async def _error(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    retry: bool = False,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = orjson.dumps({"error": message})
-    headers: list[Any] = [*_JSON, (b"content-length", str(len(body)).encode())]
+    headers = [*_JSON, (b"content-length", str(len(body)).encode()), *(headers or ())]
     if retry:
         headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": status, "headers": headers})

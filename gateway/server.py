@@ -1,0 +1,125 @@
+"""The gateway process: `Gateway` over `RemoteRegistry`, served by uvicorn with
+``/healthz`` (alive), ``/readyz`` (200 once a first route feed arrived), ``/metrics`` and
+``/serve/...``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
+
+from contract.asgi import nodelay_protocol
+from contract.paths import SERVE_PREFIX
+from gateway.app import Gateway
+from gateway.remote import RemoteRegistry
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("modelplane.gateway")
+_ROOT = SERVE_PREFIX.rstrip("/")
+
+
+class GatewayApp:
+    """The process's ASGI app: the stable URL first, three small routes of its own."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._stable = gateway.asgi
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path.startswith(SERVE_PREFIX):
+            await self._stable({**scope, "root_path": _ROOT}, receive, send)
+        elif path == "/healthz":
+            await _plain(send, 200, b"ok\n")
+        elif path == "/readyz":
+            ready = self.gateway.ready
+            await _plain(send, 200 if ready else 503, b"ready\n" if ready else b"no feed yet\n")
+        elif path == "/metrics":
+            body = generate_latest(self.gateway.metrics)
+            await _plain(send, 200, body, CONTENT_TYPE_LATEST.encode())
+        else:
+            await _plain(send, 404, b"not found: the stable URL is /serve/{deployment}/...\n")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.gateway.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _plain(
+    send: Send, status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8"
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build(settings: GatewaySettings) -> tuple[GatewayApp, RemoteRegistry]:
+    registry = RemoteRegistry(settings.registry_url, settings.token, wait_s=settings.wait_s)
+    gateway = Gateway(
+        fetch=registry.fetch,
+        verifier=registry.verify,
+        reporter=registry.report,
+        auth=settings.auth,
+        gateway_id=settings.gateway_id(),
+        report_s=settings.report_s,
+        shadow_queue=settings.shadow_queue,
+        shadow_workers=settings.shadow_workers,
+    )
+    return GatewayApp(gateway), registry
+
+
+def serve(settings: GatewaySettings) -> int:
+    """Run until SIGTERM/SIGINT; the exit status."""
+    app, registry = build(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=nodelay_protocol(),
+        loop="none",  # the runner below makes the loop (uvloop when installed)
+        lifespan="on",
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    log.info("gateway %s on %s:%d following %s", settings.gateway_id(), settings.host,
+             settings.port, settings.registry_url)  # fmt: skip
+
+    async def main() -> None:
+        try:
+            await server.serve()
+        finally:
+            await registry.aclose()
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+    return 0 if server.started else 1
+
+
+def _loop_factory() -> Callable[[], Any] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
