@@ -8,6 +8,7 @@
   const UI = page.ui;
   const KEY = "modelplane.apiKey";
   const POLL_MS = 2000;
+  const TRAFFIC_POLL_MS = 5000;
 
   // --- the API ---------------------------------------------------------------------
 
@@ -119,6 +120,7 @@
     pulling: "info", loading: "info", warming: "info", rolling_out: "info",
     pending: "warn", draining: "warn", degraded: "warn", deleting: "warn",
     failed: "bad", unhealthy: "bad",
+    running: "info", waiting: "warn", promoted: "ok", rolled_back: "bad", aborted: "bad",
   };
   const pill = (status) => h("span", { class: `pill ${TONES[status] || ""}`, dataset: { status } }, status);
 
@@ -581,6 +583,116 @@
     };
   }
 
+  // --- traffic, canary and optimisation (the deployment page) ----------------------------
+
+  const given = (v) => v !== null && v !== undefined;
+  const percent = (v) => (given(v) ? `${(v * 100).toFixed(v < 0.1 ? 2 : 1)}%` : "—");
+  const millis = (v) => (given(v) ? `${v < 10 ? v.toFixed(2) : v.toFixed(0)} ms` : "—");
+  const perSecond = (v) => (given(v) ? `${v < 10 ? v.toFixed(1) : v.toFixed(0)}/s` : "—");
+  const revisionLabel = (r) => `r${r.revision} v${r.version}${r.role ? ` ${r.role}` : ""}`;
+  const LIVE_CANARY = new Set(["waiting", "running"]);
+
+  function lanesView(lanes) {
+    if (!lanes.length) return h("div", { class: "empty" }, "No revision takes calls yet.");
+    const taking = lanes.filter((x) => x.role !== "shadow")
+      .map((x) => ({ ...x, label: `v${x.version} ${x.role}` }));
+    const shadows = lanes.filter((x) => x.role === "shadow");
+    return [
+      window.mpCharts.shareBar(taking),
+      h("p", { class: "lanes-legend" }, taking.map((x) => h("span", { class: "chip", dataset: { lane: x.revision, role: x.role } },
+        h("b", {}, `${x.percent}%`), ` r${x.revision} · v${x.version} · ${x.role}`)),
+      shadows.map((x) => h("span", { class: "chip shadow", dataset: { lane: x.revision, role: x.role } },
+        h("b", {}, `${x.percent}% mirrored`), ` to r${x.revision} · v${x.version} (answers dropped)`))),
+    ];
+  }
+
+  function trafficView(series) {
+    const charts = window.mpCharts;
+    const revisions = series.revisions;
+    if (!revisions.length) return h("div", { class: "empty" }, "No calls counted in the last 15 minutes.");
+    const to = Date.now();
+    const from = Math.min(Date.parse(series.since), to - 60000);
+    const line = (r, i, key, extra) => ({
+      label: revisionLabel(r), revision: r.revision, role: r.role,
+      colour: charts.colour(r, i), points: r.points.map((pt) => [Date.parse(pt.t), pt[key]]), ...extra,
+    });
+    const chart = (id, title, key, format) => charts.lineChart({
+      id, title, from, to, format, lines: revisions.map((r, i) => line(r, i, key)),
+    });
+    const shadows = revisions.filter((r) => r.shadow_calls || r.shadow_dropped);
+    return [
+      h("div", { class: "chart-grid" },
+        chart("chart-calls", "calls/s", "calls_per_s", perSecond),
+        chart("chart-errors", "error rate", "error_rate", percent),
+        charts.lineChart({
+          id: "chart-latency", title: "latency: p99 solid, p50 dashed", from, to, format: millis,
+          lines: revisions.flatMap((r, i) => [
+            line(r, i, "p99_ms", { label: `${revisionLabel(r)} p99` }),
+            line(r, i, "p50_ms", { label: "p50", dashed: true }),
+          ]),
+        })),
+      shadows.map((r) => h("p", { class: "muted shadow-figures", dataset: { revision: r.revision } },
+        `shadow r${r.revision} (v${r.version}): ${r.shadow_calls} mirrored calls, ${r.shadow_errors} errors, `,
+        `${r.shadow_disagreements} disagreements with the primary, ${r.shadow_dropped} dropped (queue full)`)),
+    ];
+  }
+
+  function canaryView(c) {
+    const spec = c.spec;
+    const mine = c.figures || {};
+    const base = c.base_figures || {};
+    const thresholds = [`errors ≤ ${percent(spec.max_error_rate)}`, spec.max_p99_ms ? `p99 ≤ ${millis(spec.max_p99_ms)}` : null,
+      `≥ ${spec.min_calls} calls a step`, `every ${spec.interval_s} s`].filter(Boolean).join(" · ");
+    return [
+      summary([
+        ["State", h("span", { id: "canary-state" }, pill(c.state))],
+        ["Step", h("span", { id: "canary-step" }, `${c.step + 1} of ${spec.steps.length} (${spec.steps[c.step]}%)`)],
+        ["Share now", h("span", { id: "canary-share" }, `${c.percent}%`)],
+        ["Canary", `r${c.revision} · v${c.version}`],
+        ["Base", `r${c.base_revision} · v${c.base_version}`],
+        ["Started", when(c.started_at)],
+        ["Step started", c.step_started_at ? when(c.step_started_at) : "—"],
+        ["Gate", thresholds],
+      ]),
+      window.mpCharts.stepsTrack(spec.steps, c.step, c.state),
+      c.figures || c.base_figures
+        ? window.mpCharts.compareBars([
+          { key: "error_rate", label: "error rate", canary: mine.error_rate, base: base.error_rate, limit: spec.max_error_rate, format: percent },
+          { key: "p99_ms", label: "p99", canary: mine.p99_ms, base: base.p99_ms, limit: spec.max_p99_ms, format: millis },
+          { key: "p50_ms", label: "p50", canary: mine.p50_ms, base: base.p50_ms, format: millis },
+          { key: "calls", label: "calls", canary: mine.calls, base: base.calls, format: (v) => String(v) },
+        ])
+        : h("p", { class: "muted" }, `No verdict yet: each step needs ${spec.min_calls} calls of the canary.`),
+      h("p", { id: "canary-verdict", class: `verdict ${TONES[c.state] || ""}` },
+        c.reason ? `${c.state.replace("_", " ")}: ${c.reason}` : `${c.state}: no verdict yet`),
+    ];
+  }
+
+  function verdictCell(v) {
+    if (!v) return "—";
+    const state = v.state || v.outcome || "verdict";
+    return h("span", { title: v.reason || "" }, pill(state), v.reason ? ` ${compact(v.reason, 48)}` : "");
+  }
+
+  function optimisationCell(o) {
+    if (!o) return "—";
+    const mode = o.applied === o.requested ? o.applied : `${o.requested} → ${o.applied}`;
+    const ratio = (a, b) => (a && b ? ` (×${(b / a).toFixed(2)})` : "");
+    const accuracy = [
+      given(o.max_abs_error) ? `abs err ${o.max_abs_error.toPrecision(2)}` : null,
+      given(o.max_rel_error) ? `rel err ${o.max_rel_error.toPrecision(2)}` : null,
+      given(o.top1_agreement) ? `top-1 ${percent(o.top1_agreement)}` : null,
+    ].filter(Boolean).join(", ");
+    return h("span", { class: "optimisation", title: o.reason || "" },
+      h("span", { class: "chip" }, mode), " ",
+      given(o.size_bytes_before) && given(o.size_bytes_after)
+        ? h("span", { class: "chip" }, `${bytes(o.size_bytes_before)} → ${bytes(o.size_bytes_after)}${ratio(o.size_bytes_before, o.size_bytes_after)}`) : null,
+      given(o.latency_ms_before) && given(o.latency_ms_after)
+        ? h("span", { class: "chip" }, `${millis(o.latency_ms_before)} → ${millis(o.latency_ms_after)}${ratio(o.latency_ms_before, o.latency_ms_after)}`) : null,
+      accuracy ? h("span", { class: "chip" }, accuracy) : null,
+      o.unchecked ? h("span", { class: "pill warn" }, "unchecked") : h("span", { class: `pill ${o.passed ? "ok" : "bad"}` }, o.passed ? "passed" : "failed"));
+  }
+
   pages.deployment = () => {
     const name = page.deployment;
     const base = `/deployments/${enc(name)}`;
@@ -588,6 +700,9 @@
     const showPrompt = promptBox(name);
     let current = null;
     const ids = ["deployment", "replicas", "endpoints", "revisions"];
+    const canaryPanel = document.getElementById("canary-panel");
+    const promote = document.getElementById("canary-promote");
+    const abort = document.getElementById("canary-abort");
 
     const refresh = poll(async () => {
       let d, endpoints, revisions;
@@ -601,6 +716,12 @@
       }
       current = d;
       showPrompt(d).catch(() => {}); // a version it cannot read: no box, the rest still shows
+      canaryPanel.hidden = !d.canary;
+      const open = Boolean(d.canary && LIVE_CANARY.has(d.canary.state));
+      promote.disabled = !open;
+      abort.disabled = !open;
+      if (d.canary) fillIfChanged("canary", d.canary, canaryView);
+      fillIfChanged("lanes", d.lanes || [], lanesView);
       button.disabled = revisions.items.length < 2;
       document.getElementById("deployment-status").replaceChildren(pill(d.status));
       const { observed, ...desired } = d;
@@ -638,7 +759,7 @@
           h("td", { class: "wrap" }, e.reason || ""),
         )), "No endpoint registered yet: a deployer worker starts serving processes for the replicas."));
       fillIfChanged("revisions", { items: revisions.items, current: d.revision }, () => table(
-        ["#Revision", "Version", "Reason", "Replicas", "Device", "Created", ""],
+        ["#Revision", "Version", "Reason", "Replicas", "Device", "Optimisation", "Verdict", "Created", ""],
         revisions.items.map((r) => {
           const isCurrent = r.revision === d.revision;
           const to = h("button", { type: "button", class: "small danger rollback-to" }, "Roll back to this");
@@ -648,11 +769,33 @@
           return h("tr", { class: isCurrent ? "current" : null, dataset: { revision: r.revision } },
             num(r.revision), h("td", {}, versionLink(d.model, r.version)),
             h("td", {}, r.reason), num(r.settings.replicas ?? "—"),
-            h("td", {}, r.settings.device ?? "—"), h("td", {}, when(r.created_at)),
+            h("td", {}, r.settings.device ?? "—"),
+            h("td", { class: "optimisation-cell" }, optimisationCell(r.optimization)),
+            h("td", { class: "verdict-cell" }, verdictCell(r.verdict)),
+            h("td", {}, when(r.created_at)),
             h("td", {}, isCurrent ? h("span", { class: "pill info" }, "current") : to),
           );
         })));
     });
+
+    const refreshTraffic = poll(async () => {
+      try {
+        const series = await api(`${base}/traffic?minutes=15&bucket_s=10`);
+        fill("traffic", trafficView(series));
+      } catch (err) {
+        failed(["traffic"], err);
+        throw err;
+      }
+    }, TRAFFIC_POLL_MS);
+    const canaryAction = (which, question, done) => () => act(which === "promote" ? promote : abort, question(current.canary),
+      () => api(`${base}/canary/${which}`, { method: "POST" }), done)
+      .then(() => { refresh(); refreshTraffic(); });
+    promote.addEventListener("click", canaryAction("promote",
+      (c) => `Give v${c.version} (revision ${c.revision}) all of ${name}'s traffic now?`,
+      (out) => `${out.name}: canary promoted, v${out.version} takes all calls`));
+    abort.addEventListener("click", canaryAction("abort",
+      (c) => `Stop the canary of v${c.version} and send all of ${name}'s traffic back to v${c.base_version}?`,
+      (out) => `${out.name}: canary aborted, v${out.version} takes all calls`));
 
     button.addEventListener("click", () => {
       const revision = current ? current.revision : "?";
