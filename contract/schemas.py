@@ -324,7 +324,7 @@ SHADOW = (
     "primary's (counted per revision); null removes the shadow"
 )
 STRATEGY = (
-    "how a version change rolls out: {\"canary\": {steps, interval_s, max_error_rate, "
+    'how a version change rolls out: {"canary": {steps, interval_s, max_error_rate, '
     "max_p99_ms, min_calls, ready_timeout_s}}; kept on the deployment, so an alias move "
     "rolls out the same way. Without it the new revision replaces the old one replica by "
     "replica"
@@ -687,6 +687,8 @@ class WebhookEvent(StrEnum):
     rollout_finished = "rollout.finished"
     rollout_failed = "rollout.failed"
     endpoint_unhealthy = "endpoint.unhealthy"
+    canary_promoted = "canary.promoted"
+    canary_rolled_back = "canary.rolled_back"  # a threshold breached, or never ready in time
 
 
 class WebhookCreate(BaseModel):

@@ -79,7 +79,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        jobs = Jobs(sessions, app.state.store, settings, app.state.metrics)
+        jobs = Jobs(
+            sessions,
+            app.state.store,
+            settings,
+            app.state.metrics,
+            changed=lambda name: app.state.routes_changed(name),
+        )
         jobs.start()
         try:
             yield

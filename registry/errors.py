@@ -282,3 +282,39 @@ class WebhookNotFound(NotFound):
 
     def __init__(self, webhook: str) -> None:
         super().__init__(f"webhook {webhook!r} does not exist")
+
+
+class UnusableVersions(Unprocessable):
+    """Versions a body's ``traffic`` or ``shadow`` names that cannot serve (unknown, not ready)."""
+
+    code = "unusable-versions"
+
+    def __init__(self, model: str, what: str, versions: list[str]) -> None:
+        super().__init__(
+            f"{what} names versions of model {model!r} that cannot serve: {', '.join(versions)}",
+            versions=versions,
+        )
+
+
+class TrafficRefused(Unprocessable):
+    """A split, shadow or canary that makes no sense for this deployment now (422)."""
+
+    code = "invalid-traffic"
+
+
+class CanaryInProgress(Conflict):
+    code = "canary-in-progress"
+
+    def __init__(self, name: str, revision: int, state: str) -> None:
+        super().__init__(
+            f"deployment {name!r} has a canary {state} (revision {revision}): promote or abort "
+            "it first",
+            revision=revision,
+        )
+
+
+class NoCanary(Conflict):
+    code = "no-canary"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"deployment {name!r} has no canary waiting or running")

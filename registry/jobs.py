@@ -1,7 +1,9 @@
-"""Periodic work in every control-plane process: webhook delivery and garbage collection.
+"""Periodic work in every control-plane process: webhook delivery, garbage collection and
+the canary controller.
 
-Both are safe with many processes and replicas: deliveries are claimed with ``SKIP
-LOCKED`` and garbage collection takes a Postgres advisory lock (one sweep at a time).
+All are safe with many processes and replicas: deliveries are claimed with ``SKIP
+LOCKED``, garbage collection takes a Postgres advisory lock (one sweep at a time), and the
+canary controller locks each deployment's row before it moves its canary on.
 A failed pass is logged and the next one runs on schedule.
 """
 
@@ -16,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from registry.db import SessionFactory
 from registry.metrics import ControlPlaneMetrics
 from registry.repositories.events import Actor
+from registry.services.canary import CanaryController
 from registry.services.context import Context
 from registry.services.gc import GcService
 from registry.services.webhooks import WebhookDispatcher
@@ -32,10 +35,15 @@ class Jobs:
         store: ArtifactStore,
         settings: Settings,
         metrics: ControlPlaneMetrics | None = None,
+        *,
+        changed: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._settings = settings
         self.dispatcher = WebhookDispatcher(sessions, settings, metrics)
         self._gc_context = Context(sessions, store, settings, Actor(name="gc"), metrics=metrics)
+        canary_context = Context(sessions, store, settings, Actor(name="canary"), metrics=metrics)
+        # told (after commit) the deployments whose routes a canary step changed
+        self.canaries = CanaryController(canary_context, changed)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -46,6 +54,8 @@ class Jobs:
             # Replicas started together should not all try at once (they would skip anyway).
             first = settings.gc_interval_s * (0.5 + random.random() / 2)
             self._spawn("gc", self.collect_garbage, settings.gc_interval_s, first)
+        if settings.canary_tick_s > 0:
+            self._spawn("canary", self.canaries.tick, settings.canary_tick_s, 0.0)
 
     async def collect_garbage(self) -> None:
         """One GC round: unreferenced blobs, abandoned uploads, old webhook deliveries."""

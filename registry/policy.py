@@ -81,6 +81,8 @@ POLICY: dict[str, frozenset[S]] = {
     "rollback_deployment": DEPLOY,
     "list_deployment_endpoints": READ,
     "list_deployment_replicas": READ,
+    "promote_canary": DEPLOY,
+    "abort_canary": DEPLOY,
     # deployer workers and serving processes: /api/v1/workers..., /api/v1/endpoints...
     "register_worker": WORKER,
     "list_workers": READ,

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=15.0, gt=0)
     heartbeat_s: float = Field(default=3.0, gt=0)
     serve_cache_s: float = Field(default=0.5, ge=0, description="stable URL endpoint cache TTL")
+    # The canary controller's period (registry/services/canary.py); 0 turns it off.
+    canary_tick_s: float = Field(default=0.5, ge=0)
     # Security: every /api/v1 and /serve call needs `Authorization: Bearer mp_...` with a key
     # whose scopes cover it (registry/policy.py). Off only for local experiments and tests.
     auth_enabled: bool = True

@@ -64,6 +64,14 @@ class DeploymentRepository(Repository):
         )
         return list(await self._session.scalars(stmt))
 
+    async def with_canary(self, states: Iterable[str]) -> list[int]:
+        """Deployments whose canary is in one of ``states`` (the controller's one query)."""
+        state = DeploymentRow.canary["state"].as_string()
+        stmt = select(DeploymentRow.id).where(
+            DeploymentRow.canary.is_not(None), state.in_(list(states))
+        )
+        return list(await self._session.scalars(stmt.order_by(DeploymentRow.id)))
+
     async def search(
         self, *, after: str | None, limit: int, globs: tuple[str, ...] = ()
     ) -> list[tuple[DeploymentRow, str]]:
@@ -86,12 +94,18 @@ class DeploymentRepository(Repository):
         spec: dict[str, Any],
         reason: str,
         request_id: str | None = None,
+        *,
+        current: bool = True,
     ) -> RevisionRow:
-        deployment.revision += 1
+        """Revision ``last_revision + 1``; only a ``current`` one becomes the deployment's
+        ``revision`` (a canary's, a split's or a shadow's is made beside it)."""
+        deployment.last_revision = max(deployment.last_revision, deployment.revision) + 1
+        if current:
+            deployment.revision = deployment.last_revision
         deployment.updated_at = utcnow()
         row = RevisionRow(
             deployment_id=deployment.id,
-            revision=deployment.revision,
+            revision=deployment.last_revision,
             version_id=version_id,
             version=version,
             settings=spec,
@@ -121,6 +135,20 @@ class DeploymentRepository(Repository):
         if before is not None:
             stmt = stmt.where(RevisionRow.revision < before)
         return list(await self._session.scalars(stmt))
+
+    async def previous_primary(self, deployment_id: int, number: int) -> RevisionRow | None:
+        """The newest revision older than ``number`` that was current once (not a split's
+        or a shadow's, nor a canary that was never promoted)."""
+        stmt = (
+            select(RevisionRow)
+            .where(RevisionRow.deployment_id == deployment_id, RevisionRow.revision < number)
+            .where(RevisionRow.reason.not_in(("split", "shadow")))
+            .order_by(RevisionRow.revision.desc())
+        )
+        for row in await self._session.scalars(stmt):
+            if row.reason != "canary" or (row.verdict or {}).get("state") == "promoted":
+                return row
+        return None
 
     async def revisions_by_id(self, ids: Iterable[int]) -> dict[int, RevisionRow]:
         wanted = set(ids)

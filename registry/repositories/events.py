@@ -25,6 +25,8 @@ WEBHOOK_TYPES = {
     "deployment.revision_created": "deployment.revision_created",
     "deployment.rollout_finished": "rollout.finished",
     "deployment.failed": "rollout.failed",
+    "deployment.canary_promoted": "canary.promoted",
+    "deployment.canary_rolled_back": "canary.rolled_back",
 }
 
 

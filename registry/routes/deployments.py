@@ -74,7 +74,11 @@ async def update_deployment(
 ) -> DeploymentOut:
     """A new `version` (or `alias` to follow) or new settings make a new revision: its
     replicas start beside the old ones, and an old replica stops only once a new one is
-    ready (a rolling update). A body that changes nothing changes nothing."""
+    ready (a rolling update). With a canary `strategy`, a new version starts a canary
+    instead (docs/traffic.md). `traffic` sets a fixed split between versions, `shadow`
+    mirrors a share of calls to a version (`null` removes it); a new `version` alone ends a
+    split. 422 for traffic, a shadow or a canary that cannot be (with the reason); 409 while
+    a canary is in progress. A body that changes nothing changes nothing."""
     return await deployments.update_deployment(name, body)
 
 
@@ -105,7 +109,8 @@ async def list_revisions(
     name: DeploymentNamePath, deployments: DeploymentDep, limit: Limit = 100, cursor: Cursor = None
 ) -> Page[RevisionOut]:
     """The deployment's history, newest first: each revision's version, settings and why it
-    was made (`create`, `update`, `rollback`, `alias-moved`)."""
+    was made (`create`, `update`, `rollback`, `alias-moved`, and beside the current one
+    `canary`, `split`, `shadow`), with a canary's `verdict`."""
     return await deployments.list_revisions(name, cursor=cursor, limit=limit)
 
 
@@ -151,3 +156,29 @@ async def list_deployment_replicas(
     """Every replica slot of every revision still present: desired (`run`/`stop`), state,
     reason, worker, GPU ids, lease and restarts."""
     return await deployments.list_replicas(name)
+
+
+@router.post(
+    "/{name}/canary/promote",
+    response_model=DeploymentOut,
+    summary="Promote a deployment's canary now",
+    responses=problem_responses(404, 409, 422),
+)
+async def promote_canary(name: DeploymentNamePath, deployments: DeploymentDep) -> DeploymentOut:
+    """The canary revision becomes the current one at once, whatever its step: it takes
+    every call and the old revision's replicas stop one for one as the canary's are ready.
+    409 when no canary is waiting or running."""
+    return await deployments.promote_canary(name)
+
+
+@router.post(
+    "/{name}/canary/abort",
+    response_model=DeploymentOut,
+    summary="Abort a deployment's canary",
+    responses=problem_responses(404, 409, 422),
+)
+async def abort_canary(name: DeploymentNamePath, deployments: DeploymentDep) -> DeploymentOut:
+    """Every call goes back to the base revision at once, the canary's replicas are asked
+    to stop, and the canary ends `aborted` (recorded on its revision). 409 when no canary
+    is waiting or running."""
+    return await deployments.abort_canary(name)

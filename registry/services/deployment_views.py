@@ -19,10 +19,12 @@ from contract.schemas import (
     RevisionOut,
     RevisionReason,
 )
+from contract.traffic import CanaryOut, CanaryState
 from registry.db import utcnow
 from registry.repositories.deployments import DeploymentRepository, ReplicaRepository
 from registry.repositories.fleet import WorkerRepository
 from registry.services.context import Context
+from registry.services.lanes import lanes_of
 from registry.tables import DeploymentRow, EndpointRow, ReplicaRow, RevisionRow, WorkerRow
 
 
@@ -36,6 +38,7 @@ def revision_out(deployment: str, row: RevisionRow) -> RevisionOut:
         created_at=row.created_at,
         request_id=row.request_id,
         optimization=_report(row.optimization),
+        verdict=row.verdict,
     )
 
 
@@ -115,6 +118,9 @@ async def deployment_out(
     if reason is None and unplaced:
         since = now - timedelta(seconds=ctx.settings.lease_ttl_s)
         reason = placement_reason(spec.gpus, await WorkerRepository(session).live(since))
+    canary = None if row.canary is None else CanaryOut.model_validate(row.canary)
+    if reason is None and canary is not None:
+        reason = _canary_reason(canary)
     ready = [r for r in replicas if r.state == "ready"]
     newest = max(ready, key=lambda r: r.revision, default=None)
     return DeploymentOut(
@@ -130,6 +136,7 @@ async def deployment_out(
         max_unavailable=spec.unavailable_budget(),
         auto_rollback=spec.auto_rollback,
         optimize=spec.optimize,
+        strategy=spec.strategy,
         revision=row.revision,
         status=DeploymentStatus(row.status),
         status_reason=reason,
@@ -140,4 +147,15 @@ async def deployment_out(
             ready_replicas=sum(r.revision == row.revision for r in ready),
             replicas=replicas,
         ),
+        lanes=lanes_of(row.lanes, row.revision, current.version),
+        canary=canary,
     )
+
+
+def _canary_reason(canary: CanaryOut) -> str | None:
+    """What a canary in progress adds to the primary's status."""
+    if canary.state is CanaryState.waiting:
+        return f"canary revision {canary.revision} waiting for a ready replica"
+    if canary.state is CanaryState.running:
+        return f"canary revision {canary.revision} at {canary.percent:g}%"
+    return None

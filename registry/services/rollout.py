@@ -2,7 +2,8 @@
 nowhere, the room left on live workers), what to stop, what to forget, and the deployment's
 status. ``reconcile`` applies it under the deployment's row lock; ``begin_revision`` starts a
 new revision, and a failed one with ``auto_rollback`` set starts a rollback to the revision
-before it by itself."""
+before it by itself. Replicas of revisions named in the deployment's lanes (a split's, a
+shadow's, a canary's) are live: the one-for-one rule neither stops nor counts them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from registry.repositories.deployments import DeploymentRepository, ReplicaRepos
 from registry.repositories.events import Actor, EventRepository
 from registry.repositories.versions import VersionRepository
 from registry.services.context import Context
+from registry.services.lanes import live_revisions, retarget
 from registry.services.placement import SERVING_DONE, Capacity, fleet_room
 from registry.tables import DeploymentRow, ReplicaRow, RevisionRow
 
@@ -66,8 +68,7 @@ def plan(
         if all(not held(r, now) or r.state in SERVING_DONE for r in replicas):
             return Plan("deleting", deployment.status_reason, gone=True)
         return Plan("deleting", deployment.status_reason, stop, forget)
-    new = [r for r in replicas if r.revision == deployment.revision and r.desired == "run"]
-    old = [r for r in replicas if r.revision != deployment.revision and r.desired == "run"]
+    new, old = _new_and_old(deployment, replicas)
     failed = [r for r in new if r.state == "failed"]
     if failed:
         first = failed[0]
@@ -92,6 +93,18 @@ def plan(
     return Plan(status, waiting, stop, forget)
 
 
+def _new_and_old(
+    deployment: DeploymentRow, replicas: list[ReplicaRow]
+) -> tuple[list[ReplicaRow], list[ReplicaRow]]:
+    """Running replicas of the current revision, and those of revisions no lane keeps."""
+    current = deployment.revision
+    live = live_revisions(deployment.lanes) - {current}
+    running = [r for r in replicas if r.desired == "run" and r.revision not in live]
+    return [r for r in running if r.revision == current], [
+        r for r in running if r.revision != current
+    ]
+
+
 def _stop_order(replica: ReplicaRow) -> tuple[bool, int, int]:
     return (replica.state == "ready", replica.revision, -replica.index)
 
@@ -101,10 +114,8 @@ def needs_room(deployment: DeploymentRow, replicas: list[ReplicaRow], now: datet
     the case where ``plan`` wants the fleet's room."""
     if deployment.status == "deleting":
         return False
-    current = deployment.revision
-    return any(
-        r.revision == current and r.desired == "run" and not held(r, now) for r in replicas
-    ) and any(r.revision != current and r.desired == "run" and held(r, now) for r in replicas)
+    new, old = _new_and_old(deployment, replicas)
+    return any(not held(r, now) for r in new) and any(held(r, now) for r in old)
 
 
 def _make_room(
@@ -180,17 +191,23 @@ async def begin_revision(
     version: tuple[int, int],
     settings: dict[str, Any],
     reason: str,
-) -> None:
+    *,
+    current: bool = True,
+) -> RevisionRow:
     """A new revision of (version id, number) with ``settings`` and its replicas, beside
-    the old ones; then the rollout rule."""
+    the old ones; then the rollout rule. A ``current`` one becomes the primary (the
+    primary lane moves to it); for another (a canary's, a split's, a shadow's) the caller
+    names it in the lanes, then reconciles."""
     repo = DeploymentRepository(session)
     version_id, number = version
     revision = await repo.add_revision(
-        deployment, version_id, number, settings, reason, ctx.actor.request_id
+        deployment, version_id, number, settings, reason, ctx.actor.request_id, current=current
     )
     await ReplicaRepository(session).add(revision, int(settings["replicas"]), settings["gpus"])
-    deployment.alias = settings.get("alias")
-    deployment.status_reason = None
+    if current:
+        deployment.alias = settings.get("alias")
+        deployment.status_reason = None
+        deployment.lanes = retarget(deployment.lanes, revision.revision, number)
     await EventRepository(session).add(
         ctx.actor,
         "deployment.revision_created",
@@ -198,7 +215,9 @@ async def begin_revision(
         target=f"deployment:{deployment.name}",
         after={"revision": revision.revision, "version": number, "reason": reason},
     )
-    await reconcile(ctx, session, deployment, model, fresh=True)
+    if current:
+        await reconcile(ctx, session, deployment, model, fresh=True)
+    return revision
 
 
 async def _roll_back_failed(
@@ -214,7 +233,7 @@ async def _roll_back_failed(
     repo = DeploymentRepository(session)
     if failed.reason == "rollback" or deployment.revision < 2:
         return
-    earlier = await repo.revision(deployment.id, deployment.revision - 1)
+    earlier = await repo.previous_primary(deployment.id, deployment.revision)
     if earlier is None:
         return
     target = await VersionRepository(session).find_by_number(deployment.model_id, earlier.version)
