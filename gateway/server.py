@@ -122,4 +122,4 @@ def _loop_factory() -> Callable[[], Any] | None:
         import uvloop
     except ImportError:
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop

@@ -214,20 +214,16 @@ class StableUrl:
         reply = await self._forward(
             method, send, plan, pool, others, target, headers, body, started
         )
-        shadow = self.shadow
-        if (
-            shadow is not None
-            and reply is not None
-            and reply[1] is not None
-            and version is None
-            and method in _MIRRORED
-            and type(body) is bytes
-            and (mirror := plan.mirror()) is not None
-        ):
-            status, answer, content_type, _ = reply
-            shadow.offer(
-                Mirror(name, mirror, method, target, headers, body, status, content_type, answer)
-            )
+        if self.shadow is None or reply is None or version is not None:
+            return
+        status, answer, kind, _ = reply
+        # pinned calls are tests of one version; GETs (metadata) differ between versions
+        if answer is not None and method in _MIRRORED and type(body) is bytes:
+            mirror = plan.mirror()
+            if mirror is not None:
+                self.shadow.offer(
+                    Mirror(name, mirror, method, target, headers, body, status, kind, answer)
+                )
 
     async def _forward(
         self,
@@ -265,7 +261,8 @@ class StableUrl:
                         self._source.forget(plan.name)
                     if isinstance(body, _Streamed) and body.started:
                         if reply is None:
-                            return await self._failed(send, plan, lane, started)
+                            await self._failed(send, plan, lane, started)
+                            return None
                         break  # its body went to that endpoint: not to be sent again
                 else:
                     continue
@@ -275,10 +272,10 @@ class StableUrl:
             fresh = await self._source.plan(plan.name)
             if fresh is None or fresh.urls() == plan.urls():
                 break
-            plan = fresh
-            pool, others = fresh.choose()
-            if pool is None:
+            fresh_pool, others = fresh.choose()
+            if fresh_pool is None:
                 break
+            plan, pool = fresh, fresh_pool
         if refused is not None:
             lane, held = refused
             if counts is not None:
