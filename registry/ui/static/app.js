@@ -662,7 +662,9 @@
           { key: "p50_ms", label: "p50", canary: mine.p50_ms, base: base.p50_ms, format: millis },
           { key: "calls", label: "calls", canary: mine.calls, base: base.calls, format: (v) => String(v) },
         ])
-        : h("p", { class: "muted" }, `No verdict yet: each step needs ${spec.min_calls} calls of the canary.`),
+        : h("p", { class: "muted" }, LIVE_CANARY.has(c.state)
+          ? `No verdict yet: each step needs ${spec.min_calls} calls of the canary.`
+          : "No figures: it ended before a verdict on its counts."),
       h("p", { id: "canary-verdict", class: `verdict ${TONES[c.state] || ""}` },
         c.reason ? `${c.state.replace("_", " ")}: ${c.reason}` : `${c.state}: no verdict yet`),
     ];
