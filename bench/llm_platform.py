@@ -8,6 +8,7 @@ called through the stable URL `/serve/{deployment}/v1` with the admin key.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from client.sdk import Client
 class LlmPlatform:
     cp: ControlPlane
     worker: Worker
+    log_dir: Path
+    starts: int = 0
 
     @property
     def headers(self) -> dict[str, str]:
@@ -86,6 +89,15 @@ class LlmPlatform:
         assert answer.status_code in (200, 202, 204), answer.text
         wait_for(f"{name}'s process stopped", lambda: self._stops() > stops, 120, self.logs)
 
+    def fresh_worker(self, settle_s: float) -> None:
+        """Replaces the worker by a new one with an empty cache, then waits `settle_s` (its
+        warm spare imports torch meanwhile, as on a worker idle for a while)."""
+        self.worker.stop(60)
+        shutil.rmtree(self.worker.cache_dir, ignore_errors=True)
+        self.starts += 1
+        self.worker = start_worker(self.cp, self.log_dir, f"llm{self.starts}")
+        time.sleep(settle_s)
+
     def _stops(self) -> int:
         return self.worker.log_path.read_text(errors="replace").count(": stopped (")
 
@@ -95,19 +107,22 @@ def llm_platform(log_dir: Path, settings: dict[str, str]) -> Iterator[LlmPlatfor
     """A control plane with `settings` (MODELPLANE_DATABASE_URL among them) and one worker
     with one CPU slot and its cache under `log_dir`."""
     cp = ControlPlane(log_dir, settings)
-    worker: Worker | None = None
+    platform: LlmPlatform | None = None
     try:
         cp.wait_ready().mint_keys()
-        port = free_port() // 2 * 2
-        worker = Worker(
-            log_dir, cp.url, "llm", cp.worker_token, cpu_slots="1",
-            port_range=f"{port}-{port + 100}",
-        )  # fmt: skip
-        yield LlmPlatform(cp, worker)
+        platform = LlmPlatform(cp, start_worker(cp, log_dir, "llm"), log_dir)
+        yield platform
     finally:
-        if worker is not None:
-            worker.stop(60)
+        if platform is not None:
+            platform.worker.stop(60)
         cp.stop()
+
+
+def start_worker(cp: ControlPlane, log_dir: Path, name: str) -> Worker:
+    port = free_port() // 2 * 2
+    return Worker(
+        log_dir, cp.url, name, cp.worker_token, cpu_slots="1", port_range=f"{port}-{port + 100}"
+    )
 
 
 def folder_settings(home: Path) -> dict[str, Any]:
