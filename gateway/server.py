@@ -95,6 +95,7 @@ def serve(settings: GatewaySettings) -> int:
         http=nodelay_protocol(),
         loop="none",  # the runner below makes the loop (uvloop when installed)
         lifespan="on",
+        proxy_headers=False,  # forwarded as they came; nothing here trusts them
         log_level=settings.log_level,
         log_config=None,
         access_log=False,

@@ -48,7 +48,7 @@ _DROP_REQUEST = frozenset(
      b"authorization"}  # the caller's API key is for the control plane, not the endpoint
 )  # fmt: skip
 _DROP_RESPONSE = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
+    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"}
 )
 _JSON = [(b"content-type", b"application/json")]
 MAX_CACHED = 10_000
@@ -332,9 +332,9 @@ class StableUrl:
         data = body if isinstance(body, bytes) else body.chunks()
         async with self.client().request(method, url, headers=headers, data=data) as response:
             out = [
-                (k.lower().encode("latin-1"), v.encode("latin-1"))
-                for k, v in response.headers.items()
-                if k.lower() not in _DROP_RESPONSE
+                (k, v)
+                for k, v in ((k.lower(), v) for k, v in response.raw_headers)
+                if k not in _DROP_RESPONSE
             ]
             status = response.status
             length = response.content_length
