@@ -7,6 +7,7 @@ shadow's, a canary's) are live: the one-for-one rule neither stops nor counts th
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from registry.repositories.deployments import DeploymentRepository, ReplicaRepos
 from registry.repositories.events import Actor, EventRepository
 from registry.repositories.versions import VersionRepository
 from registry.services.context import Context
-from registry.services.lanes import live_revisions, retarget
+from registry.services.lanes import live_revisions, retarget, settle
 from registry.services.placement import SERVING_DONE, Capacity, fleet_room
 from registry.tables import DeploymentRow, ReplicaRow, RevisionRow
 
@@ -76,8 +77,10 @@ def plan(
         return Plan("failed", reason, forget=forget)
     ready = sum(r.state == "ready" for r in new)
     keep = max(0, target - ready)
-    # never-ready old replicas go first: they serve nobody
-    by_value = sorted(old, key=_stop_order)
+    # never-ready old replicas go first: they serve nobody; so do, when lanes are listed,
+    # those of revisions no lane names (an ended split's: no call reaches them)
+    named = {int(item["revision"]) for item in deployment.lanes or []}
+    by_value = sorted(old, key=lambda r: (r.revision in named, *_stop_order(r)))
     stop = [r.id for r in by_value[: max(0, len(old) - keep)]]
     room, waiting = _make_room(deployment, target, budget, replicas, new, old, stop, fleet, now)
     stop += room
@@ -297,6 +300,8 @@ async def reconcile(
         await DeploymentRepository(session).delete(deployment.id)
         await events.add(actor, "deployment.deleted", model=model, target=where)
         return False
+    if deployment.lanes and current is not None:
+        _settle_lanes(deployment, current, replicas, set(decided.forget), now)
     if (decided.status, decided.reason) != (deployment.status, deployment.status_reason):
         failing = decided.status == "failed" and deployment.status != "failed"
         await _transition(events, actor, deployment, model, decided)
@@ -304,6 +309,27 @@ async def reconcile(
             await _roll_back_failed(ctx, session, deployment, model, current)
     await session.flush()
     return True
+
+
+def _settle_lanes(
+    deployment: DeploymentRow,
+    current: RevisionRow,
+    replicas: list[ReplicaRow],
+    forgotten: set[str],
+    now: datetime,
+) -> None:
+    """Listed lanes after the rule ran: the primary's share spread by ready replicas, the
+    lanes of revisions no longer serving dropped (``lanes.settle``)."""
+    left = [r for r in replicas if r.id not in forgotten]
+    serving = {
+        r.revision
+        for r in left
+        if r.desired == "run" or (held(r, now) and r.state not in SERVING_DONE)
+    }
+    ready = Counter(r.revision for r in left if r.desired == "run" and r.state == "ready")
+    settled = settle(deployment.lanes, current.revision, current.version, ready, serving)
+    if settled != deployment.lanes:
+        deployment.lanes = settled
 
 
 async def _transition(

@@ -103,7 +103,12 @@ async def apply_split(
         await start_revision(
             ctx, session, deployment, model, versions[primary.version], primary_spec, reason
         )
+    # old primaries serve on (their share spread by ``lanes.settle``) until they stop
+    olds = [] if current is None else [lane(current.revision, current.version, LaneRole.primary, 0)]
+    olds += of_role(deployment.lanes, LaneRole.primary)
+    reused = {row.revision for _, row in sides if row is not None} | {deployment.revision}
     items = [lane(deployment.revision, primary.version, LaneRole.primary, primary.percent)]
+    items += list({o["revision"]: o for o in olds if o["revision"] not in reused}.values())
     for entry, row in sides:
         if row is None:
             side = _side_spec(spec, entry.replicas or spec.replicas)
@@ -123,14 +128,13 @@ async def apply_split(
 
 
 def clear_split(deployment: DeploymentRow) -> None:
-    """A plain version change: the split ends (its revisions' replicas stop one for one
-    with the new primary's); a shadow stays."""
-    shadows = of_role(deployment.lanes, LaneRole.shadow)
-    primary = of_role(deployment.lanes, LaneRole.primary)
-    if not shadows:
-        deployment.lanes = None
-    elif primary:
-        deployment.lanes = [{**primary[0], "percent": 100}, *shadows]
+    """A plain version change: the split ends (no more calls for its revisions, whose
+    replicas stop one for one with the new primary's); a shadow stays."""
+    if deployment.lanes:
+        deployment.lanes = [
+            *of_role(deployment.lanes, LaneRole.primary),
+            *of_role(deployment.lanes, LaneRole.shadow),
+        ]
 
 
 async def apply_shadow(
@@ -289,12 +293,11 @@ async def promote(
     deployment.revision = canary.revision
     deployment.alias = row.settings.get("alias")
     deployment.status_reason = None
-    deployment.lanes = compact(
-        [
-            lane(canary.revision, canary.version, LaneRole.primary, 100),
-            *of_role(deployment.lanes, LaneRole.shadow),
-        ]
-    )
+    deployment.lanes = [  # the base drains as a second primary lane (``lanes.settle``)
+        lane(canary.revision, canary.version, LaneRole.primary, 100),
+        lane(canary.base_revision, canary.base_version, LaneRole.primary, 0),
+        *of_role(deployment.lanes, LaneRole.shadow),
+    ]
     done = canary.model_copy(update={"percent": 100, "step": len(canary.spec.steps) - 1})
     await _finish(
         ctx, session, deployment, model, done, CanaryState.promoted, reason, figures, base_figures

@@ -109,8 +109,10 @@ async def test_a_healthy_canary_walks_its_steps_and_is_promoted(
     assert await control.tick() == ["web"]
     web = await get_deployment(client, "web")
     assert (web["revision"], web["version"], web["canary"]["state"]) == (2, v2, "promoted")
-    assert lanes(web) == [(2, v2, "primary", 100)]
-    assert desired(web, 1) == ["stop"] and desired(web, 2) == ["run"]  # the old one drains
+    assert lanes(web) == [(2, v2, "primary", 100), (1, v1, "primary", 0)]  # draining
+    assert desired(web, 1) == ["stop"] and desired(web, 2) == ["run"]
+    web = await serve(client, worker, "web")  # the old replica stops
+    assert lanes(web) == [(2, v2, "primary", 100)] and desired(web, 1) == []
     verdict = (await revisions(client, "web"))[0]["verdict"]
     assert verdict["state"] == "promoted" and verdict["figures"]["calls"] == 500
     assert changed == ["web", "web", "web"]
@@ -254,12 +256,13 @@ async def test_promote_and_abort_by_request(
     assert waiting["canary"]["revision"] == 3
     promoted = (await client.post(f"{url}/canary/promote")).json()
     assert (promoted["revision"], promoted["version"]) == (3, v3)
-    assert promoted["canary"]["state"] == "promoted" and lanes(promoted) == [
-        (3, v3, "primary", 100)
-    ]
-    assert desired(promoted, 1) == ["run"]  # the old one stops as the new one is ready
+    assert promoted["canary"]["state"] == "promoted"
+    # not ready yet: the old revision takes the calls, and stops as the new one is ready
+    assert lanes(promoted) == [(3, v3, "primary", 0), (1, v1, "primary", 100)]
+    assert desired(promoted, 1) == ["run"]
     web = await serve(client, worker, "web")
-    assert desired(web, 1) == ["stop"] and web["status"] == "available"
+    assert desired(web, 1) == [] and web["status"] == "available"
+    assert lanes(web) == [(3, v3, "primary", 100)]
     assert await control.tick() == []
     assert_problem(await client.post(f"{API}/deployments/ghost/canary/promote"), 404)
 

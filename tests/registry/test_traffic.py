@@ -101,7 +101,8 @@ async def test_a_split_makes_side_revisions_and_reuses_them(
     assert lanes(moved) == [(3, v2, "primary", 80), (1, v1, "split", 20)]
     web = await serve(client, worker, "web")
     assert desired(web, 1) == ["run"] and desired(web, 3) == ["run"]
-    assert desired(web, 2) == ["stop", "stop"]  # no lane names revision 2 any more
+    assert desired(web, 2) == []  # no lane names revision 2 any more: stopped
+    assert lanes(web) == [(3, v2, "primary", 80), (1, v1, "split", 20)]
 
 
 async def test_a_plain_version_change_ends_the_split(client: httpx.AsyncClient, model: str) -> None:
@@ -114,11 +115,13 @@ async def test_a_plain_version_change_ends_the_split(client: httpx.AsyncClient, 
     await serve(client, worker, "web")
     updated = (await client.patch(f"{API}/deployments/web", json={"version": v3})).json()
     assert (updated["revision"], updated["version"]) == (3, v3)
-    assert lanes(updated) == [(3, v3, "primary", 100)]
-    assert desired(updated, 2) == ["run"]  # one for one: nothing new is ready yet
+    # the old primary takes the calls until v3 is ready; the split's replica stops first
+    # (one for one: no call reaches it any more)
+    assert lanes(updated) == [(3, v3, "primary", 0), (1, v1, "primary", 100)]
+    assert desired(updated, 1) == ["run"] and desired(updated, 2) == ["stop"]
     web = await serve(client, worker, "web")
-    assert web["status"] == "available"
-    assert desired(web, 1) == ["stop"] and desired(web, 2) == ["stop"]
+    assert web["status"] == "available" and lanes(web) == [(3, v3, "primary", 100)]
+    assert desired(web, 1) == [] and desired(web, 2) == []
 
 
 async def test_a_shadow_is_added_kept_and_removed(client: httpx.AsyncClient, model: str) -> None:
@@ -135,8 +138,9 @@ async def test_a_shadow_is_added_kept_and_removed(client: httpx.AsyncClient, mod
     assert lanes(more) == [(1, v1, "primary", 100), (2, v2, "shadow", 50)]
     assert len(await revisions(client, "web")) == 2  # the same shadow revision
     scaled = (await client.patch(url, json={"replicas": 2})).json()  # absent: the shadow stays
-    assert lanes(scaled) == [(3, v1, "primary", 100), (2, v2, "shadow", 50)]
-    await serve(client, worker, "web")
+    assert lanes(scaled) == [(3, v1, "primary", 0), (1, v1, "primary", 100), (2, v2, "shadow", 50)]
+    web = await serve(client, worker, "web")
+    assert lanes(web) == [(3, v1, "primary", 100), (2, v2, "shadow", 50)]
     removed = (await client.patch(url, json={"shadow": None})).json()
     assert lanes(removed) == [(3, v1, "primary", 100)]
     assert desired(removed, 2) == ["stop"] and desired(removed, 3) == ["run", "run"]

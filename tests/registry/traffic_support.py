@@ -48,18 +48,20 @@ def controller(
 async def serve(
     client: httpx.AsyncClient, worker: str, name: str, revision: int | None = None
 ) -> dict[str, Any]:
-    """The worker claims what it can, and every claimed replica (of ``revision``) that
-    should run announces its endpoint ready; the deployment after."""
+    """The worker claims what it can, every claimed replica (of ``revision``) that should
+    run announces its endpoint ready, and those asked to stop stop; the deployment after."""
     await heartbeat(client, worker)
     for replica in (await get_deployment(client, name))["observed"]["replicas"]:
         wanted = revision is None or replica["revision"] == revision
-        if (
-            wanted
-            and replica["worker"]
-            and replica["desired"] == "run"
-            and replica["state"] != "ready"
-        ):
+        mine = replica["worker"] == worker
+        if wanted and mine and replica["desired"] == "run" and replica["state"] != "ready":
             await announce(client, replica["id"])
+    replicas = (await get_deployment(client, name))["observed"]["replicas"]
+    stopped = {
+        r["id"]: "stopped" for r in replicas if r["worker"] == worker and r["desired"] == "stop"
+    }
+    if stopped:
+        await heartbeat(client, worker, stopped)
     return await get_deployment(client, name)
 
 
