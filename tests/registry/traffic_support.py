@@ -57,7 +57,7 @@ async def serve(
         if wanted and mine and replica["desired"] == "run" and replica["state"] != "ready":
             await announce(client, replica["id"])
     replicas = (await get_deployment(client, name))["observed"]["replicas"]
-    stopped = {
+    stopped: dict[str, str | tuple[str, str]] = {
         r["id"]: "stopped" for r in replicas if r["worker"] == worker and r["desired"] == "stop"
     }
     if stopped:
