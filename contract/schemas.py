@@ -286,7 +286,7 @@ class RevisionReason(StrEnum):
     rollback = "rollback"
     alias_moved = "alias-moved"
     canary = "canary"  # a new revision beside the current one, taking a growing share
-    split = "split"  # another version kept live by a fixed traffic split
+    split = "split"  # type: ignore[assignment]  # (str.split) kept live by a fixed split
     shadow = "shadow"  # a version taking mirrored calls only
 
 

@@ -24,7 +24,7 @@ VERSION_HEADER = "modelplane-version"  # pins a call to one version: ``Modelplan
 
 class LaneRole(StrEnum):
     primary = "primary"  # the deployment's current revision
-    split = "split"  # another version kept live with a fixed share
+    split = "split"  # type: ignore[assignment]  # (str.split) a version kept live, fixed share
     canary = "canary"  # a new revision taking a growing share, gated by its counts
     shadow = "shadow"  # mirrored calls: answers dropped, compared with the primary's
 
