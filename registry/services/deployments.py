@@ -268,22 +268,27 @@ class DeploymentService:
 
     async def rollback_deployment(self, name: str, to_revision: int | None) -> DeploymentOut:
         """A new revision equal to an earlier one (default: the primary before the
-        current). A canary in progress is aborted; a split ends."""
+        current; during a canary, the current one: the canary is aborted and nothing else
+        changes). A canary in progress is aborted; a split ends."""
         async with self._sessions.begin() as session:
             repo = DeploymentRepository(session)
             deployment, model = await repo.get(name, lock=True)
             if deployment.status == "deleting":
                 raise DeploymentDeleting(name)
+            canary = active_canary(deployment)
             if to_revision is not None:
                 if to_revision < 1:
                     raise NoPreviousRevision(name)
-                if (earlier := await repo.revision(deployment.id, to_revision)) is None:
+                earlier = await repo.revision(deployment.id, to_revision)
+                if earlier is None:
                     raise RevisionNotFound(name, to_revision)
+            elif canary is not None:
+                earlier = await repo.revision(deployment.id, deployment.revision)
             else:
                 earlier = await repo.previous_primary(deployment.id, deployment.revision)
-                if earlier is None:
-                    raise NoPreviousRevision(name)
-            if (canary := active_canary(deployment)) is not None:
+            if earlier is None:
+                raise NoPreviousRevision(name)
+            if canary is not None:
                 why = f"rolled back to revision {earlier.revision} by request"
                 await end_canary(
                     self._ctx, session, deployment, model, canary, CanaryState.aborted, why

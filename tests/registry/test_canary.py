@@ -266,6 +266,14 @@ async def test_promote_and_abort_by_request(
     assert await control.tick() == []
     assert_problem(await client.post(f"{API}/deployments/ghost/canary/promote"), 404)
 
+    # a rollback during a canary: back to the base, nothing else changes
+    v4 = await deployable(client, model, b"4")
+    await client.patch(url, json={"version": v4})
+    back = (await client.post(f"{url}/rollback")).json()
+    assert (back["revision"], back["version"]) == (3, v3)
+    assert back["canary"]["state"] == "aborted" and back["canary"]["revision"] == 4
+    assert back["canary"]["reason"] == "rolled back to revision 3 by request"
+
 
 async def test_canaries_that_cannot_start_are_refused(
     client: httpx.AsyncClient,
