@@ -60,9 +60,13 @@ def _side_spec(spec: DeploymentSpec, replicas: int) -> DeploymentSpec:
 async def _reusable(
     session: AsyncSession, deployment: DeploymentRow, version: int, replicas: int
 ) -> RevisionRow | None:
-    """A revision a lane names now with this version and replica count (nothing restarts)."""
+    """A revision a primary or split lane names now with this version and replica count
+    (nothing restarts)."""
     repo = DeploymentRepository(session)
-    for item in deployment.lanes or [{"revision": deployment.revision}]:
+    named = deployment.lanes or [{"revision": deployment.revision, "role": LaneRole.primary}]
+    for item in named:
+        if item["role"] not in (LaneRole.primary, LaneRole.split):
+            continue
         row = await repo.revision(deployment.id, int(item["revision"]))
         if row is not None and row.version == version and row.settings["replicas"] == replicas:
             return row
