@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from registry.app import create_app
 from registry.db import SessionFactory
 from registry.settings import Settings
 from storage import FileSystemArtifactStore
@@ -38,13 +39,10 @@ from tests.registry.traffic_support import (
 CANARY = {"steps": [10, 50], "interval_s": 60, "min_calls": 100, "max_error_rate": 0.05}
 
 
-async def _canary_running(
-    client: httpx.AsyncClient,
-    model: str,
-    tick: Any,
-    **canary: Any,
+async def _canary_ready(
+    client: httpx.AsyncClient, model: str, **canary: Any
 ) -> tuple[int, int, str]:
-    """web on v1 (available) with a canary of v2 running at its first step; (v1, v2, worker)."""
+    """web on v1 (available) with a canary of v2 whose replica is ready; (v1, v2, worker)."""
     v1 = await deployable(client, model, b"1")
     v2 = await deployable(client, model, b"2")
     strategy = {"canary": {**CANARY, **canary}}
@@ -54,8 +52,16 @@ async def _canary_running(
     started = (await client.patch(f"{API}/deployments/web", json={"version": v2})).json()
     assert started["canary"]["state"] == "waiting"
     await serve(client, worker, "web")
-    assert await tick() == ["web"]
     return v1, v2, worker
+
+
+async def _canary_running(
+    client: httpx.AsyncClient, model: str, tick: Any, **canary: Any
+) -> tuple[int, int, str]:
+    """As ``_canary_ready``, and ``tick`` started it: running at its first step."""
+    ready = await _canary_ready(client, model, **canary)
+    assert await tick() == ["web"]
+    return ready
 
 
 async def test_a_healthy_canary_walks_its_steps_and_is_promoted(
@@ -364,3 +370,27 @@ async def test_two_controllers_never_take_the_same_step_twice(
     assert (canary["step"], canary["percent"]) == (1, 50)
     actions = [e["action"] for e in await events_of(client, model)]
     assert actions.count("deployment.canary_step") == 1
+
+
+async def test_the_control_plane_runs_the_controller(
+    model: str,
+    sessions: SessionFactory,
+    fs_artifacts: FileSystemArtifactStore,
+    settings: Settings,
+) -> None:
+    quick = settings.model_copy(update={"canary_tick_s": 0.05, "webhook_poll_s": 0})
+    app = create_app(quick, sessions=sessions, store=fs_artifacts)
+    told: list[str] = []
+    app.state.routes_changed = told.append
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://registry.test") as client,
+    ):
+        await _canary_ready(client, model)
+        for _ in range(100):
+            if (await get_deployment(client, "web"))["canary"]["state"] == "running":
+                break
+            await asyncio.sleep(0.05)
+        assert (await get_deployment(client, "web"))["canary"]["percent"] == 10
+        assert told.count("web") >= 2  # the PATCH, then the controller's step
