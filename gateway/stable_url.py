@@ -38,13 +38,14 @@ from gateway.keys import Denied, KeyCache, Unverifiable
 from gateway.routes import NoVersion, Plan, Pool, RouteTable, path_version
 from gateway.shadow import Mirror, Shadow
 from gateway.sources import EndpointSource, SourceRoutes
+from gateway.upstream import Broken, Origin, Upstream
 
 log = logging.getLogger("modelplane.serve")
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the client library sets itself.
 _DROP_REQUEST = frozenset(
     {b"host", b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-     b"transfer-encoding", b"upgrade", b"content-length",
+     b"transfer-encoding", b"upgrade", b"content-length", b"expect",
      b"authorization"}  # the caller's API key is for the control plane, not the endpoint
 )  # fmt: skip
 _DROP_RESPONSE = frozenset(
@@ -104,6 +105,32 @@ _MIRRORED = frozenset({"POST", "PUT"})  # inference calls; metadata differs betw
 _VERSION = VERSION_HEADER.encode()
 
 
+class _Request:
+    """What goes to an endpoint: the request line and headers rendered once, for retries."""
+
+    __slots__ = ("method", "target", "raw", "body", "_head")
+
+    def __init__(
+        self, method: str, target: str, raw: list[tuple[bytes, bytes]], body: Body
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.raw = raw
+        self.body = body
+        self._head: bytes | None = None
+
+    def head(self) -> bytes:
+        """Request line and headers, without ``host`` and ``content-length`` (`Upstream`)."""
+        if self._head is None:
+            lines = [f"{self.method} {self.target} HTTP/1.1\r\n".encode("latin-1")]
+            lines += [b"%s: %s\r\n" % kv for kv in self.raw]
+            self._head = b"".join(lines)
+        return self._head
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw]
+
+
 class StableUrl:
     """ASGI app serving ``/{deployment}/...`` (under ``root_path`` ``/serve``).
 
@@ -129,6 +156,7 @@ class StableUrl:
         self.shadow = shadow
         self._auth = auth
         self._http: aiohttp.ClientSession | None = None
+        self._upstream = Upstream()
 
     @property
     def table(self) -> RouteTable:
@@ -141,6 +169,7 @@ class StableUrl:
             self._source.forget(deployment)
 
     async def close(self) -> None:
+        self._upstream.close()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -160,7 +189,7 @@ class StableUrl:
             return
         started = time.perf_counter()
         name, _, rest = _route_path(scope).lstrip("/").partition("/")
-        headers: list[tuple[str, str]] = []
+        headers: list[tuple[bytes, bytes]] = []
         authorization = pin = None
         for k, v in scope["headers"]:
             if k == b"authorization":
@@ -168,7 +197,7 @@ class StableUrl:
             elif k not in _DROP_REQUEST:
                 if k == _VERSION:
                     pin = v
-                headers.append((k.decode("latin-1"), v.decode("latin-1")))
+                headers.append((k, v))
         grant = None
         if self._keys is not None and (self._auth or self._table.auth):
             try:
@@ -195,7 +224,8 @@ class StableUrl:
             await _respond(send, 200 if ok else 503, [], b"")
             return
         try:
-            version = _pinned(pin, path)
+            # an EndpointSource knows no versions: its calls are forwarded as they are
+            version = _pinned(pin, path) if self._source is None else None
             pool, others = plan.choose(version)
         except NoVersion as exc:
             await _error(send, 404, str(exc))
@@ -211,9 +241,8 @@ class StableUrl:
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         method = scope["method"]
-        reply = await self._forward(
-            method, send, plan, pool, others, target, headers, body, started
-        )
+        request = _Request(method, target, headers, body)
+        reply = await self._forward(send, plan, pool, others, request, started)
         if self.shadow is None or reply is None or version is not None:
             return
         status, answer, kind, _ = reply
@@ -221,31 +250,30 @@ class StableUrl:
         if answer is not None and method in _MIRRORED and type(body) is bytes:
             mirror = plan.mirror()
             if mirror is not None:
-                self.shadow.offer(
-                    Mirror(name, mirror, method, target, headers, body, status, kind, answer)
+                mirrored = Mirror(
+                    name, mirror, method, target, request.headers(), body, status, kind, answer
                 )
+                self.shadow.offer(mirrored)
 
     async def _forward(
         self,
-        method: str,
         send: Send,
         plan: Plan,
         pool: Pool,
         others: list[Pool],
-        target: str,
-        headers: list[tuple[str, str]],
-        body: Body,
+        request: _Request,
         started: float,
     ) -> Reply | None:
         """Forward to ``pool``'s endpoints, then the ``others``'; the caller's answer, counted
         under the revision that gave it. ``None`` when no answer could be held for a shadow."""
         counts = self._counts
+        body = request.body
         refused: tuple[Pool, _Refused] | None = None
         for attempt in range(2):  # the second: a freshly read EndpointSource
             for lane in (pool, *others):
                 for url in lane.order():
                     try:
-                        reply = await self._try(method, url + target, headers, body, send)
+                        reply = await self._try(url, request, send)
                     except _Sent:  # the caller got part of an answer; its connection tells
                         if counts is not None:
                             counts.tally(plan.name, lane.revision).call(502, _since(started))
@@ -292,12 +320,59 @@ class StableUrl:
             self._counts.tally(plan.name, lane.revision).call(502, _since(started))
         await _error(send, 502, f"endpoint of {plan.name!r} failed mid-call")
 
-    async def _try(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: Body, send: Send
-    ) -> Reply | _Refused | None:
+    async def _try(self, base: str, request: _Request, send: Send) -> Reply | _Refused | None:
         """The reply once the endpoint's answer went to the caller; a 503 answer (held, for
-        the caller to try elsewhere); ``None`` if the endpoint cannot be reached. A pooled
-        connection the endpoint closed while idle gets one more try on a new connection."""
+        the caller to try elsewhere); ``None`` if the endpoint cannot be reached."""
+        body = request.body
+        if type(body) is bytes and request.method != "HEAD":
+            origin = self._upstream.origin(base)
+            if origin is not None:
+                return await self._exchange(origin, request, body, send)
+        return await self._try_aiohttp(base + request.target, request, send)
+
+    async def _exchange(
+        self, origin: Origin, request: _Request, body: bytes, send: Send
+    ) -> Reply | _Refused | None:
+        """`_try` over `Upstream`: a call whose request body is held whole."""
+        upstream = self._upstream
+        sent = False
+        try:
+            conn, _ = await upstream.open(origin, request.head(), body)
+            status, length = conn.status, conn.length
+            out = [(k, v) for k, v in conn.headers if k not in _DROP_RESPONSE]
+            if status == 503 or (length is not None and length <= STREAM_AFTER):
+                await conn.complete_now()
+                content = conn.chunks[0] if len(conn.chunks) == 1 else b"".join(conn.chunks)
+                upstream.release(origin, conn)
+                if status == 503:
+                    return _Refused((status, out, content))
+                sent = True
+                await _respond(send, status, out, content)
+                return status, content, _content_type(out), time.perf_counter()
+            if length is not None:
+                out.append((b"content-length", str(length).encode()))
+            sent = True
+            await send({"type": "http.response.start", "status": status, "headers": out})
+            headed = time.perf_counter()
+            async for chunk in conn.stream():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            upstream.release(origin, conn)
+            return status, None, None, headed
+        except Broken as exc:
+            if sent:
+                raise _Sent from exc
+            log.info("forward to %s failed (%s); trying the next endpoint", origin[:2], exc)
+            return None
+
+    async def _try_aiohttp(
+        self, url: str, request: _Request, send: Send
+    ) -> Reply | _Refused | None:
+        """`_try` over aiohttp: request bodies streamed from the caller, ``HEAD``, https. A
+        pooled connection the endpoint closed while idle gets one more try on a new one."""
+        body = request.body
+        headers = request.headers()
+        method = request.method
         sent = [False]
         for again in (True, False):
             try:
@@ -376,6 +451,13 @@ def _pinned(header: bytes | None, path: str) -> int | None:
     if version is None and header is not None:
         version = int(header)  # ValueError: a 400
     return version
+
+
+def _content_type(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for k, v in headers:
+        if k == b"content-type":
+            return v.decode("latin-1")
+    return None
 
 
 def _since(started: float) -> float:
