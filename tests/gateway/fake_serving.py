@@ -5,6 +5,7 @@ infer calls with its inputs plus ``--add``, its ``--version`` as ``model_version
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 
 import orjson
@@ -30,6 +31,18 @@ def make_app(version: str, add: float, fail_every: int):  # type: ignore[no-unty
         if match is not None and match.group(1) != version:
             await reply(send, 404, {"error": f"no version {match.group(1)} here"})
             return
+        if path == "/stream":  # server-sent events, one every 0.2 s
+            headers = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for i in range(5):
+                event = f"data: {i}\n\n".encode()
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                await asyncio.sleep(0.2)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if path == "/big":  # the request body back, three times
+            await reply_bytes(send, 200, body * 3)
+            return
         if path.endswith("/infer"):
             calls[0] += 1
             if fail_every and calls[0] % fail_every == 0:
@@ -50,8 +63,11 @@ def make_app(version: str, add: float, fail_every: int):  # type: ignore[no-unty
 
 
 async def reply(send, status, payload):  # type: ignore[no-untyped-def]
-    body = orjson.dumps(payload)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await reply_bytes(send, status, orjson.dumps(payload), b"application/json")
+
+
+async def reply_bytes(send, status, body, kind=b"application/octet-stream"):  # type: ignore[no-untyped-def]
+    headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -176,6 +176,25 @@ def test_keys_when_the_feed_turns_auth_on(
         plane.publish(auth=False)
 
 
+def test_event_streams_go_through_chunk_by_chunk_and_large_bodies_both_ways(
+    servers: dict[str, Process], plane: ControlPlane, gateway: str
+) -> None:
+    publish(plane, gateway, route("streams", lane_of(1, 7, "primary", 100, servers["v7"])))
+    arrived = []
+    with httpx.stream("GET", f"{gateway}/serve/streams/stream") as answer:
+        started = time.monotonic()
+        for line in answer.iter_lines():
+            if line:
+                arrived.append((line, time.monotonic() - started))
+    assert [line for line, _ in arrived] == [f"data: {i}" for i in range(5)]
+    assert arrived[0][1] < 0.5 and arrived[-1][1] > 0.7  # the first came before the last
+    payload = bytes(range(256)) * (3 * 2**20 // 256)  # 3 MiB in (streamed), 9 MiB out
+    big = httpx.post(f"{gateway}/serve/streams/big", content=payload, timeout=60)
+    assert big.status_code == 200 and big.content == payload * 3
+    small = bytes(range(256)) * 2048  # held whole in (512 KiB), streamed out (1.5 MiB)
+    assert httpx.post(f"{gateway}/serve/streams/big", content=small).content == small * 3
+
+
 def test_kill_9_of_one_endpoint_under_load_loses_no_call(
     tmp_path: Path, plane: ControlPlane, gateway: str
 ) -> None:
