@@ -1,25 +1,40 @@
-"""Deploy-time int8_dynamic, in process: the serving runtime's predict on the original vs the
-optimised artifact (made by serving.optimize, as a serving process makes it), per model:
-single-call latency, artifact size, max abs error and top-1 agreement on random inputs.
+"""Deploy-time int8_dynamic: the original vs the optimised artifact (made by serving.optimize,
+as a serving process makes it), per model.
 
-    .venv/bin/python -m bench.optimize
+In process: the serving runtime's predict, single-call latency, artifact size, max abs error
+and top-1 agreement on random inputs. Served: one `python -m serving` process per artifact
+(the optimised one made by the process itself from the original, as a deployment with
+`optimize: int8_dynamic` does), v2 binary-tensor infer calls driven by `wrk` at concurrency
+1 and 16, original and optimised in turn (twice each, best kept), req/s and p50.
 
-Served req/s (concurrency 1 and 16 through a serving process) is not measured yet.
+    .venv/bin/python -m bench.optimize                  # in process and served
+    .venv/bin/python -m bench.optimize --no-served      # in process only
+
+Traffic goes to 127.0.0.1 only; each server is stopped by PID.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from bench._common import ROOT, free_port, require_wrk
+from bench.inference import lua_script, run_wrk, wait_ready
 from contract.examples import encode_example
 from serving.optimize import apply_optimization
 from serving.server import build_app
@@ -71,9 +86,83 @@ def latency_ms(predict, x: dict[str, np.ndarray], calls: int = 30) -> float:  # 
     return sorted(timings)[calls // 2]
 
 
+@contextmanager
+def serving(settings: ServingSettings) -> Iterator[str]:
+    """``python -m serving`` on a free loopback port with these settings (as a worker
+    passes them: JSON in the environment); its URL once ready."""
+    port = free_port()
+    spec = settings.model_copy(update={"port": port}).spec().model_dump_json()
+    env = {**os.environ, "MODELPLANE_SERVING_SETTINGS_JSON": spec}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, timeout=300)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def request_body(shape: tuple[int, ...], root: Path) -> Path:
+    """A v2 binary-tensor infer call (binary answer too: JSON text would dominate)."""
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    body = root / "request.bin"
+    body.write_bytes(header + x.tobytes())
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    return lua_script(body, headers, root)
+
+
+def served(
+    name: str, settings: ServingSettings, shape: tuple[int, ...], root: Path, seconds: float
+) -> list[tuple[str, int, float, float, float, float]]:
+    """Per concurrency: (model, c, original req/s, int8 req/s, original p50, int8 p50)."""
+    script = request_body(shape, root)
+    plain = settings.model_copy(update={"optimize": {"mode": "none"}})
+    rows = []
+    with serving(plain) as before_url, serving(settings) as after_url:
+        for connections in (1, 16):
+            best: dict[str, tuple[float, float]] = {}
+            for _ in range(2):  # in turn, so drift hits both alike
+                for label, url in (("before", before_url), ("after", after_url)):
+                    result = run_wrk(
+                        f"{url}/v2/models/{name}/infer", script, connections, seconds, 1
+                    )
+                    if result.errors:
+                        raise RuntimeError(f"{label} answered {result.errors} errors")
+                    if label not in best or result.rate > best[label][0]:
+                        best[label] = (result.rate, result.p50_ms)
+            rows.append(
+                (name, connections, best["before"][0], best["after"][0],
+                 best["before"][1], best["after"][1])
+            )  # fmt: skip
+    return rows
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-served", action="store_true", help="in-process figures only")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
+    options = parser.parse_args()
+    if not options.no_served:
+        require_wrk()
     torch.set_num_threads(1)
     rows = []
+    served_rows = []
     for name, module, shape in models():
         root = Path(tempfile.mkdtemp())
         module.eval()
@@ -112,6 +201,8 @@ def main() -> None:
         before = latency_ms(original.predict, inputs[0])
         after = latency_ms(optimised.predict, inputs[0])
         report = reports[0]
+        if not options.no_served:
+            served_rows += served(name, settings, shape, root, options.seconds)
         rows.append(
             (
                 name,
@@ -132,6 +223,16 @@ def main() -> None:
             f"{name:8} {before:8.3f} {after:8.3f} {before / after:7.2f}x {sb:10d} {sa:10d}"
             f" {err:11.4g} {top1:6.3f}"
         )
+    if served_rows:
+        print(
+            f"\n{'model':8} {'c':>3} {'orig req/s':>10} {'int8 req/s':>10} {'ratio':>6}"
+            f" {'orig p50':>9} {'int8 p50':>9}"
+        )
+        for name, c, before, after, p50_before, p50_after in served_rows:
+            print(
+                f"{name:8} {c:3d} {before:10.1f} {after:10.1f} {after / before:5.2f}x"
+                f" {p50_before:8.2f}ms {p50_after:8.2f}ms"
+            )
 
 
 if __name__ == "__main__":
