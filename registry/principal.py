@@ -25,6 +25,7 @@ IMPLIED: dict[Scope, frozenset[Scope]] = {
     Scope.promote: frozenset({Scope.promote, Scope.read}),
     Scope.read: frozenset({Scope.read}),
     Scope.worker: frozenset({Scope.worker}),
+    Scope.gateway: frozenset({Scope.gateway}),
 }
 
 
