@@ -462,18 +462,40 @@ def _first_error(exc: ValidationError) -> str:
 
 def _exit_text(code: int, log_path: Path | None) -> str:
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    last = _last_line(log_path) if log_path is not None else ""
+    last = _last_words(log_path) if log_path is not None else ""
     return f"{how}: {last}" if last else how
 
 
-def _last_line(path: Path, tail: int = 4096) -> str:
+def _last_words(path: Path, tail: int = 16384) -> str:
+    """What the process said last before exiting: its last error record's message (the
+    reason it gave up, e.g. an accuracy check's figures, rather than the web server's
+    shutdown lines after it), else its last line."""
     try:
         with path.open("rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
             lines = f.read().decode(errors="replace").strip().splitlines()
     except OSError:
         return ""
+    for line in reversed(lines):
+        if (message := _error_message(line)) is not None:
+            return message[:500]
     return lines[-1].strip()[:500] if lines else ""
+
+
+def _error_message(line: str) -> str | None:
+    """The message of a JSON or text log line at error level or above, else ``None``."""
+    if line.startswith("{"):
+        try:
+            record = orjson.loads(line)
+        except ValueError:
+            return None
+        if isinstance(record, dict) and record.get("level") in ("error", "critical"):
+            return str(record.get("message", "")).strip() or None
+        return None
+    for level in (" ERROR ", " CRITICAL "):
+        if level in line:
+            return line.split(level, 1)[1].strip()
+    return None
 
 
 def _safe(replica_id: str) -> str:

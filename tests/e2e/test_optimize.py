@@ -221,6 +221,7 @@ def test_badly_quantized_model_is_refused_and_the_old_revision_keeps_serving(
 
     body = wait_for("qhuge failed", failed, 120, plane.logs)
     assert body["status_reason"].startswith("revision 2 replica 0 failed")
+    assert "failed its accuracy check" in body["status_reason"], body  # the numbers, not a log
     figures = _revision(plane, "qhuge", 2)["optimization"]
     assert figures["passed"] is False and figures["max_abs_error"] > 1e-3
     assert "failed its accuracy check" in figures["reason"] and "> 0.001" in figures["reason"]
