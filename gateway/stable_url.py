@@ -335,9 +335,13 @@ class StableUrl:
     ) -> Reply | _Refused | None:
         """`_try` over `Upstream`: a call whose request body is held whole."""
         upstream = self._upstream
-        sent = False
         try:
             conn, _ = await upstream.open(origin, request.head(), body)
+        except Broken as exc:
+            log.info("forward to %s failed (%s); trying the next endpoint", origin[:2], exc)
+            return None
+        sent = False
+        try:
             status, length = conn.status, conn.length
             out = [(k, v) for k, v in conn.headers if k not in _DROP_RESPONSE]
             if status == 503 or (length is not None and length <= STREAM_AFTER):
@@ -360,10 +364,14 @@ class StableUrl:
             upstream.release(origin, conn)
             return status, None, None, headed
         except Broken as exc:
+            conn.close()
             if sent:
                 raise _Sent from exc
-            log.info("forward to %s failed (%s); trying the next endpoint", origin[:2], exc)
+            log.info("answer from %s broke off (%s); trying the next endpoint", origin[:2], exc)
             return None
+        except BaseException:  # cancelled, or the caller's side failed: not reusable
+            conn.close()
+            raise
 
     async def _try_aiohttp(
         self, url: str, request: _Request, send: Send
