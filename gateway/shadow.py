@@ -57,6 +57,7 @@ class Shadow:
     ) -> None:
         self._counts = counts
         self._http = http
+        self._size = queue
         self._queue: asyncio.Queue[Mirror] = asyncio.Queue(maxsize=queue)
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
@@ -72,6 +73,7 @@ class Shadow:
 
     def start(self) -> None:
         if not self._tasks:
+            self._queue = asyncio.Queue(maxsize=self._size)  # of this event loop
             self._tasks = [
                 asyncio.create_task(self._work(), name=f"gateway-shadow-{i}")
                 for i in range(self._workers)
