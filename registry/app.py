@@ -10,11 +10,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contract.paths import API_PREFIX
-from gateway.stable_url import ServeFront, StableUrl
 from registry.authentication import Authenticate
 from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.denials import AuditDenials
 from registry.docs import install_docs
+from registry.embedded_gateway import EmbeddedGateway, ServeEmbedded
 from registry.hardening import Hardening
 from registry.jobs import Jobs
 from registry.metrics import ControlPlaneMetrics, Observe
@@ -28,15 +28,18 @@ from registry.routes import (
     endpoints,
     events,
     files,
+    gateway,
     gc,
     health,
     keys,
     models,
+    traffic,
     versions,
     webhooks,
     workers,
 )
-from registry.services.fleet import ReadyEndpoints
+from registry.services.route_feed import RouteFeedService
+from registry.services.traffic_reports import TrafficReportService
 from registry.settings import Settings
 from registry.ui import create_ui
 from storage import open_store
@@ -91,7 +94,8 @@ def create_app(
             yield
         finally:
             await jobs.stop()
-        await stable.close()
+        await embedded.close()
+        await feed.close()
         if engine is not None:
             await engine.dispose()
 
@@ -116,7 +120,7 @@ def create_app(
     templates = {route.name: route.path for route in health.router.routes}  # type: ignore[attr-defined]
     for module in (
         models, versions, files, aliases, events, deployments, endpoints, workers, keys,
-        webhooks, gc,
+        webhooks, gc, traffic, gateway,
     ):  # fmt: skip
         app.include_router(module.router, prefix=API_PREFIX)
         templates |= {r.name: API_PREFIX + r.path for r in module.router.routes}
@@ -124,12 +128,14 @@ def create_app(
     # The dashboard is its own small app: HTML pages and errors, outside the OpenAPI doc.
     app.mount("/ui", create_ui(API_PREFIX), name="ui")
     # /serve/... calls skip FastAPI's routing and its inner middleware entirely
-    stable = app.state.stable = StableUrl(
-        ReadyEndpoints(sessions, settings.lease_ttl_s), cache_s=settings.serve_cache_s
-    )
+    # the route table every gateway follows, and what they count
+    feed = app.state.route_feed = RouteFeedService(sessions, settings)
+    reports = app.state.traffic_reports = TrafficReportService(sessions)
     # told (after commit) the name of each deployment whose routes changed
-    app.state.routes_changed = stable.forget
-    app.add_middleware(ServeFront, stable=stable)
+    app.state.routes_changed = feed.poke
+    # /serve/... calls go to the embedded gateway, past FastAPI's routing and inner middleware
+    embedded = app.state.gateway = EmbeddedGateway(sessions, settings, feed, reports)
+    app.add_middleware(ServeEmbedded, embedded=embedded)
     # API keys before any body is read
     app.add_middleware(Authenticate, sessions=sessions, settings=settings)
     # an audit event for every 401/403, whoever answered it

@@ -1,15 +1,15 @@
 """Who is calling: the API key of a request, checked before any body is read.
 
-``Authenticate`` (pure ASGI) checks the bearer token of every ``/api/`` and ``/serve/``
-request against the database (``registry/services/keys.py``) and puts the caller in the
-scope (``registry/principal.py``): 401 without a valid key. The stable URL skips FastAPI's
-routing, so its scopes are checked here too (``policy.check_serve``); every other route's
-are checked by ``policy.authorize``. With authentication off every caller is ``ANONYMOUS``.
+``Authenticate`` (pure ASGI) checks the bearer token of every ``/api/`` request against
+the database (``registry/services/keys.py``) and puts the caller in the scope
+(``registry/principal.py``): 401 without a valid key; each route's scopes are checked by
+``policy.authorize``. With authentication off every caller is ``ANONYMOUS``. The stable URL
+(``/serve/``) is not checked here: the gateway in front of it checks keys from its own
+cache (``registry/embedded_gateway.py``), without a database round trip per call.
 """
 
 from __future__ import annotations
 
-import orjson
 from fastapi import Request
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -18,17 +18,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from registry.asgi import header
 from registry.db import SessionFactory
 from registry.errors import RegistryError, Unauthenticated
-from registry.policy import check_serve
 from registry.principal import ANONYMOUS, PRINCIPAL, REFUSED_KEY, Principal
 from registry.problems import db_problem, problem
 from registry.services.keys import authenticate, bearer_token
 from registry.settings import Settings
 
-AUTHENTICATED_PREFIXES = ("/api/", "/serve/")
+AUTHENTICATED_PREFIX = "/api/"
 
 
 class Authenticate:
-    """ASGI middleware: the caller of ``/api/`` and ``/serve/``, from its API key."""
+    """ASGI middleware: the caller of ``/api/``, from its API key."""
 
     def __init__(self, app: ASGIApp, sessions: SessionFactory, settings: Settings) -> None:
         self.app = app
@@ -42,7 +41,7 @@ class Authenticate:
         path: str = scope["path"]
         if not self.enabled:
             scope[PRINCIPAL] = ANONYMOUS
-        elif path.startswith(AUTHENTICATED_PREFIXES):
+        elif path.startswith(AUTHENTICATED_PREFIX):
             try:
                 await self._principal(scope)
             except RegistryError as exc:
@@ -58,22 +57,12 @@ class Authenticate:
     async def _principal(self, scope: Scope) -> Principal:
         token = bearer_token(header(scope, b"authorization"))
         principal = await authenticate(self.sessions, token)
-        scope[PRINCIPAL] = principal  # the audit of a denial below names the key
-        if scope["path"].startswith("/serve/"):
-            await check_serve(self.sessions, principal, scope["path"])
+        scope[PRINCIPAL] = principal  # the audit of a denial names the key
         return principal
 
 
 async def _deny(scope: Scope, receive: Receive, send: Send, exc: RegistryError) -> None:
     status = 401 if isinstance(exc, Unauthenticated) else 403
-    if scope["path"].startswith("/serve/"):  # the inference protocol's error shape
-        body = orjson.dumps({"error": str(exc)})
-        raw = [(b"content-type", b"application/json")]
-        if status == 401:
-            raw.append((b"www-authenticate", b"Bearer"))
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
-        return
     challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     response = problem(status, exc.code, str(exc), instance=scope["path"], headers=challenge)
     await response(scope, receive, send)

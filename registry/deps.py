@@ -21,6 +21,8 @@ from registry.services.files import FileService
 from registry.services.fleet import FleetService
 from registry.services.gc import GcService
 from registry.services.keys import KeyService
+from registry.services.route_feed import RouteFeedService
+from registry.services.traffic_reports import TrafficReportService
 from registry.services.webhooks import WebhookService
 
 
@@ -91,10 +93,22 @@ DeploymentNamePath = Annotated[str, Path(pattern=SLUG, description="the deployme
 
 async def get_keys(request: Request) -> KeyService:
     ctx = context_of(request)
-    return KeyService(ctx.sessions, ctx.actor, ctx.principal)
+    return KeyService(ctx.sessions, ctx.actor, ctx.principal, request.app.state.route_feed.poke)
 
 
 KeyDep = Annotated[KeyService, Depends(get_keys)]
+
+
+async def get_route_feed(request: Request) -> RouteFeedService:
+    return request.app.state.route_feed  # type: ignore[no-any-return]
+
+
+async def get_traffic_reports(request: Request) -> TrafficReportService:
+    return request.app.state.traffic_reports  # type: ignore[no-any-return]
+
+
+RouteFeedDep = Annotated[RouteFeedService, Depends(get_route_feed)]
+TrafficReportDep = Annotated[TrafficReportService, Depends(get_traffic_reports)]
 
 
 async def get_webhooks(request: Request) -> WebhookService:

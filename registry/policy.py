@@ -6,8 +6,9 @@ A route missing from the table is refused (403) and fails
 ``tests/registry/security/test_auth.py``.
 
 ``authorize`` (a dependency on every route) checks the route's scopes and the key's model
-globs: 403. The stable URL (``/serve/``) skips FastAPI's routing, so ``Authenticate``
-(``registry/authentication.py``) applies ``check_serve`` to it. Who the caller is (401) is
+globs: 403. The stable URL (``/serve/``) is the gateway's (``gateway/``, mounted in process by
+``registry/embedded_gateway.py``): it checks keys from its own cache, by the same rule (`read`
+or a scope implying it, and the model globs). Who the caller is (401) is
 ``registry/authentication.py``'s job; ``registry/openapi_security.py`` documents the table.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 from fastapi import Request
 
 from contract.schemas import Scope as S
-from registry.db import SessionFactory, reading_connection
+from registry.db import reading_connection
 from registry.errors import Forbidden, Unauthenticated
 from registry.principal import PRINCIPAL, Principal
 from registry.repositories.deployments import model_of_deployment
@@ -32,6 +33,7 @@ WRITE = frozenset({S.write})
 DEPLOY = frozenset({S.deploy})
 ADMIN = frozenset({S.admin})
 WORKER = frozenset({S.worker})
+GATEWAY = frozenset({S.gateway})
 ALIAS_MOVE = frozenset({S.write, S.promote})  # protected aliases: promote/admin (service)
 DOWNLOAD = frozenset({S.read, S.worker})
 
@@ -91,6 +93,13 @@ POLICY: dict[str, frozenset[S]] = {
     "register_endpoint": WORKER,
     "heartbeat_endpoint": WORKER,
     "deregister_endpoint": WORKER,
+    # gateway processes: /api/v1/gateway... (the route feed, key checks, traffic reports)
+    "get_gateway_routes": GATEWAY,
+    "verify_gateway_key": GATEWAY,
+    "report_gateway_traffic": GATEWAY,
+    # what the gateways route by and counted: /api/v1/deployments/{name}/route, .../traffic
+    "get_deployment_route": READ,
+    "get_deployment_traffic": READ,
     # API keys: /api/v1/keys...
     "create_key": ADMIN,
     "list_keys": ADMIN,
@@ -106,9 +115,6 @@ POLICY: dict[str, frozenset[S]] = {
     "delete_webhook": ADMIN,
     "list_deliveries": ADMIN,
 }
-# The stable URL /serve/{deployment}/... never reaches FastAPI's routing: ``check_serve``,
-# called by ``Authenticate``.
-SERVE_SCOPES = READ
 # Routes outside /api/ that stay public whatever their operation id: Prometheus scrapes
 # /metrics without credentials (it carries no secrets); the dashboard's pages under /ui (and
 # a landing page at /) load without a key and call /api/ with one. /docs, /redoc and
@@ -174,16 +180,3 @@ async def _check_reach(request: Request, route: Any, principal: Principal) -> No
             model = await model_of_deployment(connection, request.path_params["name"])
     if model is not None and not principal.reaches(model):
         raise Forbidden(f"the API key {principal.name!r} may not reach model {model!r}")
-
-
-async def check_serve(sessions: SessionFactory, principal: Principal, path: str) -> None:
-    """A call of the stable URL ``/serve/{deployment}/...``: the key needs the read scope
-    and, when restricted to some models, to reach the deployment's model."""
-    if not principal.has(*SERVE_SCOPES):
-        raise Forbidden(f"the API key {principal.name!r} lacks the read scope")
-    if principal.restricted:
-        name = path[len("/serve/") :].split("/", 1)[0]
-        async with reading_connection(sessions) as connection:
-            model = await model_of_deployment(connection, name)
-        if model is not None and not principal.reaches(model):
-            raise Forbidden(f"the API key {principal.name!r} may not call {name!r}")

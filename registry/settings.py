@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=15.0, gt=0)
     heartbeat_s: float = Field(default=3.0, gt=0)
     serve_cache_s: float = Field(default=0.5, ge=0, description="stable URL endpoint cache TTL")
+    # The gateways' route feed is recomputed this often (and at once after a change made by
+    # this process): it bounds how long another process's change, an expired heartbeat or a
+    # revoked key takes to reach every gateway (plus one feed round trip).
+    route_feed_poll_s: float = Field(default=0.5, gt=0, le=60)
     # The canary controller's period (registry/services/canary.py); 0 turns it off.
     canary_tick_s: float = Field(default=0.5, ge=0)
     # Security: every /api/v1 and /serve call needs `Authorization: Bearer mp_...` with a key

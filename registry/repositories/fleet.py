@@ -88,29 +88,76 @@ class EndpointRepository(Repository):
             )
 
 
-async def ready_urls(connection: Any, deployment: str, since: datetime) -> list[str] | None:
-    """The URLs of a deployment's ready, heartbeating endpoints; ``None`` if no such
-    deployment. Endpoints of replicas asked to stop are left out while others are ready
-    (they are about to drain). One round trip: the stable URL runs it on each refresh."""
-    stmt = (
+async def route_rows(
+    connection: Any, since: datetime, name: str | None = None
+) -> tuple[list[Any], list[Any]]:
+    """What the route feed is built from, in two round trips whatever the number of
+    deployments (or of the one named): the deployments (``id``, ``name``, ``model``,
+    ``revision``, its ``version``, ``lanes``) by name, and their ready endpoints whose
+    heartbeat is not older than ``since`` (``deployment_id``, ``revision``, ``version``,
+    ``url``, the replica's ``desired``), oldest first."""
+    deployments = (
         select(
             DeploymentRow.id,
+            DeploymentRow.name,
+            ModelRow.name.label("model"),
+            DeploymentRow.revision,
+            RevisionRow.version,
+            DeploymentRow.lanes,
+        )
+        .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
+        .outerjoin(
+            RevisionRow,
+            and_(
+                RevisionRow.deployment_id == DeploymentRow.id,
+                RevisionRow.revision == DeploymentRow.revision,
+            ),
+        )
+        .order_by(DeploymentRow.name)
+    )
+    endpoints = (
+        select(
+            EndpointRow.deployment_id,
+            EndpointRow.revision,
+            EndpointRow.version,
             EndpointRow.url,
-            EndpointRow.status,
-            EndpointRow.heartbeat_at,
             ReplicaRow.desired,
         )
-        .outerjoin(EndpointRow, EndpointRow.deployment_id == DeploymentRow.id)
         .outerjoin(ReplicaRow, ReplicaRow.id == EndpointRow.replica_id)
-        .where(DeploymentRow.name == deployment)
-        .order_by(EndpointRow.created_at)
+        .where(EndpointRow.status == "ready", EndpointRow.heartbeat_at >= since)
+        .order_by(EndpointRow.created_at, EndpointRow.id)
     )
-    rows = (await connection.execute(stmt)).all()
-    if not rows:
-        return None
-    ready = [r for r in rows if r.status == "ready" and r.heartbeat_at >= since]
-    wanted = [r.url for r in ready if r.desired != "stop"]
-    return wanted or [r.url for r in ready]
+    if name is not None:
+        deployments = deployments.where(DeploymentRow.name == name)
+        endpoints = endpoints.join(
+            DeploymentRow, DeploymentRow.id == EndpointRow.deployment_id
+        ).where(DeploymentRow.name == name)
+    found = list((await connection.execute(deployments)).all())
+    if not found:
+        return [], []
+    return found, list((await connection.execute(endpoints)).all())
+
+
+async def deployment_ids(session: Any, names: Iterable[str]) -> dict[str, int]:
+    """Deployment id by name, for the names that exist."""
+    wanted = set(names)
+    if not wanted:
+        return {}
+    stmt = select(DeploymentRow.name, DeploymentRow.id).where(DeploymentRow.name.in_(wanted))
+    return {r.name: r.id for r in (await session.execute(stmt)).all()}
+
+
+async def revision_versions(
+    session: Any, deployment_id: int, revisions: Iterable[int]
+) -> dict[int, int]:
+    """The version each of a deployment's ``revisions`` runs, for those that exist."""
+    wanted = set(revisions)
+    if not wanted:
+        return {}
+    stmt = select(RevisionRow.revision, RevisionRow.version).where(
+        RevisionRow.deployment_id == deployment_id, RevisionRow.revision.in_(wanted)
+    )
+    return {r.revision: r.version for r in (await session.execute(stmt)).all()}
 
 
 async def version_files(session: Any, version_ids: Iterable[int]) -> dict[int, list[Any]]:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Row, bindparam, or_, select, update
+from sqlalchemy import Row, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from registry.db import table_of
@@ -69,6 +69,21 @@ async def touch_key(connection: AsyncConnection, key_id: str, now: datetime) -> 
         .where(or_(KEYS.c.last_used_at.is_(None), KEYS.c.last_used_at < stale))
         .values(last_used_at=now)
     )
+
+
+async def ended_keys(connection: AsyncConnection, since: datetime, now: datetime) -> list[str]:
+    """Ids of the keys revoked, or expired, after ``since`` (and by ``now``), by id."""
+    stmt = (
+        select(KEYS.c.id)
+        .where(
+            or_(
+                KEYS.c.revoked_at > since,
+                and_(KEYS.c.expires_at > since, KEYS.c.expires_at <= now),
+            )
+        )
+        .order_by(KEYS.c.id)
+    )
+    return list((await connection.execute(stmt)).scalars())
 
 
 class KeyRepository(Repository):

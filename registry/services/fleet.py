@@ -21,12 +21,12 @@ from contract.schemas import (
     WorkerOut,
     WorkerRegister,
 )
-from registry.db import SessionFactory, reading, reading_connection, utcnow
+from registry.db import reading, utcnow
 from registry.errors import EndpointNotFound, ReplicaNotFound, WorkerNotFound
 from registry.repositories.base import decode_cursor
 from registry.repositories.deployments import DeploymentRepository, ReplicaRepository, new_id
 from registry.repositories.events import EventRepository
-from registry.repositories.fleet import EndpointRepository, WorkerRepository, ready_urls
+from registry.repositories.fleet import EndpointRepository, WorkerRepository
 from registry.services.assignments import assignments_for
 from registry.services.context import Context
 from registry.services.deployment_views import endpoint_out
@@ -404,17 +404,3 @@ async def set_state(
                 "revision": replica.revision,
             },
         )
-
-
-class ReadyEndpoints:
-    """The gateway's ``EndpointSource`` in the embedded process: a deployment's ready
-    endpoints whose heartbeat is fresher than a lease, in one read."""
-
-    def __init__(self, sessions: SessionFactory, lease_ttl_s: float) -> None:
-        self._sessions = sessions
-        self._stale_after = timedelta(seconds=lease_ttl_s)
-
-    async def __call__(self, deployment: str) -> list[str] | None:
-        since = utcnow() - self._stale_after
-        async with reading_connection(self._sessions) as connection:
-            return await ready_urls(connection, deployment, since)

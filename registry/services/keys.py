@@ -3,8 +3,10 @@
 A token is ``mp_`` + a 12-character public prefix + 43 characters of secret (32 random
 bytes). The database keeps the prefix (to find the row) and the sha256 of the whole token,
 never the token: a leaked database yields no usable key. A presented token is checked on
-every request against its row (revoked, expired), so a revocation holds on the next call
-on every control-plane process.
+every API request against its row (revoked, expired), so a revocation holds on the next call
+on every control-plane process. Gateways keep the keys they verified (``grant_for``) and
+learn of revocations and expiries through the route feed (``services/route_feed.py``),
+within ``route_feed_poll_s`` and one feed round trip.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contract.schemas import KeyCreate, KeyCreated, KeyOut, Page, Scope
+from contract.traffic import KeyGrant
 from registry.db import SessionFactory, reading_connection, utcnow
 from registry.errors import Forbidden, Unauthenticated
 from registry.principal import Principal, effective
@@ -70,10 +74,14 @@ async def check_key(connection: AsyncConnection, token: str, now: datetime) -> K
     """The key behind ``token``, read on ``connection``; ``Unauthenticated`` for an unknown,
     wrong, revoked or expired one (the same answer for unknown and wrong: no probing for
     prefixes)."""
+    return verify_key(await key_by_prefix(connection, _prefix(token)), token, now)
+
+
+def _prefix(token: str) -> str:
     prefix = token_prefix(token)
     if prefix is None:
         raise Unauthenticated("the API key is malformed (tokens look like 'mp_' + 55 characters)")
-    return verify_key(await key_by_prefix(connection, prefix), token, now)
+    return prefix
 
 
 def verify_key(row: Any, token: str, now: datetime) -> KeyCheck:
@@ -119,6 +127,25 @@ async def authenticate(sessions: SessionFactory, token: str) -> Principal:
     return check.principal
 
 
+async def grant_for(sessions: SessionFactory, token: str) -> KeyGrant:
+    """What a gateway keeps of the key behind ``token`` (``Unauthenticated`` as
+    ``check_key``), its use recorded when due: ``POST /gateway/keys:verify`` and the embedded
+    gateway's verifier. The scopes are the key's own (the gateway knows which imply read)."""
+    now = utcnow()
+    async with reading_connection(sessions) as connection:
+        row = await key_by_prefix(connection, _prefix(token))
+    check = verify_key(row, token, now)
+    if check.stale:
+        await record_use(sessions, check.principal, now)
+    return KeyGrant(
+        key_id=row.id,
+        name=row.name,
+        scopes=list(row.scopes),
+        model_globs=list(row.model_globs or ()),
+        expires_at=row.expires_at,
+    )
+
+
 async def record_use(sessions: SessionFactory, principal: Principal, now: datetime) -> None:
     if principal.key_id is not None:
         await _touch(sessions, principal.key_id, now)
@@ -152,10 +179,17 @@ def _summary(out: KeyOut) -> dict[str, Any]:
 class KeyService:
     """Key management; needs no store, so the CLI runs it straight against a database."""
 
-    def __init__(self, sessions: SessionFactory, actor: Actor, principal: Principal) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        actor: Actor,
+        principal: Principal,
+        revoked: Callable[[], None] = lambda: None,
+    ) -> None:
         self._sessions = sessions
         self._actor = actor
         self._principal = principal
+        self._revoked = revoked  # told after a revocation commits (the gateways' route feed)
 
     async def create_key(self, body: KeyCreate) -> KeyCreated:
         principal = self._principal
@@ -183,6 +217,10 @@ class KeyService:
             )  # fmt: skip
         return KeyCreated(**out.model_dump(), token=token)
 
+    async def grant(self, token: str) -> KeyGrant:
+        """``POST /gateway/keys:verify``: ``grant_for`` the token."""
+        return await grant_for(self._sessions, token)
+
     async def list_keys(
         self, *, cursor: str | None, limit: int, include_revoked: bool
     ) -> Page[KeyOut]:
@@ -202,16 +240,17 @@ class KeyService:
         async with self._sessions.begin() as session:
             row = await KeyRepository(session).get(key_id, lock=True)
             before = key_out(row)
-            if row.revoked_at is None:
-                row.revoked_at = utcnow()
-                await session.flush()
-                out = key_out(row)
-                await EventRepository(session).add(
-                    self._actor, "key.revoked", model=None, target=f"key:{row.id}",
-                    before=_summary(before), after=_summary(out),
-                )  # fmt: skip
-                return out
-            return before
+            if row.revoked_at is not None:
+                return before
+            row.revoked_at = utcnow()
+            await session.flush()
+            out = key_out(row)
+            await EventRepository(session).add(
+                self._actor, "key.revoked", model=None, target=f"key:{row.id}",
+                before=_summary(before), after=_summary(out),
+            )  # fmt: skip
+        self._revoked()
+        return out
 
 
 async def mint_key(database_url: str, body: KeyCreate, *, by: str = "cli") -> KeyCreated:
