@@ -11,17 +11,14 @@ in the same run, since the machine's other tenants make absolute numbers drift.
     .venv/bin/python bench/inference.py --models mlp --concurrency 32 --duration 10
     .venv/bin/python bench/inference.py --stable-url           # direct vs /serve/{name}
 
-`--stable-url`: the model is pushed to a control plane (`modelplane server`, SQLite, files on
-disk, auth off unless `--auth`), deployed, and served by the process one deployer worker
-starts for it; each row is then measured twice in turn, straight to that serving process and
-through the control plane's stable URL `/serve/{deployment}`, and the table shows what the
-stable URL adds at p50 and the share of direct throughput it keeps.
+`--stable-url` (`bench/stable_url.py`): the same models deployed on `modelplane up` (auth
+on and off) and behind `python -m gateway`; direct vs the embedded stable URL vs the gateway
+process vs the SDK's direct mode, measured in turn, with the CPU time per call of each process.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -225,163 +222,6 @@ SERVER_SETUPS = {  # the defaults are --executor auto (inline for these models),
 }
 
 
-@dataclass
-class Deployed:
-    direct: str  # the serving process's base URL
-    stable: str  # the control plane's /serve/{deployment}
-    headers: dict[str, str]  # for the stable URL (an API key when auth is on)
-
-
-@contextmanager
-def deployed(
-    path: Path, model: Model, setup: list[str], root: Path, auth: bool
-) -> Iterator[Deployed]:
-    """A control plane and a deployer worker on loopback, the model deployed on it."""
-    if str(REPO) not in sys.path:  # run as a script: bench/ is not a package on the path
-        sys.path.insert(0, str(REPO))
-    from bench._common import ControlPlane
-
-    home = root / f"home-{model.name}-{time.monotonic_ns()}"
-    home.mkdir()
-    env = {"MODELPLANE_HOME": str(home), "MODELPLANE_AUTH_ENABLED": str(auth).lower()}
-    cp = ControlPlane(env, log=home / "cp.log")
-    worker: subprocess.Popen[bytes] | None = None
-    try:
-        headers, worker_env = {}, os.environ.copy()
-        if auth:
-            creds = orjson.loads((home / "credentials.json").read_bytes())
-            headers = {"Authorization": f"Bearer {creds['token']}"}
-            worker_env["MODELPLANE_WORKER_TOKEN"] = _worker_key(cp.url, headers)
-        api = f"{cp.url}/api/v1"
-        _push(api, headers, model, path)
-        port = free_port()
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "deployer", "--control-plane", cp.url, "--name", "bench",
-             "--cache-dir", str(home / "cache"), "--cpu-slots", "1",
-             "--port-range", f"{port}-{port + 50}"],
-            cwd=REPO, env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        batch = (
-            int(setup[setup.index("--max-batch-size") + 1]) if "--max-batch-size" in setup else 32
-        )
-        body = {
-            "name": model.name, "model": model.name, "version": 1, "device": "cpu",
-            "batching": {"max_batch_size": batch, "max_delay_ms": 0},
-        }  # fmt: skip
-        _call("POST", f"{api}/deployments", headers, body)
-        direct = _wait_endpoint(api, model.name, headers, worker)
-        stable = f"{cp.url}/serve/{model.name}"
-        wait_ready(stable, worker, headers=headers)
-        yield Deployed(direct, stable, headers)
-    finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(60)
-        cp.stop()
-
-
-def _call(method: str, url: str, headers: dict[str, str], body: object = None) -> object:
-    data = None if body is None else orjson.dumps(body)
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={**headers, "Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        return orjson.loads(answer.read() or b"null")
-
-
-def _worker_key(cp: str, headers: dict[str, str]) -> str:
-    key = _call(
-        "POST", f"{cp}/api/v1/keys", headers, {"name": "bench-worker", "scopes": ["worker"]}
-    )
-    return str(key["token"])  # type: ignore[index]
-
-
-def _push(api: str, headers: dict[str, str], model: Model, path: Path) -> None:
-    data = path.read_bytes()
-    _call("POST", f"{api}/models", headers, {"name": model.name})
-    shape = [-1, *model.shape[1:]]
-    signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape}]}
-    manifest = [{"path": path.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]
-    body = {"files": manifest, "format": "torch_export", "signature": signature}
-    _call("POST", f"{api}/models/{model.name}/versions", headers, body)
-    put = urllib.request.Request(
-        f"{api}/models/{model.name}/versions/1/files/{path.name}", data=data, method="PUT",
-        headers=headers,
-    )  # fmt: skip
-    with urllib.request.urlopen(put, timeout=60):
-        pass
-    _call("POST", f"{api}/models/{model.name}/versions/1/finalize", headers)
-
-
-def _wait_endpoint(
-    api: str, name: str, headers: dict[str, str], worker: subprocess.Popen[bytes]
-) -> str:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"the deployer worker exited with {worker.returncode}")
-        page = _call("GET", f"{api}/deployments/{name}/endpoints", headers)
-        ready = [e["url"] for e in page["items"] if e["status"] == "ready"]  # type: ignore[index]
-        if ready:
-            return str(ready[0])
-        time.sleep(0.2)
-    raise TimeoutError(f"deployment {name} has no ready endpoint after 120s")
-
-
-def stable_bench(options: argparse.Namespace, root: Path) -> None:
-    """Direct vs the stable URL: same serving process, same load, measured in turn."""
-    print(
-        f"{'model':5} {'setup':11} {'body':6} {'conc':>4} {'direct/s':>9} {'stable/s':>9} "
-        f"{'kept':>6} {'p50 direct':>10} {'p50 stable':>10} {'added':>7} "
-        f"{'p99 direct':>10} {'p99 stable':>10} {'errors':>6}"
-    )
-    for name in options.models:
-        model = MODELS[name]
-        path, bodies = save(model, root), request_files(model, root)
-        for setup in options.setups:
-            with deployed(path, model, SERVER_SETUPS[setup], root, options.auth) as where:
-                for encoding in options.encodings:
-                    body, headers = bodies[encoding]
-                    script = lua_script(body, headers, root)
-                    authed = lua_script(body, {**headers, **where.headers}, root, suffix="auth")
-                    runs = {
-                        "direct": (f"{where.direct}/v2/models/{name}/infer", script),
-                        "stable": (f"{where.stable}/v2/models/{name}/infer", authed),
-                    }
-                    if options.warmup:
-                        for target, lua in runs.values():
-                            run_wrk(target, lua, max(options.concurrency), options.warmup, 1)
-                    for connections in options.concurrency:
-                        got: dict[str, list[Result]] = {"direct": [], "stable": []}
-                        for _ in range(options.repeat):  # alternate: drift hits both alike
-                            for kind, (target, lua) in runs.items():
-                                got[kind].append(
-                                    run_wrk(
-                                        target, lua, connections, options.duration,
-                                        options.wrk_threads,
-                                    )
-                                )  # fmt: skip
-                        d, st = _median_result(got["direct"]), _median_result(got["stable"])
-                        print(
-                            f"{name:5} {setup:11} {encoding:6} {connections:>4} {d.rate:>9,.0f} "
-                            f"{st.rate:>9,.0f} {st.rate / d.rate:>5.2f}x {d.p50_ms:>10.2f} "
-                            f"{st.p50_ms:>10.2f} {st.p50_ms - d.p50_ms:>+7.2f} {d.p99_ms:>10.2f} "
-                            f"{st.p99_ms:>10.2f} {d.errors + st.errors:>6}",
-                            flush=True,
-                        )
-
-
-def _median_result(results: list[Result]) -> Result:
-    import statistics
-
-    return Result(
-        rate=statistics.median(r.rate for r in results),
-        p50_ms=statistics.median(r.p50_ms for r in results),
-        p99_ms=statistics.median(r.p99_ms for r in results),
-        errors=sum(r.errors for r in results),
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -392,10 +232,13 @@ def main() -> None:
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=2.0, help="unreported wrk seconds first")
     parser.add_argument(
-        "--stable-url", action="store_true", help="direct vs /serve/{deployment}, same run"
+        "--stable-url", action="store_true", help="direct vs /serve/{d} vs gateway vs SDK direct"
     )
-    parser.add_argument("--auth", action="store_true", help="stable URL with auth on (a key)")
-    parser.add_argument("--repeat", type=int, default=3, help="stable-url: runs per side")
+    if str(REPO) not in sys.path:  # run as a script: bench/ is not a package on the path
+        sys.path.insert(0, str(REPO))
+    from bench.stable_url import add_arguments, stable_bench
+
+    add_arguments(parser)
     options = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("needs wrk (apt-get install -y wrk)")
