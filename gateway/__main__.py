@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m gateway: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, logging.INFO, static={"process": "gateway"})
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per feed poll and report
     return serve(settings)
 
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -87,6 +94,9 @@ def build(settings: GatewaySettings) -> tuple[GatewayApp, RemoteRegistry]:
 
 def serve(settings: GatewaySettings) -> int:
     """Run until SIGTERM/SIGINT; the exit status."""
+    if settings.workers > 1:
+        return run_workers(settings)
+    sock = bind(settings)
     app, registry = build(settings)
     config = uvicorn.Config(
         app,
@@ -109,13 +119,63 @@ def serve(settings: GatewaySettings) -> int:
 
     async def main() -> None:
         try:
-            await server.serve()
+            await server.serve(sockets=[sock])
         finally:
             await registry.aclose()
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(main())
     return 0 if server.started else 1
+
+
+def bind(settings: GatewaySettings) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if settings.reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    return sock
+
+
+def run_workers(settings: GatewaySettings) -> int:
+    """``workers`` gateway processes on one port (SO_REUSEPORT: the kernel spreads the
+    connections), each following the feed and reporting as ``{id}/w{n}``; SIGTERM and
+    SIGINT are passed on. One that fails stops the others."""
+    if settings.port == 0:
+        raise SystemExit("python -m gateway: --workers > 1 needs a fixed --port")
+    base = settings.gateway_id()
+    env = {**os.environ, "MODELPLANE_GATEWAY_WORKERS": "1", "MODELPLANE_GATEWAY_REUSE_PORT": "1"}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--workers", "1", "--id", f"{base}/w{n}"],
+            env={**env, **_as_env(settings)},
+        )
+        for n in range(settings.workers)
+    ]
+    stopping: list[int] = []
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        stopping.append(sig)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while any(child.poll() is None for child in children):
+        if not stopping and any(c.returncode not in (None, 0) for c in children):
+            forward(signal.SIGTERM, None)
+        time.sleep(0.2)
+    # uvicorn re-raises the signal it stopped on: a child ended by the one passed on is fine
+    clean = {0, *(-sig for sig in stopping)}
+    failed = [child.returncode for child in children if child.returncode not in clean]
+    return failed[0] if failed else 0
+
+
+def _as_env(settings: GatewaySettings) -> dict[str, str]:
+    """The settings for a worker's environment (not its command line: the token)."""
+    values = settings.model_dump(exclude={"workers", "reuse_port", "id"}, exclude_none=True)
+    return {f"MODELPLANE_GATEWAY_{k.upper()}": str(v) for k, v in values.items()}
 
 
 def _loop_factory() -> Callable[[], Any] | None:

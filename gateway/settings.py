@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 
 HELP = """Serve the stable URL /serve/{deployment}/... as a process of its own, following a
 control plane's route table (python -m gateway --registry-url http://cp:8000). Stateless: run
@@ -46,6 +46,10 @@ class GatewaySettings(BaseSettings):
     auth: bool = Field(False, description="check API keys even when the feed says auth is off")
     shadow_queue: int = Field(256, ge=1, description="mirrored calls waiting; more are dropped")
     shadow_workers: int = Field(4, ge=1, le=64)
+    workers: int = Field(
+        1, ge=1, le=64, description="processes on the port (SO_REUSEPORT), e.g. one per core"
+    )
+    reuse_port: CliSuppress[bool] = False  # set for each of the workers' processes
     log_level: str = Field("warning", description="uvicorn log level")
     log_format: str = Field("auto", description="json, text, or auto (JSON unless a terminal)")
 

@@ -129,3 +129,26 @@ def test_a_gateway_without_a_feed_is_not_ready(plane: ControlPlane) -> None:
         assert httpx.get(f"{g.url}/readyz").status_code == 503
     finally:
         g.stop()
+
+
+def test_workers_share_one_port_and_report_each_as_its_own(
+    plane: ControlPlane, registry: str
+) -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway", "--registry-url", registry, "--port", str(port),
+            "--report-s", "0.2", "--id", "multi", "--wait-s", "2", "--workers", "2"]  # fmt: skip
+    g = Process(argv, port, plane.tmp / "multi.log", "/readyz", MODELPLANE_TOKEN=GATEWAY_KEY)  # type: ignore[attr-defined]
+    try:
+        reader = {"Authorization": f"Bearer {READER}"}
+        plane.reports.clear()
+        for _ in range(40):  # a new connection each: the kernel spreads them
+            answer = httpx.post(f"{g.url}/serve/d/v2/models/m/infer", json=INFER, headers=reader)
+            assert answer.status_code == 200
+
+        def reporters() -> set[str]:
+            return {r.gateway for r in list(plane.reports) if r.counts}
+
+        assert wait_until("both report", lambda: reporters() == {"multi/w0", "multi/w1"})
+    finally:
+        g.stop()
+    assert g.proc.returncode == 0
