@@ -71,7 +71,7 @@ from contract.schemas import (
     VersionOut,
     VersionSummary,
 )
-from contract.traffic import VERSION_HEADER, Route, TrafficSeries
+from contract.traffic import VERSION_HEADER, LaneRole, Route, TrafficSeries
 
 M = TypeVar("M", bound=BaseModel)
 Selector = int | str
@@ -568,9 +568,7 @@ class Client:
         share) with their ready endpoint URLs."""
         return self._get(f"{API}/deployments/{name}/route", Route)
 
-    def traffic(
-        self, name: str, minutes: float = 15, bucket_s: float | None = None
-    ) -> TrafficSeries:
+    def traffic(self, name: str, minutes: int = 15, bucket_s: float | None = None) -> TrafficSeries:
         """Calls/s, error rate and p50/p99 per revision over the last ``minutes``, as the
         gateways counted them, with the lanes and the canary."""
         path = f"{API}/deployments/{name}/traffic"
@@ -605,11 +603,17 @@ class Client:
 
     @staticmethod
     def _settled(d: DeploymentOut) -> bool:
+        """Every replica ready, of the current revision or of a side lane (a split, a
+        shadow, a canary): an old primary still serving is not settled."""
         live = [r for r in d.observed.replicas if r.desired == Desired.run]
+        side = {lane.revision for lane in d.lanes if lane.role is not LaneRole.primary}
         return (
             d.status == DeploymentStatus.available
-            and len(live) >= d.replicas
-            and all(r.revision == d.revision and r.state == ReplicaState.ready for r in live)
+            and sum(r.revision == d.revision for r in live) >= d.replicas
+            and all(
+                r.state == ReplicaState.ready and (r.revision == d.revision or r.revision in side)
+                for r in live
+            )
         )
 
     def _stable_url_ready(self, name: str) -> bool:
