@@ -23,16 +23,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import TypeAlias
 from urllib.parse import quote
 
 import aiohttp
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contract.paths import SERVE_PREFIX
 from contract.traffic import VERSION_HEADER
+from gateway.bodies import (
+    CHUNK,
+    STREAM_AFTER,
+    Answer,
+    Body,
+    Streamed,
+    error,
+    read_body,
+    respond,
+)
 from gateway.counts import Counts
 from gateway.keys import Denied, KeyCache, Unverifiable
 from gateway.routes import NoVersion, Plan, Pool, RouteTable, path_version
@@ -51,35 +59,6 @@ _DROP_REQUEST = frozenset(
 _DROP_RESPONSE = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"}
 )
-_JSON = [(b"content-type", b"application/json")]
-MAX_CACHED = 10_000
-STREAM_AFTER = 2**20  # bodies up to this size are held whole; larger ones are streamed
-CHUNK = 2**18
-Answer: TypeAlias = tuple[int, list[tuple[bytes, bytes]], bytes]
-Body: TypeAlias = "bytes | _Streamed"
-
-
-class _Streamed:
-    """A request body larger than ``STREAM_AFTER``: what was read, then the rest as it comes.
-    ``started`` once a byte went to an endpoint (the call can no longer be retried)."""
-
-    def __init__(self, head: list[bytes], receive: Receive) -> None:
-        self._head = head
-        self._receive = receive
-        self.started = False
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        self.started = True
-        for chunk in self._head:
-            yield chunk
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                raise ConnectionResetError("the caller went away mid-body")
-            if chunk := message.get("body", b""):
-                yield chunk
-            if not message.get("more_body", False):
-                return
 
 
 class _Sent(Exception):
@@ -198,62 +177,69 @@ class StableUrl:
                 if k == _VERSION:
                     pin = v
                 headers.append((k, v))
-        grant = None
-        if self._keys is not None and (self._auth or self._table.auth):
-            try:
-                grant = await self._keys.check(authorization)
-            except (Denied, Unverifiable) as exc:
-                await _refuse(send, exc)
-                return
-        if self._source is not None:
-            plan = await self._source.plan(name) if name else None
-        else:
-            plan = self._table.lookup(name)
+        plan = await self._admit(name, authorization, send)
         if plan is None:
-            await _error(send, 404, f"deployment {name!r} does not exist")
             return
-        if grant is not None:
-            try:
-                grant.reach(plan.model, name)
-            except Denied as exc:
-                await _refuse(send, exc)
-                return
         path = "/" + rest
         if path in ("/v2/health/ready", "/v2/health/live") and scope["method"] == "GET":
             ok = plan.any_endpoint or path.endswith("live")
-            await _respond(send, 200 if ok else 503, [], b"")
+            await respond(send, 200 if ok else 503, [], b"")
             return
         try:
             # an EndpointSource knows no versions: its calls are forwarded as they are
             version = _pinned(pin, path) if self._source is None else None
             pool, others = plan.choose(version)
         except NoVersion as exc:
-            await _error(send, 404, str(exc))
+            await error(send, 404, str(exc))
             return
         except ValueError:
-            await _error(send, 400, f"{VERSION_HEADER} must be a version number, not {pin!r}")
+            await error(send, 400, f"{VERSION_HEADER} must be a version number, not {pin!r}")
             return
         if pool is None:
-            await _error(send, 503, f"deployment {name!r} has no ready endpoint", retry=True)
+            await error(send, 503, f"deployment {name!r} has no ready endpoint", retry=True)
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         target = quote(path, safe="/:@!$&'()*+,;=-._~%")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         method = scope["method"]
         request = _Request(method, target, headers, body)
         reply = await self._forward(send, plan, pool, others, request, started)
-        if self.shadow is None or reply is None or version is not None:
-            return
-        status, answer, kind, _ = reply
         # pinned calls are tests of one version; GETs (metadata) differ between versions
-        if answer is not None and method in _MIRRORED and type(body) is bytes:
-            mirror = plan.mirror()
-            if mirror is not None:
-                mirrored = Mirror(
-                    name, mirror, method, target, request.headers(), body, status, kind, answer
-                )
-                self.shadow.offer(mirrored)
+        if self.shadow is not None and reply is not None and version is None:
+            status, answer, kind, _ = reply
+            if answer is not None and method in _MIRRORED and type(body) is bytes:
+                mirror = plan.mirror()
+                if mirror is not None:
+                    self.shadow.offer(
+                        Mirror(name, mirror, method, target, request.headers(), body, status,
+                               kind, answer)
+                    )  # fmt: skip
+
+    async def _admit(self, name: str, authorization: bytes | None, send: Send) -> Plan | None:
+        """The deployment's plan when the call may go on; else its refusal went out: 401/403
+        (a key, when auth is on), 404 (no such deployment)."""
+        grant = None
+        if self._keys is not None and (self._auth or self._table.auth):
+            try:
+                grant = await self._keys.check(authorization)
+            except (Denied, Unverifiable) as exc:
+                await _refuse(send, exc)
+                return None
+        if self._source is not None:
+            plan = await self._source.plan(name) if name else None
+        else:
+            plan = self._table.lookup(name)
+        if plan is None:
+            await error(send, 404, f"deployment {name!r} does not exist")
+            return None
+        if grant is not None:
+            try:
+                grant.reach(plan.model, name)
+            except Denied as exc:
+                await _refuse(send, exc)
+                return None
+        return plan
 
     async def _forward(
         self,
@@ -287,7 +273,7 @@ class StableUrl:
                         refused = (lane, reply)
                     if self._source is not None:
                         self._source.forget(plan.name)
-                    if isinstance(body, _Streamed) and body.started:
+                    if isinstance(body, Streamed) and body.started:
                         if reply is None:
                             await self._failed(send, plan, lane, started)
                             return None
@@ -295,7 +281,7 @@ class StableUrl:
                 else:
                     continue
                 break
-            if attempt or self._source is None or (isinstance(body, _Streamed) and body.started):
+            if attempt or self._source is None or (isinstance(body, Streamed) and body.started):
                 break
             fresh = await self._source.plan(plan.name)
             if fresh is None or fresh.urls() == plan.urls():
@@ -308,17 +294,17 @@ class StableUrl:
             lane, held = refused
             if counts is not None:
                 counts.tally(plan.name, lane.revision).call(503, _since(started))
-            await _respond(send, *held.answer)
+            await respond(send, *held.answer)
             return None
         if counts is not None:
             counts.tally(plan.name, pool.revision).call(503, _since(started))
-        await _error(send, 503, f"deployment {plan.name!r} has no ready endpoint", retry=True)
+        await error(send, 503, f"deployment {plan.name!r} has no ready endpoint", retry=True)
         return None
 
     async def _failed(self, send: Send, plan: Plan, lane: Pool, started: float) -> None:
         if self._counts is not None:
             self._counts.tally(plan.name, lane.revision).call(502, _since(started))
-        await _error(send, 502, f"endpoint of {plan.name!r} failed mid-call")
+        await error(send, 502, f"endpoint of {plan.name!r} failed mid-call")
 
     async def _try(self, base: str, request: _Request, send: Send) -> Reply | _Refused | None:
         """The reply once the endpoint's answer went to the caller; a 503 answer (held, for
@@ -351,7 +337,7 @@ class StableUrl:
                 if status == 503:
                     return _Refused((status, out, content))
                 sent = True
-                await _respond(send, status, out, content)
+                await respond(send, status, out, content)
                 return status, content, _content_type(out), time.perf_counter()
             if length is not None:
                 out.append((b"content-length", str(length).encode()))
@@ -392,7 +378,7 @@ class StableUrl:
             ) as exc:
                 if sent[0]:
                     raise _Sent from exc
-                streamed = isinstance(body, _Streamed) and body.started
+                streamed = isinstance(body, Streamed) and body.started
                 if again and not streamed and not isinstance(exc, aiohttp.ClientConnectorError):
                     continue
                 log.info("forward to %s failed (%r); trying the next endpoint", url, exc)
@@ -426,7 +412,7 @@ class StableUrl:
                 if status == 503:
                     return _Refused((status, out, content))
                 sent[0] = True
-                await _respond(send, status, out, content)
+                await respond(send, status, out, content)
                 return status, content, response.headers.get("content-type"), time.perf_counter()
             if length is not None:
                 out.append((b"content-length", str(length).encode()))
@@ -474,52 +460,13 @@ def _since(started: float) -> float:
 
 async def _refuse(send: Send, exc: Denied | Unverifiable) -> None:
     if isinstance(exc, Unverifiable):
-        await _error(send, 503, str(exc), retry=True)
+        await error(send, 503, str(exc), retry=True)
         return
     extra = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
-    await _error(send, exc.status, str(exc), headers=extra)
+    await error(send, exc.status, str(exc), headers=extra)
 
 
 def _route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root) else path
-
-
-async def _read_body(receive: Receive) -> Body:
-    """The whole request body, or past ``STREAM_AFTER`` what was read and the rest to come."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if size > STREAM_AFTER:
-            return _Streamed(chunks, receive)
-
-
-async def _respond(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-) -> None:
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _error(
-    send: Send,
-    status: int,
-    message: str,
-    *,
-    retry: bool = False,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    body = orjson.dumps({"error": message})
-    headers = [*_JSON, (b"content-length", str(len(body)).encode()), *(headers or ())]
-    if retry:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
