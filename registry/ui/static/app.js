@@ -612,9 +612,10 @@
     if (!revisions.length) return h("div", { class: "empty" }, "No calls counted in the last 15 minutes.");
     const to = Date.now();
     const from = Math.min(Date.parse(series.since), to - 60000);
+    const colours = charts.palette(revisions);
     const line = (r, i, key, extra) => ({
       label: revisionLabel(r), revision: r.revision, role: r.role,
-      colour: charts.colour(r, i), points: r.points.map((pt) => [Date.parse(pt.t), pt[key]]), ...extra,
+      colour: colours[i], points: r.points.map((pt) => [Date.parse(pt.t), pt[key]]), ...extra,
     });
     const chart = (id, title, key, format) => charts.lineChart({
       id, title, from, to, format, lines: revisions.map((r, i) => line(r, i, key)),
@@ -628,7 +629,7 @@
           id: "chart-latency", title: "latency: p99 solid, p50 dashed", from, to, format: millis,
           lines: revisions.flatMap((r, i) => [
             line(r, i, "p99_ms", { label: `${revisionLabel(r)} p99` }),
-            line(r, i, "p50_ms", { label: "p50", dashed: true }),
+            line(r, i, "p50_ms", { label: `${revisionLabel(r)} p50`, dashed: true, unlisted: true }),
           ]),
         })),
       shadows.map((r) => h("p", { class: "muted shadow-figures", dataset: { revision: r.revision } },
@@ -772,8 +773,8 @@
             num(r.revision), h("td", {}, versionLink(d.model, r.version)),
             h("td", {}, r.reason), num(r.settings.replicas ?? "—"),
             h("td", {}, r.settings.device ?? "—"),
-            h("td", { class: "optimisation-cell" }, optimisationCell(r.optimization)),
-            h("td", { class: "verdict-cell" }, verdictCell(r.verdict)),
+            h("td", { class: "optimisation-cell wrap" }, optimisationCell(r.optimization)),
+            h("td", { class: "verdict-cell wrap" }, verdictCell(r.verdict)),
             h("td", {}, when(r.created_at)),
             h("td", {}, isCurrent ? h("span", { class: "pill info" }, "current") : to),
           );

@@ -7,7 +7,7 @@
   const NS = "http://www.w3.org/2000/svg";
   const W = 520;
   const H = 170;
-  const PAD = { left: 52, right: 12, top: 22, bottom: 22 };
+  const PAD = { left: 52, right: 12, top: 36, bottom: 22 };
 
   function svg(tag, attrs, ...children) {
     const el = document.createElementNS(NS, tag);
@@ -21,11 +21,20 @@
     return el;
   }
 
-  // A colour per lane role, then per revision for the ones no longer live.
+  // A colour per lane role; spare ones for revisions no longer live and a second primary.
   const ROLE_COLOURS = { primary: "#2557d6", canary: "#e8710a", split: "#8a3ffc", shadow: "#6b7785" };
   const SPARE = ["#0f9d8a", "#b42318", "#9a6700", "#d12771", "#3a7d1e", "#57606a"];
-  function colour(series, index) {
-    return ROLE_COLOURS[series.role] || SPARE[index % SPARE.length];
+  // One colour per item, its role's where no earlier item took it (two primaries during
+  // a rollout: the second gets a spare one).
+  function palette(items) {
+    const used = new Set();
+    let spare = 0;
+    return items.map((item) => {
+      let c = ROLE_COLOURS[item.role];
+      if (!c || used.has(c)) c = SPARE[spare++ % SPARE.length];
+      used.add(c);
+      return c;
+    });
   }
 
   // Round up to 1, 2 or 5 × 10^k: the top of a y axis.
@@ -65,13 +74,15 @@
       svg("text", { x: PAD.left, y: H - 6, fill: "#667085", "font-size": 10 }, `−${minutes} min`),
       svg("text", { x: W - PAD.right, y: H - 6, "text-anchor": "end", fill: "#667085", "font-size": 10 }, "now"),
     ];
+    const fallback = palette(lines);
+    const stroke = (line, i) => line.colour || fallback[i];
     const drawn = lines.map((line, i) => {
-      const stroke = line.colour || colour(line, i);
+      const colour = stroke(line, i);
       const parts = runs(line.points).map((run) => (run.length === 1
-        ? svg("circle", { cx: x(run[0][0]), cy: y(run[0][1]), r: 2.5, fill: stroke })
+        ? svg("circle", { cx: x(run[0][0]), cy: y(run[0][1]), r: 2.5, fill: colour })
         : svg("polyline", {
           points: run.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" "),
-          fill: "none", stroke, "stroke-width": line.dashed ? 1.5 : 2,
+          fill: "none", stroke: colour, "stroke-width": line.dashed ? 1.5 : 2,
           "stroke-dasharray": line.dashed ? "4 3" : null, "stroke-linejoin": "round",
         })));
       const last = [...line.points].reverse().find((p) => p[1] !== null && p[1] !== undefined);
@@ -81,30 +92,31 @@
         "data-last": last ? last[1] : "",
       }, svg("title", {}, line.label), parts);
     });
-    const legend = lines.map((line, i) => svg("g", {},
-      svg("line", { x1: 0, x2: 14, y1: -4, y2: -4, stroke: line.colour || colour(line, i), "stroke-width": 2, "stroke-dasharray": line.dashed ? "4 3" : null }),
+    const legend = lines.map((line, i) => (line.unlisted ? null : svg("g", {},
+      svg("line", { x1: 0, x2: 14, y1: -4, y2: -4, stroke: stroke(line, i), "stroke-width": 2, "stroke-dasharray": line.dashed ? "4 3" : null }),
       svg("text", { x: 18, y: 0, "font-size": 10, fill: "#1b1f24" }, line.label),
-    ));
+    ))).filter(Boolean);
     let offset = PAD.left;
     for (const item of legend) {
-      item.setAttribute("transform", `translate(${offset},12)`);
+      item.setAttribute("transform", `translate(${offset},28)`);
       offset += 26 + 6 * item.textContent.length;
     }
     return svg("svg", {
       class: "chart", id, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title,
       "data-series": lines.length,
     }, svg("title", {}, title), grid, axis, drawn,
-    svg("text", { x: W - PAD.right, y: 12, "text-anchor": "end", "font-size": 11, "font-weight": 600, fill: "#1b1f24" }, title),
+    svg("text", { x: PAD.left, y: 12, "font-size": 11, "font-weight": 600, fill: "#1b1f24" }, title),
     legend);
   }
 
   // One bar split by share: [{label, role, percent, revision}].
   function shareBar(lanes) {
     const width = 520;
+    const fills = palette(lanes);
     let at = 0;
     const parts = lanes.map((lane, i) => {
       const w = (lane.percent / 100) * width;
-      const fill = colour(lane, i);
+      const fill = fills[i];
       const g = svg("g", { class: "lane", "data-revision": lane.revision, "data-role": lane.role, "data-percent": lane.percent },
         svg("rect", { x: at, y: 0, width: Math.max(w, 0), height: 26, fill, opacity: lane.role === "shadow" ? 0.45 : 1 }),
         w > 60 ? svg("text", { x: at + 6, y: 17, fill: "#fff", "font-size": 11, "font-weight": 600 }, `${lane.label} ${lane.percent}%`) : null,
@@ -159,5 +171,5 @@
       }));
   }
 
-  window.mpCharts = { lineChart, shareBar, stepsTrack, compareBars, colour };
+  window.mpCharts = { lineChart, shareBar, stepsTrack, compareBars, palette };
 })();
