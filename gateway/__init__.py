@@ -31,6 +31,7 @@ The API both build the same way (``gateway.app``)::
     gw.asgi                 # the `StableUrl` ASGI app: ``/{deployment}/...`` under root_path
                             #   ``/serve`` (``ServeFront(app, stable=gw.asgi)`` mounts it)
     gw.metrics              # a prometheus_client CollectorRegistry (``/metrics``)
+    gw.table, gw.keys, gw.counts, gw.shadow, gw.follower   # the parts, below
     await gw.close()        # stops the tasks, sends a last report, closes the HTTP pool
 
 The parts, each usable alone: `gateway.routes.RouteTable` (``apply(feed)``, ``lookup(name)``,
@@ -38,6 +39,11 @@ endpoint choice), `gateway.keys.KeyCache`, `gateway.counts.Counts`, `gateway.sha
 `gateway.follow.Follower`, `gateway.stable_url.StableUrl(table, *, keys=None, counts=None,
 shadow=None)`. For the transition, ``StableUrl(source, cache_s=0.5)`` with the old
 ``EndpointSource`` (``async (name) -> list[str] | None``) still works, with ``forget(name)``.
+
+``python -m gateway`` (`gateway.server`, `gateway.settings`): ``--registry-url``, ``--token``
+(or ``MODELPLANE_GATEWAY_TOKEN`` / ``MODELPLANE_TOKEN``), ``--host``, ``--port``, ``--id``,
+``--report-s``, ``--workers N`` (N processes on one port); ``/healthz``, ``/readyz`` (200 once
+a first feed arrived), ``/metrics``, ``/serve/...``. See docs/gateway.md.
 
 Calls: ``Authorization: Bearer mp_...`` (when auth is on; the key needs ``read`` or a scope
 implying it, and its model globs must match the route's model: 401 / 403 ``{"error": ...}``);
