@@ -617,14 +617,14 @@
       label: revisionLabel(r), revision: r.revision, role: r.role,
       colour: colours[i], points: r.points.map((pt) => [Date.parse(pt.t), pt[key]]), ...extra,
     });
-    const chart = (id, title, key, format) => charts.lineChart({
-      id, title, from, to, format, lines: revisions.map((r, i) => line(r, i, key)),
+    const chart = (id, title, key, format, floor) => charts.lineChart({
+      id, title, from, to, format, floor, lines: revisions.map((r, i) => line(r, i, key)),
     });
     const shadows = revisions.filter((r) => r.shadow_calls || r.shadow_dropped);
     return [
       h("div", { class: "chart-grid" },
-        chart("chart-calls", "calls/s", "calls_per_s", perSecond),
-        chart("chart-errors", "error rate", "error_rate", percent),
+        chart("chart-calls", "calls/s", "calls_per_s", perSecond, 1),
+        chart("chart-errors", "error rate", "error_rate", percent, 0.01),
         charts.lineChart({
           id: "chart-latency", title: "latency: p99 solid, p50 dashed", from, to, format: millis,
           lines: revisions.flatMap((r, i) => [

@@ -60,9 +60,10 @@
   }
 
   // lines: [{label, revision, role, dashed, points: [[ms since epoch, value|null], ...]}]
-  function lineChart({ id, title, lines, from, to, format }) {
+  // floor: the least top of the y axis (all zeros still get a readable scale).
+  function lineChart({ id, title, lines, from, to, format, floor = 1 }) {
     const values = lines.flatMap((l) => l.points.map((p) => p[1])).filter((v) => v !== null && v !== undefined);
-    const top = niceMax(values.length ? Math.max(...values) * 1.1 : 0);
+    const top = niceMax(Math.max(floor, ...values.map((v) => v * 1.1)));
     const x = (t) => PAD.left + ((t - from) / Math.max(1, to - from)) * (W - PAD.left - PAD.right);
     const y = (v) => H - PAD.bottom - (v / top) * (H - PAD.top - PAD.bottom);
     const grid = [0, 0.5, 1].map((f) => svg("g", { class: "grid" },
