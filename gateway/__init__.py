@@ -37,8 +37,7 @@ The API both build the same way (``gateway.app``)::
 The parts, each usable alone: `gateway.routes.RouteTable` (``apply(feed)``, ``lookup(name)``,
 endpoint choice), `gateway.keys.KeyCache`, `gateway.counts.Counts`, `gateway.shadow.Shadow`,
 `gateway.follow.Follower`, `gateway.stable_url.StableUrl(table, *, keys=None, counts=None,
-shadow=None)`. For the transition, ``StableUrl(source, cache_s=0.5)`` with the old
-``EndpointSource`` (``async (name) -> list[str] | None``) still works, with ``forget(name)``.
+shadow=None, auth=False)`; `gateway.upstream.Upstream` (the kept-alive connections).
 
 ``python -m gateway`` (`gateway.server`, `gateway.settings`): ``--registry-url``, ``--token``
 (or ``MODELPLANE_GATEWAY_TOKEN`` / ``MODELPLANE_TOKEN``), ``--host``, ``--port``, ``--id``,

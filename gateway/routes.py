@@ -53,9 +53,6 @@ class Pool:
         start = next(self._turn) % len(urls)
         return urls[start:] + urls[:start]
 
-    def keep_turn(self, old: Pool) -> None:
-        self._turn = old._turn
-
     def url(self) -> str:
         return self.urls[next(self._turn) % len(self.urls)]
 
@@ -111,10 +108,6 @@ class Plan:
         i = bisect.bisect_right(self._cumulative, random.random() * self._total)
         i = min(i, len(pools) - 1)
         return pools[i], [p for p in pools if p is not pools[i]]
-
-    def urls(self) -> list[str]:
-        """The endpoints taking unpinned calls."""
-        return [url for pool in self.pools for url in pool.urls]
 
     def mirror(self) -> Pool | None:
         """The shadow pool when this call is one of the mirrored share, else ``None``."""

@@ -1,22 +1,20 @@
 """The stable URL: ``/serve/{deployment}/...`` forwarded to the deployment's ready endpoints.
 
 A raw ASGI app (no FastAPI routing, validation or dependency injection on the hot path),
-mounted by ``ServeFront`` in the embedded control plane and served by ``python -m gateway``.
-It knows nothing of the database: a `RouteTable` tells it each deployment's lanes (or, for
-the transition, an ``EndpointSource`` its ready endpoint URLs). A call goes to a lane chosen
-by the lanes' shares (or to its pinned version's), to the lane's next endpoint, round robin,
-over pooled keep-alive connections; a refused connection, a dropped one, or a 503 (a
-draining endpoint) is retried on the lane's next endpoint, then on the other lanes' (unpinned
-calls), so a rollout loses no call. Keys are checked by a `KeyCache` when auth is on; the
-answers are counted per revision (`Counts`) and a share mirrored to a shadow (`Shadow`).
+mounted in front of the embedded control plane's API and served by ``python -m gateway``.
+It knows nothing of the database: a `RouteTable` tells it each deployment's lanes. A call
+goes to a lane chosen by the lanes' shares (or to its pinned version's), to the lane's next
+endpoint, round robin, over pooled keep-alive connections (`Upstream`); a refused
+connection, a dropped one, or a 503 (a draining endpoint) is retried on the lane's next
+endpoint, then on the other lanes' (unpinned calls), so a rollout loses no call. Keys are
+checked by a `KeyCache` when auth is on; the answers are counted per revision (`Counts`)
+and a share mirrored to a shadow (`Shadow`).
 Bodies up to ``STREAM_AFTER`` (every usual inference call) are held whole, so such a call
 can be retried; a larger request body is streamed to the endpoint as it arrives (retried
 elsewhere only if the endpoint could not be reached before the first byte went out), and a
-larger answer is streamed back to the caller. With an ``EndpointSource``, a deployment's
-endpoints are asked of it at most once per ``cache_s`` (concurrent callers share the
-answer), and asked afresh when a forward fails or this process changes the deployment's
-endpoints. Answers of its own are the inference protocol's
-``{"error": ...}`` bodies. Nothing is logged per call.
+larger answer is streamed back to the caller (server-sent events chunk by chunk). Answers
+of its own are the inference protocol's ``{"error": ...}`` bodies. Nothing is logged per
+call.
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ from gateway.counts import Counts
 from gateway.keys import Denied, KeyCache, Unverifiable
 from gateway.routes import NoVersion, Plan, Pool, RouteTable, path_version
 from gateway.shadow import Mirror, Shadow
-from gateway.sources import EndpointSource, SourceRoutes
 from gateway.upstream import Broken, Origin, Upstream
 
 log = logging.getLogger("modelplane.serve")
@@ -118,18 +115,14 @@ class StableUrl:
 
     def __init__(
         self,
-        table: RouteTable | EndpointSource,
+        table: RouteTable,
         *,
         keys: KeyCache | None = None,
         counts: Counts | None = None,
         shadow: Shadow | None = None,
         auth: bool = False,
-        cache_s: float = 0.5,
     ) -> None:
-        if isinstance(table, RouteTable):
-            self._table, self._source = table, None
-        else:  # the transition: an EndpointSource, read through a cache
-            self._table, self._source = RouteTable(), SourceRoutes(table, cache_s)
+        self._table = table
         self._keys = keys
         self._counts = counts
         self.shadow = shadow
@@ -140,12 +133,6 @@ class StableUrl:
     @property
     def table(self) -> RouteTable:
         return self._table
-
-    def forget(self, deployment: str) -> None:
-        """Read the deployment's endpoints afresh on its next call (an ``EndpointSource``
-        only: a route table is replaced whole by its feed)."""
-        if self._source is not None:
-            self._source.forget(deployment)
 
     async def close(self) -> None:
         self._upstream.close()
@@ -186,8 +173,7 @@ class StableUrl:
             await respond(send, 200 if ok else 503, [], b"")
             return
         try:
-            # an EndpointSource knows no versions: its calls are forwarded as they are
-            version = _pinned(pin, path) if self._source is None else None
+            version = _pinned(pin, path)
             pool, others = plan.choose(version)
         except NoVersion as exc:
             await error(send, 404, str(exc))
@@ -226,10 +212,7 @@ class StableUrl:
             except (Denied, Unverifiable) as exc:
                 await _refuse(send, exc)
                 return None
-        if self._source is not None:
-            plan = await self._source.plan(name) if name else None
-        else:
-            plan = self._table.lookup(name)
+        plan = self._table.lookup(name)
         if plan is None:
             await error(send, 404, f"deployment {name!r} does not exist")
             return None
@@ -255,41 +238,28 @@ class StableUrl:
         counts = self._counts
         body = request.body
         refused: tuple[Pool, _Refused] | None = None
-        for attempt in range(2):  # the second: a freshly read EndpointSource
-            for lane in (pool, *others):
-                for url in lane.order():
-                    try:
-                        reply = await self._try(url, request, send)
-                    except _Sent:  # the caller got part of an answer; its connection tells
-                        if counts is not None:
-                            counts.tally(plan.name, lane.revision).call(502, _since(started))
+        for lane in (pool, *others):
+            for url in lane.order():
+                try:
+                    reply = await self._try(url, request, send)
+                except _Sent:  # the caller got part of an answer; its connection tells
+                    if counts is not None:
+                        counts.tally(plan.name, lane.revision).call(502, _since(started))
+                    return None
+                if type(reply) is tuple:
+                    if counts is not None:
+                        counts.tally(plan.name, lane.revision).call(reply[0], reply[3] - started)
+                    return reply
+                if isinstance(reply, _Refused):
+                    refused = (lane, reply)
+                if isinstance(body, Streamed) and body.started:
+                    if reply is None:
+                        await self._failed(send, plan, lane, started)
                         return None
-                    if type(reply) is tuple:
-                        if counts is not None:
-                            tally = counts.tally(plan.name, lane.revision)
-                            tally.call(reply[0], reply[3] - started)
-                        return reply
-                    if isinstance(reply, _Refused):
-                        refused = (lane, reply)
-                    if self._source is not None:
-                        self._source.forget(plan.name)
-                    if isinstance(body, Streamed) and body.started:
-                        if reply is None:
-                            await self._failed(send, plan, lane, started)
-                            return None
-                        break  # its body went to that endpoint: not to be sent again
-                else:
-                    continue
-                break
-            if attempt or self._source is None or (isinstance(body, Streamed) and body.started):
-                break
-            fresh = await self._source.plan(plan.name)
-            if fresh is None or fresh.urls() == plan.urls():
-                break
-            fresh_pool, others = fresh.choose()
-            if fresh_pool is None:
-                break
-            plan, pool = fresh, fresh_pool
+                    break  # its body went to that endpoint: not to be sent again
+            else:
+                continue
+            break
         if refused is not None:
             lane, held = refused
             if counts is not None:
