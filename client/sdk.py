@@ -642,7 +642,9 @@ class Client:
         or straight to a serving process in direct mode; ``version`` pins it to that
         version's endpoints (the ``Modelplane-Version`` header at the stable URL)."""
         if self.direct if direct is None else direct:
-            return self.router.request(deployment, method, path, version=version, **kw)
+            return self.router.request(
+                deployment, method, path, version=version, idempotent=idempotent, **kw
+            )
         if version is not None:
             kw["headers"] = {**kw.get("headers", {}), VERSION_HEADER: str(version)}
         return self.transport.request(
