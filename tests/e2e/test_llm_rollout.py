@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 os.environ["HF_HUB_OFFLINE"] = "1"  # the worker and its serving processes inherit it
 
 NAME = "chat-roll"
+MODEL = "roll-llama"
 QUESTION = [{"role": "user", "content": "hello world, how are you today?"}]
 MAX_TOKENS = 12
 
@@ -82,7 +83,7 @@ class ChatLoop:
             call = Call(time.monotonic())
             try:
                 stream = self.ai.chat.completions.create(
-                    model="chatty",
+                    model=MODEL,
                     messages=QUESTION,  # type: ignore[arg-type]
                     max_tokens=MAX_TOKENS,
                     temperature=0,
@@ -103,9 +104,9 @@ def test_a_rollout_under_streamed_chat_drops_no_call(plane: Platform, tmp_path: 
     answers = {1: greedy_answer(v1), 2: greedy_answer(v2)}
     assert answers[1] != answers[2], "the two random models must answer differently"
     with Client(plane.cp.url, plane.token) as sdk:
-        sdk.push("chatty", v1, format="hf_causal_lm")
-        sdk.push("chatty", v2, format="hf_causal_lm")
-    body = {"name": NAME, "model": "chatty", "version": 1, "replicas": 1}
+        first = sdk.push(MODEL, v1, format="hf_causal_lm").version
+        second = sdk.push(MODEL, v2, format="hf_causal_lm").version
+    body = {"name": NAME, "model": MODEL, "version": first, "replicas": 1}
     answer = api(plane, "POST", "/deployments", json=body)
     assert answer.status_code == 201, answer.text
     stable = f"{plane.cp.url}/serve/{NAME}/v1"
@@ -113,7 +114,7 @@ def test_a_rollout_under_streamed_chat_drops_no_call(plane: Platform, tmp_path: 
     wait_for(
         f"{NAME} serving v1",
         lambda: (
-            ready_endpoints(plane, NAME, 1)
+            ready_endpoints(plane, NAME, first)
             and httpx.get(stable + "/models", headers=headers).status_code == 200
         ),
         120,
@@ -127,13 +128,13 @@ def test_a_rollout_under_streamed_chat_drops_no_call(plane: Platform, tmp_path: 
         return (
             body["status"] == "available"
             and bool(live)
-            and all(r["version"] == 2 and r["state"] == "ready" for r in live)
-            and not ready_endpoints(plane, NAME, 1)
+            and all(r["version"] == second and r["state"] == "ready" for r in live)
+            and not ready_endpoints(plane, NAME, first)
         )
 
     with ChatLoop(ai) as loop:
         wait_for("calls on v1", lambda: len(loop.calls) >= 3, 60, plane.logs)
-        patched = api(plane, "PATCH", f"/deployments/{NAME}", json={"version": 2})
+        patched = api(plane, "PATCH", f"/deployments/{NAME}", json={"version": second})
         assert patched.status_code == 200, patched.text
         wait_for(f"{NAME} rolled out to v2", rolled_out, 180, plane.logs)
         done = time.monotonic()
