@@ -42,7 +42,6 @@ class Settings(BaseSettings):
     # Deployments: a worker silent for lease_ttl_s loses its replicas to other workers.
     lease_ttl_s: float = Field(default=15.0, gt=0)
     heartbeat_s: float = Field(default=3.0, gt=0)
-    serve_cache_s: float = Field(default=0.5, ge=0, description="stable URL endpoint cache TTL")
     # The gateways' route feed is recomputed this often (and at once after a change made by
     # this process): it bounds how long another process's change, an expired heartbeat or a
     # revoked key takes to reach every gateway (plus one feed round trip).
