@@ -108,6 +108,10 @@ def test_a_canary_from_deploy_to_status_abort_and_promote(up: Up) -> None:
             canary_state(up, name, "waiting", "running")
             promoted = run_json(up, "canary", "promote", name)
             assert promoted["canary"]["state"] == "promoted" and promoted["version"] == 2
-            assert lanes(promoted) == [(2, "primary", 100)]
+
+            def settled() -> bool:  # the old primary serves until v2's replica is ready
+                return lanes(run_json(up, "deployments", "show", name)) == [(2, "primary", 100)]
+
+            wait_for(f"{name} on v2 alone", settled, 120, up.logs)
         finally:
             delete_and_wait(sdk, name, up)
