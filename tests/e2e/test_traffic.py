@@ -51,6 +51,15 @@ def traffic_plane(
         yield platform
 
 
+@pytest.fixture
+def made(traffic_plane: Platform) -> Iterator[list[str]]:
+    """Deployments a test made, deleted after it (passed or not) to free the worker's slots."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        delete(traffic_plane, name)
+
+
 def _at(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
@@ -100,11 +109,12 @@ def _counted(plane: Platform, name: str, revision: int) -> tuple[int, int]:
     return sum(calls), sum(errors)
 
 
-def test_a_good_canary_walks_10_50_100_under_load(traffic_plane: Platform) -> None:
+def test_a_good_canary_walks_10_50_100_under_load(traffic_plane: Platform, made: list[str]) -> None:
     plane = traffic_plane
     push_behaviours(plane, "walk", {}, {})
     deploy(plane, "walk", 1)
-    spec = {"steps": [10, 50, 100], "interval_s": 14, "min_calls": 30, "max_error_rate": 0.01}
+    made.append("walk")
+    spec = {"steps": [10, 50, 100], "interval_s": 18, "min_calls": 30, "max_error_rate": 0.01}
     steps: dict[int, float] = {}  # step index -> when it started (wall clock)
     with Load(infer_url(plane, "walk"), plane.token, rate=RATE, concurrency=6) as load:
         time.sleep(1.0)
@@ -140,15 +150,15 @@ def test_a_good_canary_walks_10_50_100_under_load(traffic_plane: Platform) -> No
         assert abs(share - percent) <= 5, (step, percent, share, answered_by(window))
     after = load.between(promoted + SETTLE_S, time.time())
     assert after and answered_by(after) == {2: len(after)}, answered_by(after)
-    delete(plane, "walk")
 
 
 def test_a_canary_erring_on_30_percent_is_rolled_back_within_an_interval(
-    traffic_plane: Platform,
+    traffic_plane: Platform, made: list[str]
 ) -> None:
     plane = traffic_plane
     push_behaviours(plane, "flaky", {}, {"error_rate": 0.3})
     deploy(plane, "flaky", 1)
+    made.append("flaky")
     spec = {"steps": [25, 50, 100], "interval_s": 20, "min_calls": 30, "max_error_rate": 0.05}
     with Load(infer_url(plane, "flaky"), plane.token, rate=60, concurrency=4) as load:
         time.sleep(1.0)
@@ -192,15 +202,15 @@ def test_a_canary_erring_on_30_percent_is_rolled_back_within_an_interval(
     assert errors == len(failed), (errors, len(failed))
     assert 0 < figures["errors"] <= len(failed), (figures, len(failed))
     assert figures["error_rate"] > spec["max_error_rate"], figures
-    delete(plane, "flaky")
 
 
 def test_a_canary_sleeping_200ms_breaches_max_p99_and_is_rolled_back(
-    traffic_plane: Platform,
+    traffic_plane: Platform, made: list[str]
 ) -> None:
     plane = traffic_plane
     push_behaviours(plane, "slow", {}, {"sleep_ms": 200})
     deploy(plane, "slow", 1)
+    made.append("slow")
     spec = {"steps": [20, 100], "interval_s": 20, "min_calls": 20, "max_p99_ms": 100}
     with Load(infer_url(plane, "slow"), plane.token, rate=30, concurrency=8) as load:
         time.sleep(1.0)
@@ -219,7 +229,6 @@ def test_a_canary_sleeping_200ms_breaches_max_p99_and_is_rolled_back(
     assert "p99" in verdict["reason"], verdict
     assert failures(load.calls) == [], failures(load.calls)[:5]
     assert deployment(plane, "slow")["version"] == 1
-    delete(plane, "slow")
 
 
 @pytest.fixture(scope="module")
@@ -286,10 +295,11 @@ def test_version_addressed_calls_and_pins_reach_only_their_version(
             assert "serves 1, 2" in answer.text, answer.text
 
 
-def test_a_shadow_is_compared_and_never_answers(traffic_plane: Platform) -> None:
+def test_a_shadow_is_compared_and_never_answers(traffic_plane: Platform, made: list[str]) -> None:
     plane = traffic_plane
     push_behaviours(plane, "mirror", {}, {})
     deploy(plane, "mirror", 1)
+    made.append("mirror")
     answer = api(
         plane, "PATCH", "/deployments/mirror", json={"shadow": {"version": 2, "percent": 100}}
     )
@@ -321,4 +331,3 @@ def test_a_shadow_is_compared_and_never_answers(traffic_plane: Platform) -> None
     )
     assert series["shadow_errors"] == 0, series
     assert series["shadow_disagreements"] == compared > 300, series
-    delete(plane, "mirror")
