@@ -66,7 +66,7 @@ def text_prompts(directory: Path, length: int, count: int) -> list[str]:
     while len(prompts) < count:
         ids = [rng.randrange(10, len(tokenizer)) for _ in range(length + 8)]
         for _ in range(8):
-            text = tokenizer.decode(ids, skip_special_tokens=True)
+            text = str(tokenizer.decode(ids, skip_special_tokens=True))
             encoded = tokenizer(text)["input_ids"]
             if len(encoded) == length:
                 prompts.append(text)
@@ -82,7 +82,7 @@ def in_process(directory: Path, prompts: list[list[int]], output: int) -> dict[s
     torch.set_num_threads(os.cpu_count() or 1)
     model = AutoModelForCausalLM.from_pretrained(
         directory, local_files_only=True, dtype=torch.float32
-    ).eval()
+    )  # in eval mode
     out: dict[str, float] = {}
     with torch.inference_mode():
         ids = torch.tensor([prompts[0]])

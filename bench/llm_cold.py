@@ -80,7 +80,7 @@ def first_token_in_process(directory: Path) -> tuple[float, float]:
     started = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
         directory, local_files_only=True, dtype=torch.float32
-    ).eval()
+    )  # in eval mode
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     loaded = time.perf_counter()
     with torch.inference_mode():

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from bench.harness import wait_for
 from bench.llm_models import make_llama
@@ -29,7 +30,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the worker and its serving processes inher
 
 NAME = "chat-roll"
 MODEL = "roll-llama"
-QUESTION = [{"role": "user", "content": "hello world, how are you today?"}]
+CONTENT = "hello world, how are you today?"
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": CONTENT}]
 MAX_TOKENS = 12
 
 
@@ -46,16 +48,17 @@ def greedy_answer(directory: Path) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)  # eval mode
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    prompt = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": CONTENT}], tokenize=False, add_generation_prompt=True
+    )
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
         out = model.generate(
             torch.tensor([ids]), max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=0
         )
-    text: str = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
-    return text
+    return str(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True))
 
 
 class ChatLoop:
@@ -84,7 +87,7 @@ class ChatLoop:
             try:
                 stream = self.ai.chat.completions.create(
                     model=MODEL,
-                    messages=QUESTION,  # type: ignore[arg-type]
+                    messages=QUESTION,
                     max_tokens=MAX_TOKENS,
                     temperature=0,
                     stream=True,
