@@ -121,7 +121,7 @@ class Soak:
             "MODELPLANE_DB_POOL_SIZE": "8",
             "MODELPLANE_LEASE_TTL_S": "4",
             "MODELPLANE_HEARTBEAT_S": "1",
-            "MODELPLANE_SERVE_CACHE_S": "0.2",
+            "MODELPLANE_ROUTE_FEED_POLL_S": "0.2",
             **{f"MODELPLANE_{k.upper()}": v for k, v in s3_env(seaweed.endpoint_url).items()},
         }
         self.port = free_port()

@@ -94,7 +94,7 @@ def running_platform(
                 "MODELPLANE_S3_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
                 "MODELPLANE_LEASE_TTL_S": str(LEASE_TTL_S),
                 "MODELPLANE_HEARTBEAT_S": str(HEARTBEAT_S),
-                "MODELPLANE_SERVE_CACHE_S": "0.2",
+                "MODELPLANE_ROUTE_FEED_POLL_S": "0.2",
             },
         )
         platform = Platform(cp, {}, log_dir, bucket, seaweed)

@@ -64,7 +64,7 @@ def plane(
             f"s3://{bucket}/mp",
             lease_ttl_s=str(LEASE_TTL_S),
             heartbeat_s=str(HEARTBEAT_S),
-            serve_cache_s="0.2",
+            route_feed_poll_s="0.2",
             **s3_env(seaweed.endpoint_url),
         )
         cp = ControlPlane(log_dir, env)
