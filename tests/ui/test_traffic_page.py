@@ -138,11 +138,14 @@ def test_charts_and_the_canary_panel_then_promote(
 
     for chart in ("chart-calls", "chart-errors", "chart-latency"):
         series = page.locator(f"#{chart} g.series")
-        series.first.wait_for(timeout=LIVE_TIMEOUT_MS)
-        drawn = series.evaluate_all(
-            "gs => gs.map(g => [Number(g.dataset.revision), Number(g.dataset.points)])"
-        )
-        assert {r for r, points in drawn if points > 0} == {base, canary}, (chart, drawn)
+
+        def drawn(series: Any = series) -> bool:  # redrawn every 5 s from /traffic
+            points = series.evaluate_all(
+                "gs => gs.map(g => [Number(g.dataset.revision), Number(g.dataset.points)])"
+            )
+            return {r for r, n in points if n > 0} == {base, canary}
+
+        wait_until(f"{chart} drawn for both revisions", drawn, LIVE_TIMEOUT_MS / 1000)
         assert page.locator(f"#{chart} polyline, #{chart} circle").count() >= 2
     rates = page.locator("#chart-calls g.series").evaluate_all(
         "gs => Object.fromEntries(gs.map(g => [g.dataset.revision, Number(g.dataset.last)]))"
