@@ -3,8 +3,10 @@ against `modelplane up` (its control plane, worker and serving processes)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,7 +73,7 @@ def test_bad_traffic_flags_fail_with_the_reason(up: Up) -> None:
     assert "not found" in result.stderr.lower() or "no canary" in result.stderr
 
 
-def test_a_canary_from_deploy_to_status_abort_and_promote(up: Up) -> None:
+def test_a_canary_from_deploy_to_status_abort_and_promote(up: Up, tmp_path: Path) -> None:
     name = unique("canary")
     with up.client() as sdk:
         pushed(sdk, name, 2)
@@ -113,5 +115,21 @@ def test_a_canary_from_deploy_to_status_abort_and_promote(up: Up) -> None:
                 return lanes(run_json(up, "deployments", "show", name)) == [(2, "primary", 100)]
 
             wait_for(f"{name} on v2 alone", settled, 120, up.logs)
+            np.save(tmp_path / "x.npy", np.ones((2, 4), np.float32))
+            for flags in ([], ["--direct"], ["--direct", "--version", "2"]):
+                answer = run_json(up, "infer", name, "-i", str(tmp_path / "x.npy"), *flags)
+                assert answer["output0"]["shape"] == [2, 3], flags
+            result = run(
+                up,
+                "infer",
+                name,
+                "-i",
+                str(tmp_path / "x.npy"),
+                "--version",
+                "1",
+                "--direct",
+                code=1,
+            )
+            assert "does not serve version 1 (served: v2)" in result.stderr
         finally:
             delete_and_wait(sdk, name, up)

@@ -116,6 +116,11 @@ def test_a_pin_reaches_only_its_version_and_an_unknown_one_names_the_served(up: 
                         np.testing.assert_allclose(got, expected(module), rtol=1e-5)
                 with pytest.raises(NotFound, match=r"version 7 \(served: v1, v2\)"):
                     direct.infer(name, X, version=7)
+            # the same pin through the stable URL: the Modelplane-Version header
+            for _ in range(10):
+                got = sdk.infer(name, X, version=2)["output0"]
+                np.testing.assert_allclose(got, expected(second), rtol=1e-5)
+            with up.client(direct=True) as direct:
                 seen = Counter(
                     1 if np.allclose(direct.infer(name, X)["output0"], expected(first)) else 2
                     for _ in range(400)
