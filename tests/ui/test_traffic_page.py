@@ -122,6 +122,10 @@ def test_charts_and_the_canary_panel_then_promote(
             counts(name, base, 900, 2, 12.0),
             counts(name, canary, 100, 1, 15.0),
         )
+    page.goto(f"{dashboard.ui}/deployments")
+    listed = page.locator(f'#deployments tr[data-deployment="{name}"] td.traffic')
+    listed.locator('[data-canary="running"]').wait_for()
+    assert "v1 90%" in listed.inner_text() and "v2 10% canary" in listed.inner_text()
     page.goto(f"{dashboard.ui}/deployments/{name}")
 
     panel = page.locator("#canary-panel")

@@ -244,9 +244,23 @@
       h("td", { class: "status" }, pill(d.status)),
       num(`${d.observed.ready_replicas}/${d.replicas}`),
       h("td", {}, d.observed.version ? `v${d.observed.version}` : "—"),
+      h("td", { class: "wrap traffic" }, trafficChips(d)),
       h("td", {}, when(d.updated_at)),
     ));
-    return table(["Name", "Model", "Target", "#Revision", "Status", "#Ready", "Serving", "Updated"], rows, "No deployments yet.");
+    return table(["Name", "Model", "Target", "#Revision", "Status", "#Ready", "Serving", "Traffic", "Updated"], rows, "No deployments yet.");
+  }
+
+  // A deployment's lanes in a list: shares when more than one revision takes calls, and a
+  // canary in progress.
+  function trafficChips(d) {
+    const lanes = d.lanes || [];
+    const canary = d.canary && ["waiting", "running"].includes(d.canary.state) ? d.canary : null;
+    if (lanes.length < 2 && !canary) return "—";
+    return [
+      lanes.map((x) => h("span", { class: `chip${x.role === "shadow" ? " shadow" : ""}`, dataset: { role: x.role } },
+        `v${x.version} ${x.percent}%${x.role === "primary" ? "" : ` ${x.role}`}`)),
+      canary ? h("span", { class: "pill info", dataset: { canary: canary.state } }, `canary step ${canary.step + 1}/${canary.spec.steps.length}`) : null,
+    ];
   }
 
   function eventsTable(items, short) {
