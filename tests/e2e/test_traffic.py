@@ -76,7 +76,8 @@ def _canary_patch(version: int, **spec: Any) -> dict[str, Any]:
 def _canary_revision(plane: Platform, name: str) -> dict[str, Any]:
     answer = api(plane, "GET", f"/deployments/{name}/revisions")
     assert answer.status_code == 200, answer.text
-    [revision] = [r for r in answer.json()["items"] if r["reason"] == "canary"]
+    canaries: list[dict[str, Any]] = [r for r in answer.json()["items"] if r["reason"] == "canary"]
+    [revision] = canaries
     return revision
 
 
@@ -91,7 +92,9 @@ def _revision_traffic(plane: Platform, name: str, revision: int) -> dict[str, An
     """The revision's series over the last 5 minutes (None: nothing counted yet)."""
     answer = api(plane, "GET", f"/deployments/{name}/traffic", params={"minutes": 5})
     assert answer.status_code == 200, answer.text
-    found = [r for r in answer.json()["revisions"] if r["revision"] == revision]
+    found: list[dict[str, Any]] = [
+        r for r in answer.json()["revisions"] if r["revision"] == revision
+    ]
     return found[0] if found else None
 
 
@@ -114,7 +117,12 @@ def test_a_good_canary_walks_10_50_100_under_load(traffic_plane: Platform, made:
     push_behaviours(plane, "walk", {}, {})
     deploy(plane, "walk", 1)
     made.append("walk")
-    spec = {"steps": [10, 50, 100], "interval_s": 18, "min_calls": 30, "max_error_rate": 0.01}
+    spec: dict[str, Any] = {
+        "steps": [10, 50, 100],
+        "interval_s": 18,
+        "min_calls": 30,
+        "max_error_rate": 0.01,
+    }
     steps: dict[int, float] = {}  # step index -> when it started (wall clock)
     with Load(infer_url(plane, "walk"), plane.token, rate=RATE, concurrency=6) as load:
         time.sleep(1.0)
@@ -142,7 +150,7 @@ def test_a_good_canary_walks_10_50_100_under_load(traffic_plane: Platform, made:
         f"{steps[0] - asked:.1f}s, promoted {promoted - asked:.1f}s after the PATCH"
     )
     ends = {0: steps[1], 1: promoted}
-    for step, percent in enumerate(spec["steps"][:2]):  # type: ignore[index]
+    for step, percent in enumerate(spec["steps"][:2]):
         window = load.between(steps[step] + SETTLE_S, ends[step] - 0.5)
         share = _share(window, 2)
         print(f"  step {step} ({percent}%): v2 answered {share:.1f}% of {len(window)} calls")
@@ -159,7 +167,12 @@ def test_a_canary_erring_on_30_percent_is_rolled_back_within_an_interval(
     push_behaviours(plane, "flaky", {}, {"error_rate": 0.3})
     deploy(plane, "flaky", 1)
     made.append("flaky")
-    spec = {"steps": [25, 50, 100], "interval_s": 20, "min_calls": 30, "max_error_rate": 0.05}
+    spec: dict[str, Any] = {
+        "steps": [25, 50, 100],
+        "interval_s": 20,
+        "min_calls": 30,
+        "max_error_rate": 0.05,
+    }
     with Load(infer_url(plane, "flaky"), plane.token, rate=60, concurrency=4) as load:
         time.sleep(1.0)
         asked = time.time()
@@ -211,7 +224,12 @@ def test_a_canary_sleeping_200ms_breaches_max_p99_and_is_rolled_back(
     push_behaviours(plane, "slow", {}, {"sleep_ms": 200})
     deploy(plane, "slow", 1)
     made.append("slow")
-    spec = {"steps": [20, 100], "interval_s": 20, "min_calls": 20, "max_p99_ms": 100}
+    spec: dict[str, Any] = {
+        "steps": [20, 100],
+        "interval_s": 20,
+        "min_calls": 20,
+        "max_p99_ms": 100,
+    }
     with Load(infer_url(plane, "slow"), plane.token, rate=30, concurrency=8) as load:
         time.sleep(1.0)
         answer = api(plane, "PATCH", "/deployments/slow", json=_canary_patch(2, **spec))
