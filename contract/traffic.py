@@ -259,6 +259,9 @@ class RevisionSeries(BaseModel):
     shadow_disagreements: int = 0
     shadow_dropped: int = 0
     shadow_errors: int = 0
+    shadow_compared: int = Field(
+        default=0, description="mirrored calls whose answer was compared with the primary's"
+    )
 
 
 class TrafficSeries(BaseModel):

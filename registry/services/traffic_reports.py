@@ -131,4 +131,5 @@ def _revision_series(
         shadow_disagreements=total.shadow_disagreements,
         shadow_dropped=total.shadow_dropped,
         shadow_errors=total.shadow_errors,
+        shadow_compared=total.shadow_compared,
     )
