@@ -246,6 +246,9 @@ class DeploymentService:
         if canary is not None and version.id != current.version_id:
             await check_optimize(session, spec, version)
             await start_canary(self._ctx, session, deployment, model, version, spec, canary)
+            if spec.strategy != settled.strategy:  # the deployment's, whatever the verdict
+                strategy = None if spec.strategy is None else spec.strategy.model_dump(mode="json")
+                current.settings = {**current.settings, "strategy": strategy}
         elif version.id != current.version_id or not _runs_alike(spec, settled):
             if (running := active_canary(deployment)) is not None:
                 raise CanaryInProgress(deployment.name, running.revision, running.state.value)

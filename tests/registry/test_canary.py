@@ -394,3 +394,30 @@ async def test_the_control_plane_runs_the_controller(
             await asyncio.sleep(0.05)
         assert (await get_deployment(client, "web"))["canary"]["percent"] == 10
         assert told.count("web") >= 2  # the PATCH, then the controller's step
+
+
+async def test_a_strategy_given_with_the_version_stays_the_deployments(
+    client: httpx.AsyncClient,
+    model: str,
+    sessions: SessionFactory,
+    fs_artifacts: FileSystemArtifactStore,
+    settings: Settings,
+) -> None:
+    """PATCH {version, strategy} starts a canary and sets the strategy for the next change
+    too: shown while the canary runs, kept after an abort."""
+    v1 = await deployable(client, model, b"1")
+    v2 = await deployable(client, model, b"2")
+    v3 = await deployable(client, model, b"3")
+    await deploy(client, model, name="web", version=v1)
+    worker = await register_worker(client, cpu_slots=8)
+    assert (await serve(client, worker, "web"))["status"] == "available"
+    url = f"{API}/deployments/web"
+    body = {"version": v2, "strategy": {"canary": CANARY}}
+    started = (await client.patch(url, json=body)).json()
+    assert started["canary"]["state"] == "waiting"
+    assert started["strategy"]["canary"]["steps"] == [10, 50, 100]
+    aborted = (await client.post(f"{url}/canary/abort")).json()
+    assert aborted["strategy"]["canary"]["steps"] == [10, 50, 100]
+    await serve(client, worker, "web")
+    again = (await client.patch(url, json={"version": v3})).json()
+    assert again["canary"]["state"] == "waiting" and again["canary"]["version"] == v3
