@@ -7,13 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -22,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from contract.asgi import nodelay_protocol
 from contract.paths import SERVE_PREFIX
+from contract.supervise import supervise
 from gateway.app import Gateway
 from gateway.remote import RemoteRegistry
 from gateway.settings import GatewaySettings
@@ -152,24 +150,7 @@ def run_workers(settings: GatewaySettings) -> int:
         )
         for n in range(settings.workers)
     ]
-    stopping: list[int] = []
-
-    def forward(sig: int, frame: FrameType | None) -> None:
-        stopping.append(sig)
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(sig)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while any(child.poll() is None for child in children):
-        if not stopping and any(c.returncode not in (None, 0) for c in children):
-            forward(signal.SIGTERM, None)
-        time.sleep(0.2)
-    # uvicorn re-raises the signal it stopped on: a child ended by the one passed on is fine
-    clean = {0, *(-sig for sig in stopping)}
-    failed = [child.returncode for child in children if child.returncode not in clean]
-    return failed[0] if failed else 0
+    return supervise(children)
 
 
 def _as_env(settings: GatewaySettings) -> dict[str, str]:

@@ -20,6 +20,7 @@ import uvicorn
 from contract.asgi import nodelay_protocol
 from contract.enums import EndpointStatus
 from contract.optimize import OptimizeMode
+from contract.supervise import supervise
 from serving.app import ServingApp
 from serving.artifacts import parse_signature, verify_sha256
 from serving.batching import Batcher
@@ -263,19 +264,4 @@ def run_workers(settings: ServingSettings, argv: list[str]) -> int:
         for _ in range(settings.workers)
     ]
 
-    stopping: list[int] = []
-
-    def forward(sig: int, frame: FrameType | None) -> None:
-        stopping.append(sig)
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(sig)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while any(child.poll() is None for child in children):
-        failed = [c for c in children if c.returncode not in (None, 0)]
-        if failed and not stopping:  # one worker could not start: stop the others too
-            forward(signal.SIGTERM, None)
-        time.sleep(0.2)
-    return max((child.returncode for child in children), key=abs)
+    return supervise(children)
