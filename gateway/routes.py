@@ -7,6 +7,7 @@ shadow lane) so choosing an endpoint costs a random number, a bisect and a count
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
 import random
@@ -127,10 +128,24 @@ class RouteTable:
     def __init__(self, routes: Iterable[Route] = ()) -> None:
         self._plans: dict[str, Plan] = {r.deployment: Plan(r) for r in routes}
         self.auth = False
+        self._next: asyncio.Future[None] | None = None  # resolved by the next `apply`
 
     def apply(self, feed: RouteFeed) -> None:
         self._plans = {route.deployment: Plan(route) for route in feed.routes}
         self.auth = feed.auth
+        if self._next is not None and not self._next.done():
+            self._next.set_result(None)
+        self._next = None
+
+    async def changed(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the next table; whether it came."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._next), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def lookup(self, name: str) -> Plan | None:
         return self._plans.get(name)

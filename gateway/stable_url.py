@@ -45,6 +45,8 @@ from gateway.routes import NoVersion, Plan, Pool, RouteTable, path_version
 from gateway.shadow import Mirror, Shadow
 from gateway.upstream import Broken, Origin, Upstream
 
+HOLD_S = 1.0  # a call nothing can take waits this long for the next route table
+
 log = logging.getLogger("modelplane.serve")
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the client library sets itself.
@@ -175,6 +177,11 @@ class StableUrl:
         try:
             version = _pinned(pin, path)
             pool, others = plan.choose(version)
+            if pool is None and await self._table.changed(HOLD_S):
+                # nothing ready in the table this gateway holds: the next may know better
+                # (an endpoint that turned ready elsewhere reaches every gateway in a poll)
+                plan = self._table.lookup(name) or plan
+                pool, others = plan.choose(version)
         except NoVersion as exc:
             await error(send, 404, str(exc))
             return
@@ -190,7 +197,7 @@ class StableUrl:
             target += "?" + scope["query_string"].decode("latin-1")
         method = scope["method"]
         request = _Request(method, target, headers, body)
-        reply = await self._forward(send, plan, pool, others, request, started)
+        reply = await self._forward(send, plan, pool, others, request, started, version)
         # pinned calls are tests of one version; GETs (metadata) differ between versions
         if self.shadow is not None and reply is not None and version is None:
             status, answer, kind, _ = reply
@@ -232,9 +239,13 @@ class StableUrl:
         others: list[Pool],
         request: _Request,
         started: float,
+        version: int | None = None,
+        again: bool = True,
     ) -> Reply | None:
         """Forward to ``pool``'s endpoints, then the ``others``'; the caller's answer, counted
-        under the revision that gave it. ``None`` when no answer could be held for a shadow."""
+        under the revision that gave it. ``None`` when no answer could be held for a shadow.
+        When no endpoint could take the call (and no byte of its body went out), it waits up
+        to ``HOLD_S`` for the next route table and tries that once."""
         counts = self._counts
         body = request.body
         refused: tuple[Pool, _Refused] | None = None
@@ -260,6 +271,17 @@ class StableUrl:
             else:
                 continue
             break
+        resent = isinstance(body, Streamed) and body.started
+        if again and not resent and await self._table.changed(HOLD_S):
+            fresh = self._table.lookup(plan.name)
+            try:
+                chosen = fresh.choose(version) if fresh is not None else (None, [])
+            except NoVersion:
+                chosen = (None, [])
+            if fresh is not None and chosen[0] is not None:
+                return await self._forward(
+                    send, fresh, chosen[0], chosen[1], request, started, version, False
+                )
         if refused is not None:
             lane, held = refused
             if counts is not None:

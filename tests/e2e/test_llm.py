@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 os.environ["HF_HUB_OFFLINE"] = "1"  # the worker and its serving processes inherit it
 
 
-def test_openai_client_through_the_stable_url(plane: Platform, tmp_path: Path) -> None:
+def test_openai_client_through_the_stable_url(
+    plane: Platform, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     directory = make_llama(tmp_path / "llama", context=2048)
     assert len(list(directory.glob("model-*-of-*.safetensors"))) >= 3
     with Client(plane.cp.url, plane.token) as sdk:
@@ -33,6 +35,8 @@ def test_openai_client_through_the_stable_url(plane: Platform, tmp_path: Path) -
     body = {"name": "chat-prod", "model": "chatty", "version": 1, "replicas": 1}
     answer = api(plane, "POST", "/deployments", json=body)
     assert answer.status_code == 201, answer.text
+    # the package's worker has few slots: the tests after this one need its slot back
+    request.addfinalizer(lambda: api(plane, "DELETE", "/deployments/chat-prod"))
     stable = f"{plane.cp.url}/serve/chat-prod/v1"
 
     def serving() -> bool:

@@ -101,7 +101,9 @@ class ChatLoop:
             self.calls.append(call)
 
 
-def test_a_rollout_under_streamed_chat_drops_no_call(plane: Platform, tmp_path: Path) -> None:
+def test_a_rollout_under_streamed_chat_drops_no_call(
+    plane: Platform, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     v1 = make_llama(tmp_path / "v1", context=2048, seed=0)
     v2 = make_llama(tmp_path / "v2", context=2048, seed=1)
     answers = {1: greedy_answer(v1), 2: greedy_answer(v2)}
@@ -112,6 +114,8 @@ def test_a_rollout_under_streamed_chat_drops_no_call(plane: Platform, tmp_path: 
     body = {"name": NAME, "model": MODEL, "version": first, "replicas": 1}
     answer = api(plane, "POST", "/deployments", json=body)
     assert answer.status_code == 201, answer.text
+    # the package's worker has few slots: the tests after this one need its slot back
+    request.addfinalizer(lambda: api(plane, "DELETE", f"/deployments/{NAME}"))
     stable = f"{plane.cp.url}/serve/{NAME}/v1"
     headers = {"Authorization": f"Bearer {plane.token}"}
     wait_for(
