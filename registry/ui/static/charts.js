@@ -86,11 +86,13 @@
           fill: "none", stroke: colour, "stroke-width": line.dashed ? 1.5 : 2,
           "stroke-dasharray": line.dashed ? "4 3" : null, "stroke-linejoin": "round",
         })));
-      const last = [...line.points].reverse().find((p) => p[1] !== null && p[1] !== undefined);
+      const known = line.points.filter((p) => p[1] !== null && p[1] !== undefined);
+      const last = known[known.length - 1];
       return svg("g", {
         class: "series", "data-revision": line.revision, "data-label": line.label,
-        "data-points": line.points.filter((p) => p[1] !== null && p[1] !== undefined).length,
+        "data-points": known.length,
         "data-last": last ? last[1] : "",
+        "data-peak": known.length ? Math.max(...known.map((p) => p[1])) : "",
       }, svg("title", {}, line.label), parts);
     });
     const legend = lines.map((line, i) => (line.unlisted ? null : svg("g", {},
