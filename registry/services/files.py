@@ -394,10 +394,17 @@ class FileService:
         )
 
     async def open(self, ref: FileRef, start: int, end: int) -> AsyncIterator[bytes]:
-        """Open the range now (errors surface before the answer starts); stream it later,
-        in the store's big pieces (S3 prefetches ranges in parallel)."""
+        """Open the range and read its first piece now (errors surface before the answer
+        starts, never as a truncated body); stream the rest later, in the store's big
+        pieces (S3 prefetches ranges in parallel)."""
         pieces = await to_thread.run_sync(self._store.chunks, blob_key(ref.sha256), start, end)
-        return _stream(pieces, self._ctx.metrics)
+        try:
+            first = await to_thread.run_sync(next, pieces, None)
+        except BaseException:
+            with CancelScope(shield=True):
+                await to_thread.run_sync(_close, pieces)
+            raise
+        return _stream(pieces, self._ctx.metrics, first)
 
 
 def check_pipeline_file(file: BinaryIO) -> None:
@@ -423,14 +430,16 @@ def _hash_file(file: BinaryIO, limit: int) -> tuple[str, int]:
 
 
 async def _stream(
-    pieces: Iterator[bytes], metrics: ControlPlaneMetrics | None
+    pieces: Iterator[bytes], metrics: ControlPlaneMetrics | None, first: bytes | None
 ) -> AsyncIterator[bytes]:
-    """One thread hop per piece (a few MiB), never blocking the event loop."""
+    """``first``, then one thread hop per piece (a few MiB), never blocking the event loop."""
     start, sent = time.perf_counter(), 0
+    piece = first
     try:
-        while (piece := await to_thread.run_sync(next, pieces, None)) is not None:
+        while piece is not None:
             yield piece
             sent += len(piece)
+            piece = await to_thread.run_sync(next, pieces, None)
     finally:
         if metrics is not None:
             metrics.download_bytes.inc(sent)
