@@ -233,7 +233,13 @@ def test_stack_keeps_its_database_artifacts_and_keys_between_runs(tmp_path: Path
             token = first.token
         with modelplane_stack(home, database, *flags) as second:
             assert second.token == token  # the saved admin key still works: not minted again
-            answer = second.api("GET", "/models/kept/versions/1/files/model.pt")
+
+            # the store restarted on new ports: a 503 (Retry-After) until it answers reads
+            def read() -> httpx.Response | None:
+                answer = second.api("GET", "/models/kept/versions/1/files/model.pt")
+                return None if answer.status_code == 503 else answer
+
+            answer = wait_for("the kept file", read, 30, second.logs)
             assert answer.status_code == 200 and answer.content == data
     finally:
         drop_database(database)
