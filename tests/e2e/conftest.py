@@ -6,6 +6,7 @@ default): workers and their serving processes use a minted worker key, the tests
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,13 +73,20 @@ def plane(seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory) -> I
         yield platform
 
 
+def require_postgres() -> None:
+    """Skip without Postgres; with CI=true (CI has Postgres) its absence is a failure."""
+    if (why := postgres_unavailable()) is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+
+
 @contextlib.contextmanager
 def running_platform(
     seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory, workers: dict[str, int]
 ) -> Iterator[Platform]:
     """A control plane and the ``workers`` (name → CPU slots), stopped by PID afterwards."""
-    if (why := postgres_unavailable()) is not None:
-        pytest.skip(why)
+    require_postgres()
     log_dir = tmp_path_factory.mktemp("deploy")
     bucket = f"deploy-{uuid.uuid4().hex[:12]}"
     seaweed.client().create_bucket(Bucket=bucket)

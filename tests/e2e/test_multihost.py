@@ -37,8 +37,9 @@ from bench.harness import (
     torchscript_bytes,
     wait_for,
 )
-from bench.pg import ADMIN_DSN, drop_database, postgres_unavailable
+from bench.pg import ADMIN_DSN, drop_database
 from devstack import netns
+from tests.e2e.conftest import require_postgres
 
 pytestmark = pytest.mark.timeout(300)
 LEASE_TTL_S = 3.0
@@ -79,13 +80,6 @@ def alive(pid: int) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state != "Z"
     return True
-
-
-def require_postgres() -> None:
-    if (why := postgres_unavailable()) is not None:
-        if os.environ.get("CI") == "true":  # CI has Postgres: its absence is a failure
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 @contextlib.contextmanager

@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from bench.harness import REPO, ControlPlane, Process, Worker, auth, base_env, push_version
-from bench.pg import postgres_unavailable, throwaway_database
+from bench.pg import throwaway_database
 from contract.traffic import VERSION_HEADER
 from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
-from tests.e2e.conftest import HEARTBEAT_S, LEASE_TTL_S, Platform
+from tests.e2e.conftest import HEARTBEAT_S, LEASE_TTL_S, Platform, require_postgres
 from tests.e2e.deploy_helpers import X, api, deployment, wait_serving
 from tests.support import behaviour_runtime
 
@@ -59,8 +59,7 @@ def behaviour_platform(
 ) -> Iterator[Platform]:
     """A control plane (auth on, Postgres, SeaweedFS) and one worker `w1`, all with the
     `behave` runtime installed; stopped by PID afterwards."""
-    if (why := postgres_unavailable()) is not None:
-        pytest.skip(why)
+    require_postgres()
     log_dir = tmp_path_factory.mktemp("traffic")
     plugin = behaviour_runtime.install(tmp_path_factory.mktemp("site-packages"))
     bucket = f"traffic-{uuid.uuid4().hex[:12]}"
