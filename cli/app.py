@@ -160,7 +160,7 @@ def _start_worker(host: str, port: int, home: Path, token: str | None) -> subpro
     which skips `finally`). Its API key goes in MODELPLANE_WORKER_TOKEN."""
     command = [sys.executable, "-m", "deployer", "--control-plane", _reach(host, port)]
     command += ["--cache-dir", str(home.resolve() / "cache"), "--name", "embedded"]
-    from deployer.children import die_with_parent
+    from contract.children import die_with_parent
 
     env = {**os.environ, **({"MODELPLANE_WORKER_TOKEN": token} if token else {})}
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent)

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from contract.logs import request_id
 from contract.serving import SETTINGS_ENV, ServingSpec, SpareJob
 from deployer.cache import BlobCache, CacheError, sha256_args
-from deployer.children import die_with_parent
+from contract.children import die_with_parent
 from deployer.client import ControlPlane
 from deployer.contract import Assignment, ReplicaReport, ReplicaState, digests
 from deployer.metrics import WorkerMetrics

@@ -63,7 +63,7 @@ class Child:
     stack's process dies (PR_SET_PDEATHSIG survives `ip netns exec`'s exec)."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str]) -> None:
-        from deployer.children import die_with_parent
+        from contract.children import die_with_parent
 
         self.name, self.argv, self.log_path = name, argv, log_path
         with log_path.open("ab") as log:

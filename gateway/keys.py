@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from fnmatch import fnmatchcase
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 from contract.schemas import Scope
 from contract.traffic import KeyGrant
@@ -67,6 +67,15 @@ class Grant:
             raise Denied(403, f"the API key {self.name!r} may not call {deployment!r}")
 
 
+class KeyWatch(Protocol):
+    """Told of each grant a call passed with and of each grant dropped (the native gateway
+    keeps HAProxy's keys map by it)."""
+
+    def granted(self, digest: str, grant: Grant) -> None: ...
+
+    def dropped(self, digest: str) -> None: ...
+
+
 class KeyCache:
     """Grants by token hash, filled by the verifier, emptied by `forget`."""
 
@@ -78,6 +87,7 @@ class KeyCache:
         self._negative: dict[str, float] = {}  # hash → monotonic time it stops counting
         self._loading: dict[str, asyncio.Future[Grant | None]] = {}
         self._revoked: dict[str, None] = {}  # ordered: the oldest go first past the bound
+        self.watch: KeyWatch | None = None
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -99,6 +109,8 @@ class KeyCache:
             raise Denied(401, f"the API key {grant.name!r} has expired")
         if not grant.reads:
             raise Denied(403, f"the API key {grant.name!r} lacks the read scope")
+        if self.watch is not None:
+            self.watch.granted(digest, grant)
         return grant
 
     def forget(self, key_ids: Iterable[str]) -> None:
@@ -109,8 +121,8 @@ class KeyCache:
             self._revoked[key_id] = None
             if len(self._revoked) > MAX_REVOKED:
                 del self._revoked[next(iter(self._revoked))]
-            for digest in self._by_id.pop(key_id, ()):
-                self._grants.pop(digest, None)
+            for digest in list(self._by_id.get(key_id, ())):
+                self._drop(digest)
 
     async def _load(self, digest: str, token: str) -> Grant | None:
         until = self._negative.get(digest)
@@ -146,6 +158,8 @@ class KeyCache:
 
     def _drop(self, digest: str) -> None:
         grant = self._grants.pop(digest, None)
+        if grant is not None and self.watch is not None:
+            self.watch.dropped(digest)
         if grant is not None and grant.key_id is not None:
             digests = self._by_id.get(grant.key_id)
             if digests is not None:

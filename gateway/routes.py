@@ -12,7 +12,7 @@ import bisect
 import itertools
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from contract.traffic import Lane, LaneRole, Route, RouteFeed
 
@@ -129,6 +129,7 @@ class RouteTable:
         self._plans: dict[str, Plan] = {r.deployment: Plan(r) for r in routes}
         self.auth = False
         self._next: asyncio.Future[None] | None = None  # resolved by the next `apply`
+        self.listeners: list[Callable[[], None]] = []  # called after each `apply`
 
     def apply(self, feed: RouteFeed) -> None:
         self._plans = {route.deployment: Plan(route) for route in feed.routes}
@@ -136,6 +137,8 @@ class RouteTable:
         if self._next is not None and not self._next.done():
             self._next.set_result(None)
         self._next = None
+        for listener in self.listeners:
+            listener()
 
     async def changed(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the next table; whether it came."""

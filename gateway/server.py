@@ -1,6 +1,7 @@
 """The gateway process: `Gateway` over `RemoteRegistry`, served by uvicorn with
 ``/healthz`` (alive), ``/readyz`` (200 once a first route feed arrived), ``/metrics`` and
-``/serve/...``."""
+``/serve/...``. With the haproxy engine, HAProxy listens on the port and uvicorn on a
+loopback port of its own behind it (`gateway.native`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from contract.asgi import nodelay_protocol
 from contract.paths import SERVE_PREFIX
 from contract.supervise import supervise
 from gateway.app import Gateway
+from gateway.native.engine import NativeEngine
+from gateway.native.haproxy import find
 from gateway.remote import RemoteRegistry
 from gateway.settings import GatewaySettings
 
@@ -31,8 +34,9 @@ _ROOT = SERVE_PREFIX.rstrip("/")
 class GatewayApp:
     """The process's ASGI app: the stable URL first, three small routes of its own."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, engine: NativeEngine | None = None) -> None:
         self.gateway = gateway
+        self.engine = engine
         self._stable = gateway.asgi
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -47,7 +51,7 @@ class GatewayApp:
         elif path == "/healthz":
             await _plain(send, 200, b"ok\n")
         elif path == "/readyz":
-            ready = self.gateway.ready
+            ready = self.engine.ready if self.engine is not None else self.gateway.ready
             await _plain(send, 200 if ready else 503, b"ready\n" if ready else b"no feed yet\n")
         elif path == "/metrics":
             body = generate_latest(self.gateway.metrics)
@@ -60,8 +64,17 @@ class GatewayApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.gateway.start()
+                if self.engine is not None:
+                    try:
+                        await self.engine.start()
+                    except Exception as exc:  # noqa: BLE001  said, and the process exits
+                        await self.gateway.close()
+                        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                        return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.engine is not None:
+                    await self.engine.close()
                 await self.gateway.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -75,7 +88,11 @@ async def _plain(
     await send({"type": "http.response.body", "body": body})
 
 
-def build(settings: GatewaySettings) -> tuple[GatewayApp, RemoteRegistry]:
+def build(
+    settings: GatewaySettings, haproxy: str | None = None, slow: tuple[str, int] | None = None
+) -> tuple[GatewayApp, RemoteRegistry]:
+    """The app; with ``haproxy`` (its binary), HAProxy serves the settings' port and this
+    app the loopback address ``slow`` behind it."""
     registry = RemoteRegistry(settings.registry_url, settings.token, wait_s=settings.wait_s)
     gateway = Gateway(
         fetch=registry.fetch,
@@ -87,15 +104,42 @@ def build(settings: GatewaySettings) -> tuple[GatewayApp, RemoteRegistry]:
         shadow_queue=settings.shadow_queue,
         shadow_workers=settings.shadow_workers,
     )
-    return GatewayApp(gateway), registry
+    engine = None
+    if haproxy is not None and slow is not None:
+        engine = NativeEngine(
+            gateway, binary=haproxy, host=settings.host, port=settings.port, slow=slow,
+            auth=settings.auth, threads=settings.threads,
+        )  # fmt: skip
+    return GatewayApp(gateway, engine), registry
+
+
+def engine_binary(settings: GatewaySettings) -> str | None:
+    """HAProxy's path when it serves the port, ``None`` for the Python forwarder alone."""
+    if settings.engine == "python":
+        return None
+    found = find(settings.haproxy)
+    if found is None and settings.engine == "haproxy":
+        raise SystemExit(f"python -m gateway: --engine haproxy needs HAProxy >= 2.6 "
+                         f"({settings.haproxy!r} not found or older)")  # fmt: skip
+    if found is None:
+        log.warning("no HAProxy >= 2.6 found: the Python forwarder serves the port")
+    return found
 
 
 def serve(settings: GatewaySettings) -> int:
     """Run until SIGTERM/SIGINT; the exit status."""
+    haproxy = engine_binary(settings)
+    if haproxy is not None and settings.workers > 1:
+        raise SystemExit("python -m gateway: --workers is for --engine python; "
+                         "HAProxy runs a thread per core (--threads)")  # fmt: skip
     if settings.workers > 1:
         return run_workers(settings)
-    sock = bind(settings)
-    app, registry = build(settings)
+    if haproxy is not None:
+        sock = bind(settings.model_copy(update={"host": "127.0.0.1", "port": 0}))
+        slow = ("127.0.0.1", sock.getsockname()[1])
+    else:
+        sock, slow = bind(settings), None
+    app, registry = build(settings, haproxy, slow)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -112,8 +156,9 @@ def serve(settings: GatewaySettings) -> int:
         backlog=4096,
     )
     server = uvicorn.Server(config)
-    log.info("gateway %s on %s:%d following %s", settings.gateway_id(), settings.host,
-             settings.port, settings.registry_url)  # fmt: skip
+    log.info("gateway %s on %s:%d (%s) following %s", settings.gateway_id(), settings.host,
+             settings.port, "haproxy" if haproxy else "python",
+             settings.registry_url)  # fmt: skip
 
     async def main() -> None:
         try:
@@ -142,7 +187,8 @@ def run_workers(settings: GatewaySettings) -> int:
     if settings.port == 0:
         raise SystemExit("python -m gateway: --workers > 1 needs a fixed --port")
     base = settings.gateway_id()
-    env = {**os.environ, "MODELPLANE_GATEWAY_WORKERS": "1", "MODELPLANE_GATEWAY_REUSE_PORT": "1"}
+    env = {**os.environ, "MODELPLANE_GATEWAY_WORKERS": "1", "MODELPLANE_GATEWAY_REUSE_PORT": "1",
+           "MODELPLANE_GATEWAY_ENGINE": "python"}  # fmt: skip
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "gateway", "--workers", "1", "--id", f"{base}/w{n}"],
@@ -155,7 +201,9 @@ def run_workers(settings: GatewaySettings) -> int:
 
 def _as_env(settings: GatewaySettings) -> dict[str, str]:
     """The settings for a worker's environment (not its command line: the token)."""
-    values = settings.model_dump(exclude={"workers", "reuse_port", "id"}, exclude_none=True)
+    values = settings.model_dump(
+        exclude={"workers", "reuse_port", "id", "engine"}, exclude_none=True
+    )
     return {f"MODELPLANE_GATEWAY_{k.upper()}": str(v) for k, v in values.items()}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
@@ -46,8 +47,21 @@ class GatewaySettings(BaseSettings):
     auth: bool = Field(False, description="check API keys even when the feed says auth is off")
     shadow_queue: int = Field(256, ge=1, description="mirrored calls waiting; more are dropped")
     shadow_workers: int = Field(4, ge=1, le=64)
+    engine: Literal["auto", "haproxy", "python"] = Field(
+        "auto",
+        description="what serves the port: haproxy (the native data plane, calls it cannot "
+        "route go to the Python forwarder behind it), python (the forwarder alone), auto "
+        "(haproxy when an HAProxy >= 2.6 is installed)",
+    )
+    haproxy: str = Field("haproxy", description="the HAProxy binary (engine haproxy)")
+    threads: int | None = Field(
+        None, ge=1, le=64, description="HAProxy's threads (default: one per core)"
+    )
     workers: int = Field(
-        1, ge=1, le=64, description="processes on the port (SO_REUSEPORT), e.g. one per core"
+        1,
+        ge=1,
+        le=64,
+        description="engine python: processes on the port (SO_REUSEPORT), e.g. one per core",
     )
     reuse_port: CliSuppress[bool] = False  # set for each of the workers' processes
     log_level: str = Field("warning", description="uvicorn log level")

@@ -1,4 +1,5 @@
-"""Child processes that do not outlive their parent."""
+"""Child processes that do not outlive their parent (the deployer's serving processes,
+`modelplane up`'s worker, the native gateway's HAProxy)."""
 
 from __future__ import annotations
 
