@@ -9,13 +9,13 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from bench.harness import ControlPlane, Worker
+from bench.harness import REPO, ControlPlane, Process, Worker
 from bench.pg import postgres_unavailable, throwaway_database
 from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
 
@@ -38,6 +38,8 @@ class Platform:
     log_dir: Path
     bucket: str
     seaweed: SeaweedServer
+    # on the PYTHONPATH of every process (a runtime plugin), besides the repository
+    extra_path: Path | None = field(default=None, kw_only=True)
     # serving ports per worker name, and slots per worker (FaultPlatform has its own)
     port_ranges: ClassVar[dict[str, str]] = _PORTS
     cpu_slots: ClassVar[int] = 2
@@ -51,11 +53,12 @@ class Platform:
         return "\n".join([self.cp.log(), *(w.log() for w in self.workers.values())])
 
     def start_worker(self, name: str, cpu_slots: int | None = None) -> Worker:
-        worker = Worker(
+        worker = PluginWorker(
             self.log_dir,
             self.cp.url,
             name,
             self.cp.worker_token,
+            self.extra_path,
             cpu_slots=str(self.cpu_slots if cpu_slots is None else cpu_slots),
             drain_timeout_s="10",
             port_range=self.port_ranges[name],
@@ -65,6 +68,38 @@ class Platform:
         )
         self.workers[name] = worker
         return worker
+
+
+class _OnPath(Process):
+    """Starts its process with ``extra_path`` on the PYTHONPATH (``None``: the repo only)."""
+
+    extra_path: Path | None = None
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
+        super().__init__(args, log_path, {**env, **python_path(self.extra_path)})
+
+
+class PluginWorker(Worker, _OnPath):
+    """`bench.harness.Worker` whose process (and so its serving processes) imports from
+    `extra_path` too: `Worker.__init__`'s call of `Process.__init__` reaches `_OnPath`'s
+    first (the MRO puts it between them)."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        control_plane: str,
+        name: str,
+        token: str | None,
+        extra_path: Path | None,
+        **flags: str,
+    ) -> None:
+        self.extra_path = extra_path
+        super().__init__(log_dir, control_plane, name, token, **flags)
+
+
+def python_path(extra_path: Path | None) -> dict[str, str]:
+    """The repository, and ``extra_path`` after it when given."""
+    return {"PYTHONPATH": f"{REPO}:{extra_path}" if extra_path else str(REPO)}
 
 
 @pytest.fixture(scope="package")
@@ -83,17 +118,25 @@ def require_postgres() -> None:
 
 @contextlib.contextmanager
 def running_platform(
-    seaweed: SeaweedServer, tmp_path_factory: pytest.TempPathFactory, workers: dict[str, int]
+    seaweed: SeaweedServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    workers: dict[str, int],
+    *,
+    extra_path: Path | None = None,
+    label: str = "e2e",
 ) -> Iterator[Platform]:
-    """A control plane and the ``workers`` (name → CPU slots), stopped by PID afterwards."""
+    """A control plane and the ``workers`` (name → CPU slots), stopped by PID afterwards;
+    ``extra_path`` goes on every process's PYTHONPATH (a runtime plugin), ``label`` names
+    the log folder, the bucket and the database."""
     require_postgres()
-    log_dir = tmp_path_factory.mktemp("deploy")
-    bucket = f"deploy-{uuid.uuid4().hex[:12]}"
+    log_dir = tmp_path_factory.mktemp(label)
+    bucket = f"{label}-{uuid.uuid4().hex[:12]}"
     seaweed.client().create_bucket(Bucket=bucket)
-    with throwaway_database("mp_e2e") as database_url:
+    with throwaway_database(f"mp_{label}") as database_url:
         cp = ControlPlane(
             log_dir,
             {
+                **python_path(extra_path),
                 "MODELPLANE_DATABASE_URL": database_url,
                 "MODELPLANE_STORAGE_URL": f"s3://{bucket}/mp",
                 "MODELPLANE_S3_ENDPOINT_URL": seaweed.endpoint_url,
@@ -105,7 +148,7 @@ def running_platform(
                 "MODELPLANE_ROUTE_FEED_POLL_S": "0.2",
             },
         )
-        platform = Platform(cp, {}, log_dir, bucket, seaweed)
+        platform = Platform(cp, {}, log_dir, bucket, seaweed, extra_path=extra_path)
         try:
             cp.wait_ready().mint_keys()
             for name, cpu_slots in workers.items():

@@ -8,49 +8,22 @@ import asyncio
 import contextlib
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from bench.harness import REPO, ControlPlane, Process, Worker, auth, base_env, push_version
-from bench.pg import throwaway_database
+from bench.harness import auth, push_version
 from contract.traffic import VERSION_HEADER
-from devstack.seaweed import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SeaweedServer
-from tests.e2e.conftest import HEARTBEAT_S, LEASE_TTL_S, Platform, require_postgres
+from devstack.seaweed import SeaweedServer
+from tests.e2e.conftest import Platform, running_platform
 from tests.e2e.deploy_helpers import X, api, deployment, wait_serving
 from tests.support import behaviour_runtime
 
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X[0]}]}
-
-
-class PluginWorker(Worker):
-    """`python -m deployer` as `bench.harness.Worker` starts it, with `extra_path` on the
-    `PYTHONPATH` it and its serving processes import from."""
-
-    def __init__(
-        self,
-        log_dir: Path,
-        control_plane: str,
-        name: str,
-        token: str | None,
-        extra_path: Path,
-        **flags: str,
-    ) -> None:
-        self.name = name
-        self.cache_dir = log_dir / f"cache-{name}"
-        args = ["-m", "deployer", "--control-plane", control_plane, "--name", name]
-        args += ["--cache-dir", str(self.cache_dir)]
-        for flag, value in flags.items():
-            args += ["--" + flag.replace("_", "-"), value]
-        env = {**base_env(), "PYTHONPATH": f"{REPO}:{extra_path}"}
-        env |= {"MODELPLANE_WORKER_TOKEN": token} if token else {}
-        Process.__init__(self, args, log_dir / f"worker-{name}.log", env)
 
 
 @contextlib.contextmanager
@@ -59,48 +32,12 @@ def behaviour_platform(
 ) -> Iterator[Platform]:
     """A control plane (auth on, Postgres, SeaweedFS) and one worker `w1`, all with the
     `behave` runtime installed; stopped by PID afterwards."""
-    require_postgres()
-    log_dir = tmp_path_factory.mktemp("traffic")
     plugin = behaviour_runtime.install(tmp_path_factory.mktemp("site-packages"))
-    bucket = f"traffic-{uuid.uuid4().hex[:12]}"
-    seaweed.client().create_bucket(Bucket=bucket)
-    with throwaway_database("mp_traffic") as database_url:
-        cp = ControlPlane(
-            log_dir,
-            {
-                "PYTHONPATH": f"{REPO}:{plugin}",
-                "MODELPLANE_DATABASE_URL": database_url,
-                "MODELPLANE_STORAGE_URL": f"s3://{bucket}/mp",
-                "MODELPLANE_S3_ENDPOINT_URL": seaweed.endpoint_url,
-                "MODELPLANE_S3_REGION": REGION,
-                "MODELPLANE_S3_ACCESS_KEY_ID": ACCESS_KEY_ID,
-                "MODELPLANE_S3_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-                "MODELPLANE_LEASE_TTL_S": str(LEASE_TTL_S),
-                "MODELPLANE_HEARTBEAT_S": str(HEARTBEAT_S),
-                "MODELPLANE_ROUTE_FEED_POLL_S": "0.2",
-            },
-        )
-        platform = Platform(cp, {}, log_dir, bucket, seaweed)
-        try:
-            cp.wait_ready().mint_keys()
-            platform.workers["w1"] = PluginWorker(
-                log_dir,
-                cp.url,
-                "w1",
-                cp.worker_token,
-                plugin,
-                cpu_slots=str(cpu_slots),
-                drain_timeout_s="10",
-                port_range=Platform.port_ranges["w1"],
-                serving_heartbeat_s=str(HEARTBEAT_S),
-                max_restarts="1",
-                metrics_port="0",
-            )
-            yield platform
-        finally:
-            for worker in platform.workers.values():
-                worker.stop()
-            cp.stop()
+    workers = {"w1": cpu_slots}
+    with running_platform(
+        seaweed, tmp_path_factory, workers, extra_path=plugin, label="traffic"
+    ) as platform:
+        yield platform
 
 
 def push_behaviours(plane: Platform, model: str, *behaviours: dict[str, float]) -> None:
