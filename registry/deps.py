@@ -41,15 +41,15 @@ def context_of(request: Request) -> Context:
 
 
 async def get_catalog(request: Request) -> CatalogService:
-    return CatalogService(context_of(request))
+    return CatalogService(context_of(request), request.app.state.routes_changed)
 
 
 async def get_aliases(request: Request) -> AliasService:
-    return AliasService(context_of(request))
+    return AliasService(context_of(request), request.app.state.routes_changed)
 
 
 async def get_files(request: Request) -> FileService:
-    return FileService(context_of(request))
+    return FileService(context_of(request), request.app.state.routes_changed)
 
 
 async def get_selector(

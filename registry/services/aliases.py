@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from contract.schemas import AliasMove, AliasOut, Page, Scope
@@ -21,7 +21,7 @@ from registry.repositories.events import EventRepository
 from registry.repositories.models import ModelRepository
 from registry.repositories.versions import VersionRepository
 from registry.services.context import Context
-from registry.services.deployments import follow_alias
+from registry.services.deployments import Changed, follow_alias, ignore
 from registry.services.paging import to_page
 from registry.tables import AliasHistoryRow
 
@@ -82,6 +82,15 @@ class Preconditions:
 ANY = Preconditions()
 
 
+@dataclass(frozen=True)
+class MovedAlias:
+    """An alias after a move, and the deployments following it that the move changed
+    (a new revision, a canary started or ended): tell the route feed once committed."""
+
+    alias: AliasOut
+    deployments: list[str] = field(default_factory=list)
+
+
 def _matches(header: str, etag: str | None) -> bool:
     """RFC 9110 strong comparison: ``*`` matches an existing alias, else one of the listed
     tags must equal its ETag (weak ``W/`` tags never match)."""
@@ -111,7 +120,7 @@ async def move_alias(
     action: str,
     *,
     protected: bool | None = None,
-) -> AliasOut:
+) -> MovedAlias:
     """Point ``alias`` at ready ``version`` inside the caller's transaction, with history.
     A protected alias moves only for a key with `promote` (or `admin`); ``protected`` not
     ``None`` (un)marks it, which needs the same."""
@@ -141,16 +150,24 @@ async def move_alias(
             before={"protected": was_protected},
             after={"protected": protected},
         )
+    changed: list[str] = []
     if before != version:
         await aliases.record_move(model_id, alias, before, version, ctx.actor.name)
         await EventRepository(session).add(
             ctx.actor, action, model=model, target=f"alias:{alias}", before=before, after=version
         )
         # deployments following the alias roll out in the same transaction as the move
-        await follow_alias(
+        changed = await follow_alias(
             ctx, session, model, model_id, alias, version, rollback=action == "alias.rolled_back"
         )
-    return _alias_out(model, await aliases.find(model_id, alias))
+    return MovedAlias(_alias_out(model, await aliases.find(model_id, alias)), changed)
+
+
+def tell_moved(changed: Changed, deployments: list[str]) -> None:
+    """After an alias move's commit, the deployments it changed: the route feed then
+    recomputes at once (a canary's lane, a rollout's revision), not on its next poll."""
+    for name in deployments:
+        changed(name)
 
 
 async def _tagged(session: Any, model_id: int, out: AliasOut) -> TaggedAlias:
@@ -160,9 +177,10 @@ async def _tagged(session: Any, model_id: int, out: AliasOut) -> TaggedAlias:
 
 
 class AliasService:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, changed: Changed = ignore) -> None:
         self._ctx = ctx
         self._sessions = ctx.sessions
+        self._changed = changed  # told (after commit) which deployments a move changed
 
     async def set_alias(
         self,
@@ -177,7 +195,7 @@ class AliasService:
         async with self._sessions.begin() as session:
             model_id = (await ModelRepository(session).get(model, lock=True)).id
             conditions.check(model, alias, await alias_etag(session, model_id, alias))
-            out = await move_alias(
+            moved = await move_alias(
                 self._ctx,
                 session,
                 model,
@@ -187,7 +205,9 @@ class AliasService:
                 "alias.moved",
                 protected=protected,
             )
-            return await _tagged(session, model_id, out)
+            tagged = await _tagged(session, model_id, moved.alias)
+        tell_moved(self._changed, moved.deployments)
+        return tagged
 
     async def rollback_alias(
         self, model: str, alias: str, *, conditions: Preconditions = ANY
@@ -204,7 +224,7 @@ class AliasService:
             last = await aliases.history(model_id, alias, before=None, limit=1)
             if not last or last[0].from_version is None:
                 raise NoPreviousTarget(model, alias)
-            out = await move_alias(
+            moved = await move_alias(
                 self._ctx,
                 session,
                 model,
@@ -213,7 +233,9 @@ class AliasService:
                 last[0].from_version,
                 "alias.rolled_back",
             )
-            return await _tagged(session, model_id, out)
+            tagged = await _tagged(session, model_id, moved.alias)
+        tell_moved(self._changed, moved.deployments)
+        return tagged
 
     async def get_alias(self, model: str, alias: str) -> TaggedAlias:
         async with reading(self._sessions) as session:

@@ -47,8 +47,9 @@ from registry.repositories.versions import (
     VersionRepository,
     read_detail,
 )
-from registry.services.aliases import move_alias
+from registry.services.aliases import move_alias, tell_moved
 from registry.services.context import Context
+from registry.services.deployments import Changed, ignore
 from registry.services.hf_layout import HfLayoutError, check_hf_files
 from registry.services.paging import to_page
 from registry.services.version_views import version_out
@@ -113,9 +114,10 @@ log = logging.getLogger("modelplane.registry")
 
 
 class CatalogService:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, changed: Changed = ignore) -> None:
         self._ctx = ctx
         self._sessions = ctx.sessions
+        self._changed = changed  # told (after commit) which deployments an alias move changed
 
     # -- models -------------------------------------------------------------------------
 
@@ -235,13 +237,16 @@ class CatalogService:
             row = await self._get_version(session, name, out.version)
             await VersionRepository(session).set_fields(row.id, status="ready", ready_at=utcnow())
             await self._event(session, "version.created", name, out.version, after="ready")
+            followers: list[str] = []
             if alias is not None:
-                await move_alias(
+                moved = await move_alias(
                     self._ctx, session, name, row.model_id, alias, out.version, "alias.moved"
                 )
+                followers = moved.deployments
             ready = version_out(
                 self._ctx, name, await VersionRepository(session).detail(name, out.version)
             )
+        tell_moved(self._changed, followers)
         self._count_version("oneshot")
         return ready
 

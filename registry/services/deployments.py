@@ -75,17 +75,20 @@ async def follow_alias(
     version: int,
     *,
     rollback: bool = False,
-) -> None:
+) -> list[str]:
     """Roll every deployment following ``alias`` to ``version``, in the caller's
     transaction (the alias move and the new revisions commit together). A deployment with
     a canary strategy starts a canary instead (when it can: an available deployment); a
-    canary to another version ends (aborted) first; an alias rollback never canaries."""
+    canary to another version ends (aborted) first; an alias rollback never canaries.
+    Returns the names of the deployments changed: the caller tells the route feed after
+    its commit."""
     repo = DeploymentRepository(session)
     ids = await repo.following(model_id, alias)
     if not ids:
-        return
+        return []
     target = await resolve_version(session, model, model_id, version, None)
     reason = RevisionReason.rollback if rollback else RevisionReason.alias_moved
+    changed: list[str] = []
     for deployment, _ in await repo.lock(ids):
         current = await repo.revision(deployment.id, deployment.revision)
         if current is None or deployment.status == "deleting":
@@ -94,6 +97,7 @@ async def follow_alias(
         if canary is not None and canary.version != version:
             why = f"alias {alias!r} moved to version {version}"
             await end_canary(ctx, session, deployment, model, canary, CanaryState.aborted, why)
+            changed.append(deployment.name)
             canary = None
         if current.version == version or canary is not None:
             continue
@@ -104,6 +108,8 @@ async def follow_alias(
         else:
             clear_split(deployment)
             await start_revision(ctx, session, deployment, model, target, spec, reason)
+        changed.append(deployment.name)
+    return list(dict.fromkeys(changed))
 
 
 def _can_canary(deployment: DeploymentRow) -> bool:

@@ -47,6 +47,7 @@ from registry.repositories.uploads import UploadRepository
 from registry.repositories.versions import BlobRepository, Selector, VersionRepository
 from registry.services.catalog import CatalogService
 from registry.services.context import Context
+from registry.services.deployments import Changed, ignore
 from registry.tables import UploadRow
 from storage.base import BlobWriter, DigestMismatch, DirectUploadStore, StoredObject, blob_key
 
@@ -118,8 +119,9 @@ async def stream_to_writer(
 
 
 class FileService:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, changed: Changed = ignore) -> None:
         self._ctx = ctx
+        self._changed = changed  # told (after commit) which deployments an alias move changed
         self._sessions = ctx.sessions
         self._store = ctx.store
 
@@ -339,7 +341,7 @@ class FileService:
     async def upload_version(self, model: str, form: OneShotUpload) -> VersionOut:
         """Store each file (unless its bytes are already stored), then create the version
         ready, and point the alias at it, in one transaction."""
-        catalog = CatalogService(self._ctx)
+        catalog = CatalogService(self._ctx, self._changed)
         await catalog.get_model(model)  # 404 before any byte is stored
         for path, file in form.files:
             if path == PIPELINE_FILE:
