@@ -18,6 +18,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every live descendant, with what their ended children
+    used (``cutime``/``cstime``): the gateway with its HAProxy master, workers, and the
+    workers a reload retired."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while read
+        parents[int(proc.name)] = int(fields[1])
+        used[int(proc.name)] = sum(int(f) for f in fields[11:15]) / _TICK
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(used.get(p, 0.0) for p in tree)
+
+
 def listener_pid(port: int) -> int:
     """The process holding the socket that listens on ``port``."""
     inode = _listening_inode(port)

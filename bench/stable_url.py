@@ -13,6 +13,9 @@ best round of each kept (the machine's other tenants only ever slow a run down):
 - ``embedded``: wrk at ``/serve/{d}`` of the auth-on control plane, with a ``read`` key;
 - ``embedded-noauth``: the same on the auth-off platform (its own, identical serving process);
 - ``gateway``: wrk at ``/serve/{d}`` of the gateway process, with the ``read`` key;
+- ``haproxy``: the same at ``python -m gateway --engine haproxy`` (HAProxy answers the
+  calls; its CPU is the gateway process's with all its descendants: HAProxy's master and
+  workers);
 - ``py-direct`` and ``sdk-direct`` (binary only): a Python load generator (`bench.pyload`,
   threads in this process) posting the ready-made body with httpx straight to the serving
   process (the base of the SDK row), and calling ``Client(direct=True).infer``.
@@ -44,12 +47,14 @@ import orjson
 
 from bench.harness import Process, base_env, free_port, wait_for
 from bench.inference import MODELS, Model, lua_script, request_files, run_wrk, save
-from bench.procstat import cpu_seconds, listener_pid
+from bench.procstat import cpu_seconds, listener_pid, tree_cpu_seconds
 from bench.pyload import drive
 from client import Client
 from contract.http import NODELAY
 
-TARGETS = ("direct", "embedded", "embedded-noauth", "gateway", "py-direct", "sdk-direct")
+TARGETS = (
+    "direct", "embedded", "embedded-noauth", "gateway", "haproxy", "py-direct", "sdk-direct"
+)  # fmt: skip
 BASE = {"py-direct": "py-direct", "sdk-direct": "py-direct"}  # the others: "direct"
 # the issue's targets (auth on, as users run it)
 KEPT_AT_32, ADDED_P50_AT_1_MS, CPU_SHARE, SDK_KEPT = 0.8, 0.5, 0.25, 0.95
@@ -128,13 +133,16 @@ def create_key(url: str, admin: dict[str, str], scope: str) -> str:
 
 
 @contextmanager
-def gateway(root: Path, on: Platform, deployment: str) -> Iterator[tuple[str, int]]:
-    """``python -m gateway`` following ``on`` with a key of scope ``gateway`` (in its
-    environment: flags show in ps): its base URL and PID, once it routes ``deployment``."""
+def gateway(
+    root: Path, on: Platform, deployment: str, engine: str = "python"
+) -> Iterator[tuple[str, int]]:
+    """``python -m gateway --engine ENGINE`` following ``on`` with a key of scope
+    ``gateway`` (in its environment: flags show in ps): its base URL and PID, once it routes
+    ``deployment``."""
     port = free_port()
     env = {**base_env(), "MODELPLANE_GATEWAY_TOKEN": create_key(on.url, on.admin, "gateway")}
-    args = ["-m", "gateway", "--registry-url", on.url, "--port", str(port)]
-    process = Process(args, root / f"gateway-{deployment}.log", env)
+    args = ["-m", "gateway", "--registry-url", on.url, "--port", str(port), "--engine", engine]
+    process = Process(args, root / f"gateway-{engine}-{deployment}.log", env)
     url = f"http://127.0.0.1:{port}"
     probe = f"{url}/serve/{deployment}/v2/health/ready"
 
@@ -169,13 +177,17 @@ class Target:
     serving_pid: int
     forwarder_pid: int | None
     measure: Measure  # (connections, seconds) -> req/s, p50, p99, errors, client CPU s
+    forwarder_cpu: Callable[[int], float] = cpu_seconds
 
     def run(self, connections: int, seconds: float) -> Run:
         pids = [self.serving_pid, *([self.forwarder_pid] if self.forwarder_pid else [])]
-        before = [cpu_seconds(pid) for pid in pids]
+        cpus = [cpu_seconds, self.forwarder_cpu]
+        before = [cpu(pid) for cpu, pid in zip(cpus, pids, strict=False)]
         rate, p50, p99, errors, client_s = self.measure(connections, seconds)
         calls = max(rate * seconds, 1.0)
-        used = [(cpu_seconds(pid) - b) / calls * 1e6 for pid, b in zip(pids, before, strict=True)]
+        used = [
+            (cpu(pid) - b) / calls * 1e6 for cpu, pid, b in zip(cpus, pids, before, strict=False)
+        ]
         return Run(
             rate=rate,
             p50_ms=p50,
@@ -239,6 +251,7 @@ class Setup:
     on: Platform  # auth on: direct, embedded, the SDK
     off: Platform | None  # auth off: embedded-noauth
     gateway: tuple[str, int] | None  # the gateway process's URL and PID
+    haproxy: tuple[str, int] | None  # the same with --engine haproxy
 
 
 @dataclass
@@ -284,7 +297,10 @@ def _setup(stack: ExitStack, targets: list[str], root: Path, model: Model, path:
     if "embedded-noauth" in targets:
         off = stack.enter_context(platform(root, model, path, auth=False))
     gw = stack.enter_context(gateway(root, on, model.name)) if "gateway" in targets else None
-    return Setup(on, off, gw)
+    hp = None
+    if "haproxy" in targets:
+        hp = stack.enter_context(gateway(root, on, model.name, "haproxy"))
+    return Setup(on, off, gw, hp)
 
 
 def _targets(
@@ -310,6 +326,11 @@ def _targets(
         found.append(wrk_target("embedded-noauth", off.url + serve, plain, *pids, threads))
     if gw is not None:
         found.append(wrk_target("gateway", gw[0] + serve, keyed, on.serving_pid, gw[1], threads))
+    if setup.haproxy is not None:
+        hp_url, hp_pid = setup.haproxy
+        native = wrk_target("haproxy", hp_url + serve, keyed, on.serving_pid, hp_pid, threads)
+        native.forwarder_cpu = tree_cpu_seconds
+        found.append(native)
     wanted = {"py-direct", "sdk-direct"} & set(options.targets)
     if wanted and encoding == "binary":  # the SDK sends binary tensors only
         found += python_targets(clients, model, on, *body)
@@ -354,7 +375,9 @@ def verdicts(rows: list[Row], concurrency: list[int]) -> None:
     """The issue's targets, each met or missed over every row it applies to."""
     high, low = max(concurrency), min(concurrency)
     print("\ntargets (auth on):")
-    for kind, label in (("embedded", "embedded (make up)"), ("gateway", "gateway process")):
+    labels = (("embedded", "embedded (make up)"), ("gateway", "gateway process (python)"),
+              ("haproxy", "gateway process (haproxy)"))  # fmt: skip
+    for kind, label in labels:
         mine = [r for r in rows if r.target == kind]
         if not mine:
             print(f"  {label}: not measured")

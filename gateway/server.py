@@ -115,7 +115,7 @@ def build(
 
 def engine_binary(settings: GatewaySettings) -> str | None:
     """HAProxy's path when it serves the port, ``None`` for the Python forwarder alone."""
-    if settings.engine == "python":
+    if settings.engine == "python" or (settings.engine == "auto" and settings.workers > 1):
         return None
     found = find(settings.haproxy)
     if found is None and settings.engine == "haproxy":

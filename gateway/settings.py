@@ -51,7 +51,7 @@ class GatewaySettings(BaseSettings):
         "auto",
         description="what serves the port: haproxy (the native data plane, calls it cannot "
         "route go to the Python forwarder behind it), python (the forwarder alone), auto "
-        "(haproxy when an HAProxy >= 2.6 is installed)",
+        "(haproxy when an HAProxy >= 2.6 is installed, unless --workers asks for processes)",
     )
     haproxy: str = Field("haproxy", description="the HAProxy binary (engine haproxy)")
     threads: int | None = Field(

@@ -19,9 +19,14 @@ versions served), a malformed pin, and the process's own routes (``/healthz``, `
 
 A retry goes to another server only before a byte of the answer went back (HAProxy's L7
 retries: a refused or dropped connection, an empty answer, a 503 from a draining endpoint;
-``redispatch`` picks another server each time). Each call the native backends answer is
-logged (one UDP datagram, `gateway.native.logs`) as ``mp1 deployment server status ms``; the
-server's name carries its revision, so the canary counts are HAProxy's own.
+``redispatch`` picks another server each time).
+
+Counting, per revision (a server's name carries its revision: ``r12_0``): a deployment with
+a canary has each call logged (a UDP datagram, `gateway.native.logs`: ``mp1 deployment
+server status ms -``), so the canary is decided on exact calls, errors and latencies; every
+other deployment is counted by HAProxy's own per-server counters (`gateway.native.stats`,
+read each report period) and one call in `SAMPLE`, logged, gives its latency histogram. A
+log line per call costs HAProxy two system calls of the seven a call takes.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ NAME = re.compile(r"^[A-Za-z0-9_-]{1,120}$")  # a deployment name HAProxy can ho
 WEIGHT_MAX = 256  # HAProxy's largest server weight
 SLOW = "slow"
 LOG_TAG = "mp1"  # a call's line; HAProxy's own notices (a proxy stopped at reload) have none
-LOG_FORMAT = LOG_TAG + " %[var(txn.d)] %s %ST %Ta"
+# the weight: 1 for a call logged with every other (its line counts it), SAMPLE for one of
+# a sample (its line only feeds the latency histogram, as SAMPLE calls)
+LOG_FORMAT = LOG_TAG + " %[var(txn.d)] %s %ST %Ta %[var(txn.w)]"
+SAMPLE = 16
+EVERY = "_all"  # a server whose every call is logged: its counters are not read
 # ``/serve/{d}/...`` → ``/...``: what the endpoint sees (the Python gateway does the same)
 STRIP = r"http-request replace-path ^/serve/[^/]+/?(.*)$ /\1"
 
@@ -69,6 +78,13 @@ def revision_of(server: str) -> int | None:
         return None
     head, _, _ = server[1:].partition("_")
     return int(head) if head.isdigit() else None
+
+
+def logs_every_call(route: Route) -> bool:
+    """A canary's calls are each logged, for exact counts and p99 per revision as they
+    happen; other deployments are counted by HAProxy's counters and a 1-in-`SAMPLE`
+    sample of their calls gives their latency."""
+    return any(lane.role is LaneRole.canary for lane in route.lanes)
 
 
 def native(route: Route) -> bool:
@@ -127,26 +143,19 @@ def render(layout: Layout, routes: list[Route], *, auth: bool) -> str:
         "  timeout http-request 30s",
         "  timeout http-keep-alive 60s",
         "  timeout queue 10s",
+        # an endpoint that refuses or drops a connection takes no new call until a check
+        # (a TCP connect, every 2 s) finds it up again
+        "  default-server check inter 2s fall 2 rise 1 observe layer4 error-limit 1"
+        " on-error mark-down",
         "frontend serve",
         f"  bind {host}:{layout.port}",
         # per-call lines only: HAProxy's own notices go to no log
         f"  log {layout.logs[0]}:{layout.logs[1]} len 1024 format raw local0",
         f'  log-format "{LOG_FORMAT}"',
-        f"  use_backend {SLOW} unless {{ path_beg /serve/ }}",
-        "  http-request set-var(txn.d) path,field(3,/) if { path_reg ^/serve/[A-Za-z0-9_-]+(/|$) }",
-    ]
-    if auth:
-        lines += [
-            "  acl bearer req.fhdr(authorization) -m reg -i ^bearer\\ +[^\\ ]",
-            "  http-request set-var(txn.k) req.fhdr(authorization),"
-            'regsub("^[^ ]+ +",""),sha2(256),hex,lower if bearer',
-            f"  acl known var(txn.k),map({layout.keys}) -m found",
-            f"  use_backend {SLOW} unless known",
-        ]
-    lines += [
+        "  acl serve path_beg /serve/",
         "  acl pin_header req.hdr(modelplane-version) -m found",
         "  acl pin_number req.hdr(modelplane-version) -m reg ^[0-9]+$",
-        f"  use_backend {SLOW} if pin_header !pin_number",
+        "  http-request set-var(txn.d) path,field(3,/) if { path_reg ^/serve/[A-Za-z0-9_-]+(/|$) }",
         "  http-request set-var(txn.v) req.hdr(modelplane-version) if pin_number",
         "  http-request set-var(txn.v) path,field(8,/) if "
         "{ path_reg ^/serve/[^/]+/v2/models/[^/]+/versions/[0-9]+(/|$) }",
@@ -154,20 +163,41 @@ def render(layout: Layout, routes: list[Route], *, auth: bool) -> str:
         "{ path_reg ^/serve/[^/]+/v1/models/[^/]+/versions/[0-9]+([/:]|$) }",
         "  http-request set-var(txn.v) path,field(6,/) if "
         "{ path_reg ^/serve/[^/]+/predictions/[^/]+/[0-9]+/?$ }",
+    ]
+    if auth:
+        lines += [
+            "  acl bearer req.fhdr(authorization) -m reg -i ^bearer\\ +[^\\ ]",
+            "  http-request set-var(txn.k) req.fhdr(authorization),"
+            'regsub("^[^ ]+ +",""),sha2(256),hex,lower if bearer',
+            f"  acl known var(txn.k),map({layout.keys}) -m found",
+        ]
+    lines += [
+        f"  use_backend {SLOW} if !serve",
+        *([f"  use_backend {SLOW} if !known"] if auth else []),
+        f"  use_backend {SLOW} if pin_header !pin_number",
         "  use_backend d.%[var(txn.d)].v%[var(txn.v)] if { var(txn.v) -m found }",
         "  use_backend d.%[var(txn.d)]",
         f"  default_backend {SLOW}",
         f"backend {SLOW}",
         "  http-request set-log-level silent",  # the Python gateway counts these itself
         "  retries 0",
-        f"  server python {layout.slow[0]}:{layout.slow[1]}",
+        f"  server python {layout.slow[0]}:{layout.slow[1]} no-check",
     ]
     for route in sorted(routes, key=lambda r: r.deployment):
         if not native(route):
             continue
+        every = logs_every_call(route)
         for backend, servers in backends(route).items():
             lines += [f"backend {backend}", f"  {STRIP}", "  http-request del-header authorization"]
-            lines += [f"  server {s.name} {s.address} weight {s.weight}" for s in servers]
+            if not every:
+                lines += [
+                    f"  http-request set-log-level silent if {{ rand({SAMPLE}) -m int gt 0 }}",
+                    f"  http-request set-var(txn.w) int({SAMPLE})",
+                ]
+            lines += [
+                f"  server {s.name}{EVERY if every else ''} {s.address} weight {s.weight}"
+                for s in servers
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,8 @@ and checks keys as ever. The engine listens to it:
 
 - each route table it applies is rendered (`gateway.native.config.render`); when the text
   differs from what HAProxy serves, HAProxy reloads (no connection dropped);
+- HAProxy's per-server counters are read every ``stats_s`` (`gateway.native.stats`) and its
+  log lines counted as they come (`gateway.native.logs`), both into the gateway's `Counts`;
 - each key a call passed the slow path with, if HAProxy can check it alone (it may read and
   has no model globs), goes into HAProxy's keys map through the runtime API: that key's next
   calls take the native path. A key dropped (revoked or expired, from the feed; evicted) is
@@ -34,6 +36,7 @@ from gateway.keys import Grant
 from gateway.native.config import Layout, render
 from gateway.native.haproxy import HAProxy, HAProxyError
 from gateway.native.logs import LogCounter, listen
+from gateway.native.stats import StatsCounter, parse
 
 log = logging.getLogger("modelplane.gateway")
 
@@ -51,6 +54,7 @@ class NativeEngine:
         slow: tuple[str, int],
         auth: bool = False,
         threads: int | None = None,
+        stats_s: float = 0.25,
     ) -> None:
         self.gateway = gateway
         self._binary = binary
@@ -61,6 +65,9 @@ class NativeEngine:
         self.haproxy: HAProxy | None = None
         self.layout: Layout | None = None
         self.counter = LogCounter(gateway.counts, self._first_revision)
+        self.stats = StatsCounter(gateway.counts)
+        self._stats_s = stats_s
+        self._poll: asyncio.Task[None] | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._text = ""
         self._mapped: set[str] = set()  # key hashes HAProxy holds (or is about to)
@@ -95,16 +102,20 @@ class NativeEngine:
         self.gateway.table.listeners.append(self._changed)
         self.gateway.keys.watch = self
         self._task = asyncio.create_task(self._run(), name="gateway-native")
+        self._poll = asyncio.create_task(self._read_stats(), name="gateway-native-stats")
         if self.gateway.ready:
             self._changed()
         log.info("HAProxy %s serving %s:%d (pid %s)", self._binary, self._host, self._port,
                  self.haproxy.pid)  # fmt: skip
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._task, self._poll):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._poll = None
+        if self.haproxy is not None and self.haproxy.running():
+            await self._read_stats_once()  # the last counts, for the gateway's last report
         if self.haproxy is not None:
             await self.haproxy.stop()
         if self._transport is not None:
@@ -162,6 +173,19 @@ class NativeEngine:
                 if answer.strip() and not answer.lower().startswith("done"):
                     log.debug("HAProxy %r: %s", command, answer.strip())
 
+    async def _read_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self._stats_s)
+            await self._read_stats_once()
+
+    async def _read_stats_once(self) -> None:
+        try:
+            answer = await self._haproxy().runtime("show info;show stat")
+        except OSError as exc:
+            log.warning("HAProxy's counters could not be read (%r)", exc)
+            return
+        self.stats.add(*parse(answer))
+
     async def _sync(self) -> None:
         text = self._render()
         if text != self._text:
@@ -170,6 +194,7 @@ class NativeEngine:
             self._ops.clear()
             _write_map(Path(self._keys_path()), self._mapped)
             started = time.perf_counter()
+            await self._read_stats_once()  # the old worker's counts, as late as can be
             await haproxy.reload(text)
             self._text = text
             log.info("HAProxy reloaded in %.0f ms (worker %s)",

@@ -1,8 +1,11 @@
 """HAProxy's per-call log lines, read off a UDP socket and counted per revision.
 
-HAProxy sends one datagram per call its native backends answered (``format raw``, the
-frontend's ``log-format``): ``mp1 deployment server status ms``; other lines (HAProxy's
-notices, e.g. a proxy stopped at a reload) are skipped. The server's name carries the
+HAProxy sends one datagram per call it logs (``format raw``, the frontend's ``log-format``):
+``mp1 deployment server status ms weight``. Weight ``-``: every call of that deployment is
+logged and the line counts the call (calls, errors, latency); weight N: the line is one of a
+1-in-N sample and adds N to the latency histogram only (the calls and errors come from
+HAProxy's counters, `gateway.native.stats`). Other lines (HAProxy's notices, e.g. a proxy
+stopped at a reload) are skipped. The server's name carries the
 revision (``r12_0``); a call no server took (``<NOSRV>``, HAProxy's own 503) counts under the
 deployment's first weighted lane, as the Python gateway counts it under the lane it chose.
 ``ms`` is HAProxy's ``%Ta``, whole milliseconds from the request's first byte to the
@@ -16,6 +19,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 
+from contract.traffic import bucket
 from gateway.counts import Counts
 from gateway.native.config import LOG_TAG, revision_of
 
@@ -44,23 +48,27 @@ class LogCounter(asyncio.DatagramProtocol):
         if not parts or parts[0] != _TAG:
             return
         self.lines += 1
-        if len(parts) != 5:
+        if len(parts) != 6:
             self._unreadable(line)
             return
-        deployment, server, status, ms = (p.decode("latin-1") for p in parts[1:])
+        deployment, server, status, ms, weight = (p.decode("latin-1") for p in parts[1:])
         revision = revision_of(server)
         if revision is None:
             revision = self._fallback(deployment)
         try:
             code, millis = int(status), int(ms)
+            sampled = 0 if weight == "-" else int(weight)
         except ValueError:
             self._unreadable(line)
             return
         if revision is None or deployment == "-":
             self._unreadable(line)
             return
-        self._counts.tally(deployment, revision).call(code if code > 0 else 502, millis / 1000)
-
+        tally = self._counts.tally(deployment, revision)
+        if sampled:
+            tally.latency[bucket(max(millis, 0))] += sampled
+        else:
+            tally.call(code if code > 0 else 502, millis / 1000)
 
     def _unreadable(self, line: bytes) -> None:
         self.unreadable += 1

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import uvicorn
 
 from contract.traffic import KeyCheck, KeyGrant, Lane, LaneRole, Route, RouteFeed, TrafficReport
@@ -28,6 +29,20 @@ REPO = HERE.parents[1]
 FIELDS = ("calls", "errors", "shadow_calls", "shadow_errors", "shadow_compared",
           "shadow_disagreements", "shadow_dropped")  # fmt: skip
 INFER = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1.0, 2.0, 3.0]}]}
+
+
+def haproxy_binary() -> str:
+    """HAProxy (>= 2.6) for the native data plane's tests: ``make test`` installs Debian's.
+    Missing: skipped, or a failure with ``CI=true``."""
+    from gateway.native.haproxy import find
+
+    found = find()
+    if found is None:
+        message = "HAProxy >= 2.6 is not installed (apt-get install haproxy; make test does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 def free_port() -> int:

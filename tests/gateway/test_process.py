@@ -1,6 +1,6 @@
-"""``python -m gateway`` as real processes following a fake registry over HTTP (the three
-gateway endpoints of the control plane's API): readiness, keys, revocation on two gateways
-within a second, reports, metrics."""
+"""``python -m gateway`` as real processes (both engines: the Python forwarder, HAProxy)
+following a fake registry over HTTP (the three gateway endpoints of the control plane's
+API): readiness, keys, revocation on two gateways within a second, reports, metrics."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tests.gateway.harness import (
     ThreadServer,
     fake_serving,
     free_port,
+    haproxy_binary,
     lane,
     wait_until,
 )
@@ -50,16 +51,20 @@ def registry(plane: ControlPlane) -> Iterator[str]:
     server.stop()
 
 
-def start_gateway(registry: str, tmp: Path, name: str) -> Process:
+def start_gateway(registry: str, tmp: Path, name: str, engine: str = "python") -> Process:
     port = free_port()
     argv = [sys.executable, "-m", "gateway", "--registry-url", registry, "--port", str(port),
-            "--report-s", "0.2", "--id", name, "--wait-s", "2"]  # fmt: skip
+            "--report-s", "0.2", "--id", name, "--wait-s", "2", "--engine", engine]  # fmt: skip
     return Process(argv, port, tmp / f"{name}.log", "/readyz", MODELPLANE_TOKEN=GATEWAY_KEY)
 
 
-@pytest.fixture(scope="module")
-def gateways(plane: ControlPlane, registry: str) -> Iterator[list[Process]]:
-    started = [start_gateway(registry, plane.tmp, f"g{i}") for i in (1, 2)]  # type: ignore[attr-defined]
+@pytest.fixture(scope="module", params=["python", "haproxy"])
+def gateways(
+    plane: ControlPlane, registry: str, request: pytest.FixtureRequest
+) -> Iterator[list[Process]]:
+    if request.param == "haproxy":
+        haproxy_binary()
+    started = [start_gateway(registry, plane.tmp, f"g{i}", request.param) for i in (1, 2)]  # type: ignore[attr-defined]
     yield started
     for gateway in started:
         gateway.stop()
@@ -76,7 +81,9 @@ def test_a_key_works_on_every_gateway_and_its_revocation_stops_it_within_a_secon
         anon = httpx.post(f"{g.url}/serve/d/v2/models/m/infer", json=INFER)
         assert anon.status_code == 401 and anon.headers["www-authenticate"] == "Bearer"
     revoked = time.monotonic()
-    plane.publish(revoked=["k-reader"])
+    key_id = plane.keys[READER].key_id
+    assert key_id is not None
+    plane.publish(revoked=[key_id])
     stopped = []
     for g in gateways:
         wait_until("revoked", lambda g=g: httpx.post(
@@ -85,7 +92,7 @@ def test_a_key_works_on_every_gateway_and_its_revocation_stops_it_within_a_secon
         stopped.append(time.monotonic() - revoked)
     assert max(stopped) <= 1.0, stopped
     plane.publish(revoked=[])
-    plane.keys = {READER: KeyGrant(key_id="k-reader-2", name="reader", scopes=["read"])}
+    plane.keys = {READER: KeyGrant(key_id=f"{key_id}+", name="reader", scopes=["read"])}
 
 
 def test_reports_carry_each_gateways_counts(plane: ControlPlane, gateways: list[Process]) -> None:
