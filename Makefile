@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch==2.13.0 lives in /opt/wheels on our machines; pip finds it there.
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: up install install-dev test test-fast chromium iproute2 lint bench stack clean
+.PHONY: up install install-dev test test-fast chromium iproute2 haproxy lint bench stack clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ up: install
 # root; otherwise they skip with the reason (with CI=true a missing chromium fails them).
 CHROMIUM := /usr/bin/chromium
 
-test: install-dev chromium iproute2
+test: install-dev chromium iproute2 haproxy
 	$(BIN)/python -m pytest -q -rs
 
 # The inner loop: the unit and in-process API tiers, no real process, nothing slow, and the
@@ -55,6 +55,16 @@ iproute2:
 		echo "installing iproute2 for the multi-host test"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 \
 			|| echo "could not install iproute2: the multi-host test runs on loopback only"; \
+	fi
+
+# HAProxy (Debian's, >= 2.6) for the gateway's native data plane (`python -m gateway --engine
+# haproxy`), installed only when missing and only as root; without it those tests skip
+# (fail with CI=true).
+haproxy:
+	@if ! command -v haproxy >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's haproxy for the gateway's native data plane"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy \
+			|| echo "could not install haproxy: the native gateway's tests will skip (fail with CI=true)"; \
 	fi
 
 # docker-compose.yml's topology natively: local Postgres, SeaweedFS, 2 control planes behind

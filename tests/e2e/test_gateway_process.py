@@ -1,15 +1,16 @@
-"""Two ``python -m gateway`` processes in front of a real platform (a control plane on
-Postgres with auth on, one deployer worker, a served model): calls go through both; a key
-revoked through the API stops working on both within a second (measured); a gateway killed
-with SIGKILL under load leaves the other answering every call (the client, like a balancer,
-sends a call the dead gateway refused to the other); what the gateways counted reaches the
-control plane's traffic series."""
+"""Two ``python -m gateway`` processes (each engine in turn: the Python forwarder, HAProxy)
+in front of a real platform (a control plane on Postgres with auth on, one deployer worker,
+a served model): calls go through both; a key revoked through the API stops working on both
+within a second (measured); a gateway killed with SIGKILL under load leaves the other
+answering every call (the client, like a balancer, sends a call the dead gateway refused to
+the other); what the gateways counted reaches the control plane's traffic series."""
 
 from __future__ import annotations
 
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from bench.harness import SIGNATURE, auth, push_version, torchscript_bytes
 from devstack.seaweed import SeaweedServer
 from tests.e2e.conftest import Platform, running_platform
 from tests.e2e.deploy_helpers import api, infer_json, wait_serving
-from tests.gateway.harness import Process, free_port
+from tests.gateway.harness import Process, free_port, haproxy_binary
 
 pytestmark = pytest.mark.timeout(240)
 NAME = "gwproc"
@@ -46,22 +47,27 @@ def platform(
 
 
 def key(plane: Platform, name: str, scope: str) -> dict[str, Any]:
+    name = f"{name}-{uuid.uuid4().hex[:6]}"  # each engine's run makes its own
     answer = api(plane, "POST", "/keys", json={"name": name, "scopes": [scope]})
     assert answer.status_code == 201, answer.text
     out: dict[str, Any] = answer.json()
     return out
 
 
-@pytest.fixture(scope="module")
-def gateways(platform: Platform) -> Iterator[list[Process]]:
-    token = key(platform, "gateways", "gateway")["token"]
+@pytest.fixture(scope="module", params=["python", "haproxy"])
+def gateways(platform: Platform, request: pytest.FixtureRequest) -> Iterator[list[Process]]:
+    engine = request.param
+    if engine == "haproxy":
+        haproxy_binary()
+    token = key(platform, f"gateways-{engine}", "gateway")["token"]
     started = []
     try:
         for name in ("g1", "g2"):
             port = free_port()
             argv = [sys.executable, "-m", "gateway", "--registry-url", platform.cp.url,
-                    "--port", str(port), "--id", name, "--report-s", "0.5"]  # fmt: skip
-            log = Path(platform.log_dir) / f"gateway-{name}.log"
+                    "--port", str(port), "--id", name, "--report-s", "0.5",
+                    "--engine", engine]  # fmt: skip
+            log = Path(platform.log_dir) / f"gateway-{engine}-{name}.log"
             started.append(Process(argv, port, log, "/readyz", MODELPLANE_GATEWAY_TOKEN=token))
         yield started
     finally:
