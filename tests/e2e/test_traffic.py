@@ -1,5 +1,6 @@
 """Traffic end to end (issue 15): canaries, fixed splits, version-addressed calls and pins,
-shadows, through the embedded gateway of a real control plane, with a real worker and
+shadows, through the embedded gateway of a real control plane (and an erring canary through
+``python -m gateway --engine haproxy``, decided on HAProxy's counts), with a real worker and
 serving processes of `behave` models (tests/support/behaviour_runtime.py: version N answers
 x + N, so each answer tells which version served it). Auth is on. One platform for the
 module; each test deletes its deployments, the load is ~60–80 calls/s to 127.0.0.1.
@@ -10,9 +11,11 @@ feed moves within a fraction of a second, the margins allow a few).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,6 +39,7 @@ from tests.e2e.traffic_helpers import (
     push_behaviours,
     wait_canary,
 )
+from tests.gateway.harness import Process, free_port, haproxy_binary
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -349,3 +353,52 @@ def test_a_shadow_is_compared_and_never_answers(traffic_plane: Platform, made: l
     )
     assert series["shadow_errors"] == 0, series
     assert series["shadow_disagreements"] == compared > 300, series
+
+
+@pytest.fixture(scope="module")
+def native_gateway(traffic_plane: Platform) -> Iterator[str]:
+    """``python -m gateway --engine haproxy`` following the platform's control plane."""
+    haproxy_binary()
+    key = api(traffic_plane, "POST", "/keys", json={"name": "native", "scopes": ["gateway"]})
+    assert key.status_code == 201, key.text
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway", "--engine", "haproxy", "--registry-url",
+            traffic_plane.cp.url, "--port", str(port), "--id", "native"]  # fmt: skip
+    log = Path(traffic_plane.log_dir) / "gateway-native.log"
+    gateway = Process(argv, port, log, "/readyz", MODELPLANE_GATEWAY_TOKEN=key.json()["token"])
+    yield gateway.url
+    gateway.stop()
+
+
+def test_through_haproxy_an_erring_canary_is_rolled_back_on_haproxys_counts(
+    traffic_plane: Platform, native_gateway: str, made: list[str]
+) -> None:
+    plane = traffic_plane
+    push_behaviours(plane, "hflaky", {}, {"error_rate": 0.3})
+    deploy(plane, "hflaky", 1)
+    made.append("hflaky")
+    spec: dict[str, Any] = {"steps": [25, 50, 100], "interval_s": 20, "min_calls": 30,
+                            "max_error_rate": 0.05}  # fmt: skip
+    url = infer_url(plane, "hflaky").replace(plane.cp.url, native_gateway)
+    with Load(url, plane.token, rate=60, concurrency=4) as load:
+        time.sleep(1.0)
+        answer = api(plane, "PATCH", "/deployments/hflaky", json=_canary_patch(2, **spec))
+        assert answer.status_code == 200, answer.text
+        running = wait_canary(plane, "hflaky", {"running"}, 60)
+        ended = wait_canary(plane, "hflaky", {"rolled_back", "promoted"}, spec["interval_s"] + 5)
+        time.sleep(2.0)
+    assert ended["state"] == "rolled_back", ended
+    revision = _canary_revision(plane, "hflaky")
+    verdict = revision["verdict"]
+    took = _at(verdict["at"]) - _at(running["step_started_at"])
+    failed = failures(load.calls)
+    time.sleep(2.5)  # the gateway's last report of the canary's calls
+    calls, errors = _counted(plane, "hflaky", revision["revision"])
+    print(f"\nthrough HAProxy: rolled back {took:.1f}s after the step started "
+          f"({verdict['reason']}); {len(failed)} of {len(load.calls)} calls failed; HAProxy "
+          f"counted {errors} errors in the canary's {calls} calls")  # fmt: skip
+    assert took < spec["interval_s"], (took, verdict)
+    assert all(c.status == 500 and "fails by design" in c.error for c in failed), failed
+    assert errors == len(failed), (errors, len(failed))
+    assert verdict["figures"]["error_rate"] > spec["max_error_rate"], verdict
+    assert answered_by(load.between(_at(verdict["at"]) + SETTLE_S, time.time())).keys() == {1}
