@@ -15,6 +15,7 @@ from registry.db import SessionFactory, make_engine, make_session_factory
 from registry.denials import AuditDenials
 from registry.docs import install_docs
 from registry.embedded_gateway import EmbeddedGateway, ServeEmbedded
+from registry.exit_signals import on_exit_signal
 from registry.hardening import Hardening
 from registry.jobs import Jobs
 from registry.metrics import ControlPlaneMetrics, Observe
@@ -91,8 +92,12 @@ def create_app(
         )
         jobs.start()
         try:
-            yield
+            # uvicorn's lifespan shutdown comes after every request ended: a signal to stop
+            # ends the route feed's long polls first (their gateways ask another replica)
+            with on_exit_signal(feed.drain):
+                yield
         finally:
+            feed.drain()
             await jobs.stop()
         await embedded.close()
         await feed.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from contract.traffic import KeyCheck, KeyGrant, RouteFeed, TrafficReport
 from registry.deps import KeyDep, RouteFeedDep, TrafficReportDep
@@ -22,6 +22,7 @@ router = APIRouter(prefix="/gateway", tags=["gateway"])
 )
 async def get_gateway_routes(
     feed: RouteFeedDep,
+    request: Request,
     since: Annotated[
         str | None, Query(max_length=128, description="the cursor of the feed held")
     ] = None,
@@ -31,8 +32,15 @@ async def get_gateway_routes(
 ) -> RouteFeed:
     """Every deployment's lanes with their ready endpoints, whether keys are checked, and
     the keys revoked or expired within a day. Answered at once when the table's cursor is
-    not `since`, else when it changes or after `wait_s` unchanged."""
-    return await feed.wait(since, wait_s)
+    not `since`, else when it changes or after `wait_s` unchanged (or at once when this
+    control plane begins to shut down: ask another)."""
+    return await feed.long_poll(since, wait_s, lambda: _disconnected(request))
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (a GET's body is empty: nothing else reads it)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.post(

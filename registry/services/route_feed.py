@@ -8,8 +8,11 @@ this process changed a deployment's routes or revoked a key) and every
 ``route_feed_poll_s`` (changes made by other control-plane processes, heartbeats going
 stale, keys expiring). Its cursor is a hash of its content. Long polls (``wait``) share the
 snapshot: a gateway asking with the cursor it holds is answered when the content changes, or
-after ``wait_s`` unchanged. The task starts with the first reader and stops once nobody has
-read for ``IDLE_S`` (so an app that is dropped leaves no task behind).
+after ``wait_s`` unchanged. A remote gateway's long poll (``long_poll``) also ends as soon as
+its client disconnects or the process begins to shut down (``drain``): nothing waits on for
+nobody, and the server's shutdown (which waits for every request) is not held up for
+``wait_s``. The task starts with the first reader and stops once nobody has read for
+``IDLE_S`` (so an app that is dropped leaves no task behind).
 
 Lanes: a deployment's stored ``lanes`` (a split, a shadow, a canary), each with the ready
 endpoints of its revision. A plain deployment (``lanes`` unset, also mid rolling update): one
@@ -26,8 +29,9 @@ import contextlib
 import hashlib
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -128,6 +132,8 @@ class RouteFeedService:
         self._task: asyncio.Task[None] | None = None
         self._readers = 0
         self._read_at = time.monotonic()
+        self._draining = asyncio.Event()
+        self._polls = 0
 
     @property
     def asked(self) -> int:
@@ -138,6 +144,11 @@ class RouteFeedService:
     def done(self) -> int:
         """How many pokes the snapshot covers."""
         return self._done
+
+    @property
+    def polls(self) -> int:
+        """Remote long polls (``long_poll``) waiting now."""
+        return self._polls
 
     def poke(self, deployment: str | None = None) -> None:
         """Recompute soon: this process changed ``deployment``'s routes, or revoked a key."""
@@ -163,15 +174,17 @@ class RouteFeedService:
             self._readers -= 1
             self._read_at = time.monotonic()
 
-    async def wait(self, since: str | None, wait_s: float) -> RouteFeed:
+    async def wait(
+        self, since: str | None, wait_s: float, stop: Collection[asyncio.Future[Any]] = ()
+    ) -> RouteFeed:
         """At once if the snapshot's cursor is not ``since``; else when it changes, or after
-        ``wait_s`` (at most ``MAX_WAIT_S``) unchanged."""
+        ``wait_s`` (at most ``MAX_WAIT_S``) unchanged, or once one of ``stop`` is done."""
         feed = await self.fresh()
         deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
         self._readers += 1
         try:
             while feed.cursor == since and (left := deadline - time.monotonic()) > 0:
-                if not await self._next_tick(left):
+                if not await self._next_tick(left, stop):
                     break
                 assert self._feed is not None
                 feed = self._feed
@@ -180,20 +193,52 @@ class RouteFeedService:
             self._read_at = time.monotonic()
         return feed
 
+    async def long_poll(
+        self, since: str | None, wait_s: float, disconnected: Callable[[], Awaitable[object]]
+    ) -> RouteFeed:
+        """``GET /gateway/routes``: ``wait``, ended early when ``disconnected()`` returns
+        (the client went away) or the process drains (the gateway then asks another
+        replica). The in-process gateway's ``wait`` is not ended by ``drain``: it would
+        only ask again at once."""
+        ended = [
+            asyncio.ensure_future(disconnected()),
+            asyncio.ensure_future(self._draining.wait()),
+        ]
+        self._polls += 1
+        try:
+            return await self.wait(since, wait_s, ended)
+        finally:
+            self._polls -= 1
+            for future in ended:
+                future.cancel()
+            await asyncio.gather(*ended, return_exceptions=True)
+
+    def drain(self) -> None:
+        """The process begins to shut down: answer every waiting ``long_poll`` now, and
+        later ones at once."""
+        self._draining.set()
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    async def _next_tick(self, timeout_s: float | None) -> bool:
-        """Until the next computation (``False`` after ``timeout_s``); its error raised."""
+    async def _next_tick(
+        self, timeout_s: float | None, stop: Collection[asyncio.Future[Any]] = ()
+    ) -> bool:
+        """Until the next computation (``False`` after ``timeout_s``, or once one of
+        ``stop`` is done); its error raised."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
-        tick = self._tick
+        tick: asyncio.Future[Any] = asyncio.ensure_future(self._tick.wait())
         try:
-            await asyncio.wait_for(tick.wait(), timeout_s)
-        except TimeoutError:
+            done, _ = await asyncio.wait(
+                [tick, *stop], timeout=timeout_s, return_when=FIRST_COMPLETED
+            )
+        finally:
+            tick.cancel()
+        if tick not in done:
             return False
         if self._error is not None:
             raise self._error

@@ -1,17 +1,28 @@
 """The route feed answers promptly: a waiting long poll learns of an alias move that
 starts a canary on a deployment following the alias (PUT and one-shot upload) at once, not
-on the feed's next poll; on SQLite and Postgres, each test on a database of its own."""
+on the feed's next poll; a long poll whose client went away stops waiting (under uvicorn);
+a control plane asked to stop (SIGTERM) answers its long polls and exits at once instead of
+waiting for them. On SQLite and Postgres, each test on a database of its own; the shutdown
+on SQLite, in a process of its own."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
+import uvicorn
 
+from bench.harness import ControlPlane, free_port
+from registry.app import create_app
 from registry.db import SessionFactory
 from registry.settings import Settings
 from storage import FileSystemArtifactStore
@@ -97,3 +108,75 @@ async def test_an_alias_move_that_starts_a_canary_answers_waiting_long_polls(
     # the one-shot upload moves the alias too: v2's canary ends, v3's starts
     uploaded = await answered_after(client, moved["cursor"], upload_v3_onto_the_alias)
     assert canary_lanes(uploaded, "prod") == [(v2 + 1, "canary")]
+
+
+async def test_a_long_poll_whose_client_went_away_stops_waiting(
+    settings: Settings, sessions: SessionFactory, fs_artifacts: FileSystemArtifactStore
+) -> None:
+    app = create_app(settings, sessions=sessions, store=fs_artifacts)
+    feed = app.state.route_feed
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(100):
+                if server.started:
+                    break
+                await asyncio.sleep(0.05)
+            since = await cursor_now(client)
+            poll = asyncio.ensure_future(client.get(ROUTES, params={"since": since, "wait_s": 25}))
+            for _ in range(100):
+                if feed.polls == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert feed.polls == 1
+            poll.cancel()  # the client closes its connection
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+        start = time.monotonic()
+        while feed.polls and time.monotonic() - start < 5:
+            await asyncio.sleep(0.05)
+        assert feed.polls == 0, "the long poll still waits for a client that went away"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+
+
+@pytest.mark.system
+def test_a_control_plane_asked_to_stop_answers_its_long_polls_and_exits(
+    tmp_path: Path,
+) -> None:
+    cp = ControlPlane(
+        tmp_path,
+        {
+            "MODELPLANE_HOME": str(tmp_path / "home"),
+            "MODELPLANE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+            "MODELPLANE_STORAGE_URL": str(tmp_path / "artifacts"),
+            "MODELPLANE_AUTH_ENABLED": "false",
+        },
+    )
+    try:
+        cp.wait_ready()
+        since = httpx.get(f"{cp.url}{ROUTES}", timeout=10).json()["cursor"]
+        answers: list[httpx.Response] = []
+
+        def long_poll() -> None:
+            params = {"since": since, "wait_s": 25}
+            answers.append(httpx.get(f"{cp.url}{ROUTES}", params=params, timeout=40))
+
+        waiting = threading.Thread(target=long_poll, daemon=True)
+        waiting.start()
+        time.sleep(1.0)
+        assert waiting.is_alive(), answers
+        start = time.monotonic()
+        cp.process.send_signal(signal.SIGTERM)
+        cp.process.wait(20)
+        took = time.monotonic() - start
+        waiting.join(5)
+        assert took < 5, f"the control plane took {took:.1f} s to stop\n{cp.log()}"
+        [answer] = answers
+        assert answer.status_code == 200 and answer.json()["cursor"] == since
+    finally:
+        cp.stop()
