@@ -1,14 +1,18 @@
 # syntax=docker/dockerfile:1
 # One image for every Modelplane process: the control plane (`modelplane server`), the
-# one-shot migration (`modelplane migrate`), deployer workers (`python -m deployer`) and the
-# serving processes a worker starts (`python -m serving`).
+# one-shot migration (`modelplane migrate`), the gateways (`python -m gateway --engine
+# haproxy`, with Debian's HAProxy), deployer workers (`python -m deployer`) and the serving
+# processes a worker starts (`python -m serving`).
 #
 #   docker build -t modelplane:cpu .                                     # CPU torch (default)
 #   docker build -t modelplane:cuda --build-arg TORCH_VARIANT=cu126 .    # CUDA torch
 #
 # TORCH_VARIANT names a PyTorch wheel index (cpu, cu126, cu128, ...); TORCH_INDEX_URL
 # overrides the whole URL (a mirror).
-FROM python:3.11-slim
+#
+# Bookworm, not the floating default release: the gateway's HAProxy engine is tested against
+# Debian 12's HAProxy (2.6, the oldest it supports; `make test` installs the same package).
+FROM python:3.11-slim-bookworm
 
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
@@ -23,6 +27,12 @@ RUN groupadd --system --gid 10001 modelplane \
  && useradd --system --uid 10001 --gid modelplane --home-dir /var/lib/modelplane \
     --create-home --shell /usr/sbin/nologin modelplane \
  && install -d -o modelplane -g modelplane /var/lib/modelplane/cache
+
+# HAProxy, the gateway's data plane: only the binary is used (`python -m gateway` starts
+# and reloads it as its own child, as the non-root user); the package's service never runs.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends haproxy \
+ && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
 
@@ -51,5 +61,5 @@ COPY devstack ./devstack
 RUN pip install --no-deps -e . && python -m compileall -q /app
 
 USER modelplane
-EXPOSE 8000
+EXPOSE 8000 8080
 CMD ["modelplane", "server"]

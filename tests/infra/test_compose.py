@@ -4,8 +4,9 @@ Docker does not run on our machines, so this is what keeps the compose stack hon
 image is pinned, every command is a real entry point whose flags parse, every MODELPLANE_*
 variable is a field of the settings class of the process it is given to and its value
 validates, ports, hosts, credentials, buckets and volumes agree across services, the proxy
-forwards to the control-plane service on its port, depends_on conditions can be met, and
-the Dockerfile copies paths that exist and ends in a real command.
+forwards /serve/ to the gateway service and the rest to the control-plane service on their
+ports, depends_on conditions can be met, and the Dockerfile installs HAProxy, copies paths
+that exist and ends in a real command.
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings, CliSettingsSource, SettingsError
 
 from cli.app import app as cli_app
+from contract.paths import SERVE_PREFIX
 from deployer.settings import WorkerSettings
+from gateway.app import Gateway
+from gateway.server import GatewayApp
+from gateway.settings import GatewaySettings
 from registry.app import create_app
 from registry.migrate import upgrade_to_head
 from registry.settings import Settings
 from serving.settings import ServingSettings
+from tests.gateway.harness import ControlPlane, wait_until
 from tests.infra.compose import (
     REPO,
     command,
@@ -85,9 +91,17 @@ def parse_flags(cls: type[BaseSettings], args: list[str]) -> dict[str, Any]:
         pytest.fail(f"{cls.model_config.get('cli_prog_name')} {' '.join(args)}: {exc}")
 
 
+# `python -m X`: the settings class whose CLI parses X's flags.
+FLAGS_OF: dict[str, type[BaseSettings]] = {
+    "gateway": GatewaySettings,
+    "deployer": WorkerSettings,
+    "serving": ServingSettings,
+}
+
+
 def entry_point(argv: list[str]) -> tuple[str, dict[str, Any]]:
-    """Which of our processes `argv` runs ("registry", "deployer", "serving") and the
-    options it gives on the command line; fails unless the command and its flags exist."""
+    """Which of our processes `argv` runs ("registry", "gateway", "deployer", "serving") and
+    the options it gives on the command line; fails unless the command and its flags exist."""
     if argv[0] == "modelplane":
         assert "modelplane" in PYPROJECT["project"]["scripts"], "no `modelplane` script"
         # Typer vendors its own click: reach the commands through the groups' mappings,
@@ -104,14 +118,14 @@ def entry_point(argv: list[str]) -> tuple[str, dict[str, Any]]:
         except Exception as exc:  # click's UsageError family: unknown option, bad value
             pytest.fail(f"`{' '.join(argv)}`: {getattr(exc, 'format_message', exc.__str__)()}")
         return "registry", {}
-    if argv[:2] == ["python", "-m"] and argv[2] in ("deployer", "serving"):
-        cls = WorkerSettings if argv[2] == "deployer" else ServingSettings
-        return argv[2], parse_flags(cls, argv[3:])
+    if argv[:2] == ["python", "-m"] and argv[2] in FLAGS_OF:
+        return argv[2], parse_flags(FLAGS_OF[argv[2]], argv[3:])
     pytest.fail(f"{argv} is not an entry point of ours")
 
 
 SETTINGS_FOR: dict[str, tuple[type[BaseSettings], ...]] = {
     "registry": (Settings,),
+    "gateway": (GatewaySettings,),
     # Serving processes are the worker's children and inherit its environment.
     "deployer": (WorkerSettings, ServingSettings),
     "serving": (ServingSettings,),
@@ -133,7 +147,7 @@ def service_settings(name: str) -> dict[type[BaseSettings], BaseSettings]:
     for cls in SETTINGS_FOR[kind]:
         fields = env_fields(cls)
         values = {fields[k]: v for k, v in env.items() if k in fields}
-        if cls is WorkerSettings:
+        if cls in (WorkerSettings, GatewaySettings):
             values.update(flags)  # flags win over the environment
         if cls is ServingSettings:
             continue  # the worker gives serving processes their required flags itself
@@ -171,7 +185,7 @@ def test_services_on_our_image_build_it_from_the_dockerfile_with_declared_args()
         assert set(build.get("args", {})) <= declared, f"{name}: undeclared build args"
         previous = built.setdefault(service["image"], build)
         assert previous == build, f"{name}: one tag {service['image']} built two ways"
-    assert {"controlplane", "migrate", "worker-cpu", "worker-gpu"} <= set(OUR_SERVICES)
+    assert {"controlplane", "migrate", "gateway", "worker-cpu", "worker-gpu"} <= set(OUR_SERVICES)
 
 
 def test_gpu_worker_is_only_under_the_gpu_profile_with_an_nvidia_reservation() -> None:
@@ -200,6 +214,7 @@ def test_every_command_of_our_services_is_a_real_entry_point_with_real_flags() -
     assert kinds == {
         "migrate": "registry",
         "controlplane": "registry",
+        "gateway": "gateway",
         "worker-cpu": "deployer",
         "worker-gpu": "deployer",
     }
@@ -301,23 +316,119 @@ def test_control_plane_listens_on_all_interfaces_on_the_default_port() -> None:
     assert f"http://127.0.0.1:{settings.port}/readyz" in check
 
 
-def test_proxy_forwards_to_the_control_plane_service_on_its_port() -> None:
+def proxy_config_path() -> Path:
+    """The nginx config the proxy service mounts, in the repository."""
     proxy = SERVICES["proxy"]
     [mount] = [v for v in proxy["volumes"] if str(v).endswith("/etc/nginx/nginx.conf:ro")]
     source = REPO / str(mount).split(":", 1)[0]
     assert source.is_file(), source
-    config = nginx(source)
+    return source
+
+
+def nginx_locations(path: Path) -> dict[str, dict[str, list[str]]]:
+    """Each `location PREFIX { ... }` of an nginx config: its directives (key → values)."""
+    text = re.sub(r"#[^\n]*", "", path.read_text())
+    found: dict[str, dict[str, list[str]]] = {}
+    for prefix, body in re.findall(r"location\s+([^{]+?)\s*\{([^}]*)\}", text):
+        assert prefix.startswith("/"), f"location {prefix}: only plain prefixes are modelled"
+        directives: dict[str, list[str]] = {}
+        for key, value in re.findall(r"^\s*([a-z_]+)\s+([^;{]*);", body, re.MULTILINE):
+            directives.setdefault(key, []).append(value.strip())
+        found[prefix] = directives
+    return found
+
+
+def proxied_to(path: str) -> tuple[str, int]:
+    """The service and port nginx sends a request for `path` to: the longest matching
+    prefix location (nginx's rule when every location is a plain prefix), its upstream's
+    one server."""
+    locations = nginx_locations(proxy_config_path())
+    prefix = max((p for p in locations if path.startswith(p)), key=len)
+    [target] = locations[prefix]["proxy_pass"]
+    assert target.startswith("http://"), target
+    [server] = nginx(proxy_config_path()).upstreams[target.removeprefix("http://")]
+    return server
+
+
+def test_proxy_forwards_to_the_control_plane_service_on_its_port() -> None:
+    proxy = SERVICES["proxy"]
+    config = nginx(proxy_config_path())
     settings = service_settings("controlplane")[Settings]
     assert isinstance(settings, Settings)
-    [upstream] = config.upstreams.values()
-    assert upstream == [("controlplane", settings.port)]
-    assert config.proxy_pass == [f"http://{next(iter(config.upstreams))}"]
+    assert config.upstreams["controlplane"] == [("controlplane", settings.port)]
+    assert "http://controlplane" in config.proxy_pass
+    assert set(config.proxy_pass) <= {f"http://{name}" for name in config.upstreams}
     [published] = proxy["ports"]
     assert int(str(published).rsplit(":", 1)[1]) in config.listen
     # Uploads up to max_upload_bytes stream through: no limit, no buffering.
     assert config.directives["client_max_body_size"] == ["0"]
-    assert config.directives["proxy_request_buffering"] == ["off"]
+    assert set(config.directives["proxy_request_buffering"]) == {"off"}
     assert "Host $http_host" in config.directives["proxy_set_header"]
+
+
+def test_proxy_sends_the_stable_url_to_the_gateways_and_the_rest_to_the_control_planes(
+    tmp_path: Path,
+) -> None:
+    gateway = service_settings("gateway")[GatewaySettings]
+    cp = service_settings("controlplane")[Settings]
+    assert isinstance(gateway, GatewaySettings) and isinstance(cp, Settings)
+    to_gateway, to_cp = ("gateway", gateway.port), ("controlplane", cp.port)
+    for path in ("/serve/d/v2/models/m/infer", "/serve/d/v1/chat/completions",
+                 "/serve/d/v1/models/m/versions/3:predict", "/serve/d/predictions/m"):  # fmt: skip
+        assert path.startswith(SERVE_PREFIX)
+        assert proxied_to(path) == to_gateway, path
+    app = create_app(Settings(home=tmp_path, _env_file=None))  # type: ignore[call-arg]
+    api = list(app.openapi()["paths"])
+    assert api, "the control plane has no routes?"
+    for path in [*api, "/", "/docs", "/redoc", "/openapi.json", "/healthz", "/readyz",
+                 "/metrics", "/serve"]:  # fmt: skip
+        assert not path.startswith(SERVE_PREFIX), f"{path} of the control plane is hidden"
+        assert proxied_to(path) == to_cp, path
+    # Calls stream both ways (server-sent events as written), long generations get time,
+    # connections to the gateways are kept alive, and only a gateway that cannot be reached
+    # is skipped: its answers (a 503 with no ready endpoint) pass through.
+    config = nginx(proxy_config_path())
+    serve = nginx_locations(proxy_config_path())[SERVE_PREFIX]
+    for key in ("proxy_buffering", "proxy_request_buffering"):
+        assert serve.get(key, config.directives[key]) == ["off"], key
+    [read_timeout] = serve.get("proxy_read_timeout", config.directives["proxy_read_timeout"])
+    assert int(read_timeout.removesuffix("s")) >= 600
+    assert serve["proxy_http_version"] == ["1.1"]
+    assert 'Connection ""' in serve["proxy_set_header"]
+    assert "Host $http_host" in serve["proxy_set_header"]
+    assert serve["proxy_next_upstream"] == ["error timeout"]
+    [target] = serve["proxy_pass"]
+    body = re.search(rf"upstream\s+{target.removeprefix('http://')}\s*\{{([^}}]*)\}}",
+                     proxy_config_path().read_text())  # fmt: skip
+    assert body is not None and re.search(r"^\s*keepalive\s+\d+;", body[1], re.MULTILINE)
+
+
+def test_gateways_are_replicas_on_haproxy_following_the_control_planes() -> None:
+    """The gateways ask the control-plane service itself (the proxy waits for them: through
+    the proxy would be a cycle), listen on all interfaces on the port nginx and the
+    healthcheck use, and take their key (scope gateway) from the environment."""
+    service = SERVICES["gateway"]
+    settings = service_settings("gateway")[GatewaySettings]
+    cp = service_settings("controlplane")[Settings]
+    assert isinstance(settings, GatewaySettings) and isinstance(cp, Settings)
+    assert settings.engine == "haproxy", "the data plane of the production topology"
+    assert service["deploy"]["replicas"] >= 2
+    assert settings.host == "0.0.0.0", "127.0.0.1 in a container is unreachable from others"
+    assert str(settings.port) in [str(p) for p in service["expose"]]
+    assert "ports" not in service, "replicas would fight over a host port"
+    check = " ".join(service["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{settings.port}/readyz" in check, "healthy = has the routes"
+    registry = urlsplit(settings.registry_url)
+    assert (registry.hostname, registry.port) == ("controlplane", cp.port)
+    assert depends_on(service) == {"controlplane": "service_healthy"}
+    assert depends_on(SERVICES["proxy"])["gateway"] == "service_healthy"
+    given = load_compose(environ={"MODELPLANE_GATEWAY_TOKEN": "mp_from_the_env"})
+    env = environment(given["services"]["gateway"])
+    fields = env_fields(GatewaySettings)
+    values = {fields[k]: v for k, v in env.items() if k in fields}
+    values["registry_url"] = settings.registry_url
+    assert GatewaySettings.model_validate(values).token == "mp_from_the_env"
+    assert "--token" not in command(service), "flags show in ps: use the env"
 
 
 def test_workers_reach_the_proxy_and_advertise_their_own_hostname() -> None:
@@ -388,20 +499,28 @@ def test_depends_on_conditions_can_be_met_and_form_no_cycle() -> None:
 
 
 def test_healthchecks_are_exec_form_and_hit_real_routes(tmp_path: Path) -> None:
+    """Each check's URL answers 200 from the app that serves it: the control plane's, a
+    gateway's once it has its first route table, the control plane's again behind nginx."""
     settings = Settings(home=tmp_path, _env_file=None)  # type: ignore[call-arg]
     upgrade_to_head(settings.database_url)
-    client = TestClient(create_app(settings))
-    for name, service in SERVICES.items():
-        check = service.get("healthcheck")
-        if check is None:
-            continue
-        test = check["test"]
-        assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), name
-        for url in re.findall(r"http://127\.0\.0\.1:\d+(/[a-z]+)", " ".join(test)):
-            answer = client.get(url)
-            assert answer.status_code == 200, f"{name}: healthcheck {url}: {answer.text}"
-        if test[1:3] == ["python", "-c"]:
-            compile(test[3], f"{name} healthcheck", "exec")
+    plane = ControlPlane(wait_s=0.2)
+    plane.publish(auth=True)
+    gateway = Gateway(fetch=plane.fetch, verifier=plane.verify, reporter=plane.report)
+    with TestClient(GatewayApp(gateway)) as gateway_client:
+        wait_until("the gateway's first route table", lambda: gateway.ready, timeout=10)
+        clients = {"registry": TestClient(create_app(settings)), "gateway": gateway_client}
+        for name, service in SERVICES.items():
+            check = service.get("healthcheck")
+            if check is None:
+                continue
+            test = check["test"]
+            assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), name
+            for url in re.findall(r"http://127\.0\.0\.1:\d+(/[a-z]+)", " ".join(test)):
+                target = name if ours(service) else proxied_to(url)[0]
+                answer = clients[entry_point(command(SERVICES[target]))[0]].get(url)
+                assert answer.status_code == 200, f"{name}: healthcheck {url}: {answer.text}"
+            if test[1:3] == ["python", "-c"]:
+                compile(test[3], f"{name} healthcheck", "exec")
 
 
 # -- Dockerfile ---------------------------------------------------------------------------
@@ -409,7 +528,9 @@ def test_healthchecks_are_exec_form_and_hit_real_routes(tmp_path: Path) -> None:
 
 def test_dockerfile_is_slim_non_root_and_pins_the_torch_variant_by_build_arg() -> None:
     steps = dockerfile()
-    assert steps[0].keyword == "FROM" and steps[0].args == "python:3.11-slim"
+    # Bookworm pinned: its HAProxy (2.6) is the one the gateway's engine is tested with;
+    # python:3.11-slim follows Debian's newest release.
+    assert steps[0].keyword == "FROM" and steps[0].args == "python:3.11-slim-bookworm"
     args = dict(i.args.split("=", 1) for i in steps if i.keyword == "ARG")
     assert args["TORCH_VARIANT"] == "cpu"
     assert "${TORCH_VARIANT}" in args["TORCH_INDEX_URL"]
@@ -418,6 +539,18 @@ def test_dockerfile_is_slim_non_root_and_pins_the_torch_variant_by_build_arg() -
     assert users and users[-1].args not in ("root", "0")
     last_run = max(n for n, i in enumerate(steps) if i.keyword == "RUN")
     assert steps.index(users[-1]) > last_run, "USER must come after the last RUN"
+
+
+def test_dockerfile_installs_debian_haproxy_for_the_gateway_engine() -> None:
+    """`python -m gateway --engine haproxy` runs HAProxy >= 2.6 from the image: Debian's
+    package, without recommends, the apt lists removed in the same layer, as root."""
+    steps = dockerfile()
+    [install] = [i for i in steps if i.keyword == "RUN" and re.search(r"\bhaproxy\b", i.args)]
+    assert re.search(r"apt-get install -y --no-install-recommends haproxy\b", install.args)
+    assert "apt-get update" in install.args
+    assert "rm -rf /var/lib/apt/lists/*" in install.args
+    users = [n for n, i in enumerate(steps) if i.keyword == "USER"]
+    assert steps.index(install) < users[0]
 
 
 def test_dockerfile_copies_existing_paths_and_every_package() -> None:
@@ -457,7 +590,12 @@ def test_dockerfile_command_and_environment_are_real() -> None:
     assert not [i for i in steps if i.keyword == "ENTRYPOINT"]
     kind, _ = entry_point(exec_form(cmd.args))
     assert kind == "registry"
-    fields = env_fields(Settings) | env_fields(WorkerSettings) | env_fields(ServingSettings)
+    fields = (
+        env_fields(Settings)
+        | env_fields(GatewaySettings)
+        | env_fields(WorkerSettings)
+        | env_fields(ServingSettings)
+    )
     for step in (i for i in steps if i.keyword == "ENV"):
         for key in re.findall(r"(MODELPLANE_[A-Z_]+)=", step.args):
             assert key in fields, f"ENV {key} is no setting"
