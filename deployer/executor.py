@@ -27,10 +27,10 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
+from contract.children import die_with_parent
 from contract.logs import request_id
 from contract.serving import SETTINGS_ENV, ServingSpec, SpareJob
 from deployer.cache import BlobCache, CacheError, sha256_args
-from contract.children import die_with_parent
 from deployer.client import ControlPlane
 from deployer.contract import Assignment, ReplicaReport, ReplicaState, digests
 from deployer.metrics import WorkerMetrics
