@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import socket
 import tempfile
 import time
 from collections import deque
@@ -39,6 +40,8 @@ from gateway.native.logs import LogCounter, listen
 from gateway.native.stats import StatsCounter, parse
 
 log = logging.getLogger("modelplane.gateway")
+PREFIX = "modelplane-gateway-"  # HAProxy's files: a temporary directory per gateway process
+ABANDONED_S = 60.0
 
 
 class NativeEngine:
@@ -84,7 +87,8 @@ class NativeEngine:
 
     async def start(self) -> None:
         """Start HAProxy (everything to the slow path until the first table) and follow."""
-        self._directory = Path(tempfile.mkdtemp(prefix="modelplane-gateway-"))
+        _remove_abandoned(Path(tempfile.gettempdir()))
+        self._directory = Path(tempfile.mkdtemp(prefix=PREFIX))
         self._transport, log_port = await listen(self.counter)
         self.layout = Layout(
             host=self._host,
@@ -248,6 +252,21 @@ class _NativeCollector(Collector):
         yield CounterMetricFamily(
             "modelplane_gateway_native_reloads", "HAProxy configuration reloads", value=reloads
         )
+
+
+def _remove_abandoned(tmp: Path) -> None:
+    """Directories of gateways that died by SIGKILL (their HAProxy went with them): older
+    than a minute, and nothing answers on their master socket."""
+    for directory in tmp.glob(PREFIX + "*"):
+        try:
+            if time.time() - directory.stat().st_mtime < ABANDONED_S:
+                continue
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(directory / "master.sock"))
+        except (FileNotFoundError, ConnectionRefusedError):
+            shutil.rmtree(directory, ignore_errors=True)
+        except OSError:
+            continue  # not ours to judge (permissions): left alone
 
 
 def _write_map(path: Path, digests: set[str]) -> None:

@@ -159,3 +159,22 @@ def test_log_lines_count_calls_or_feed_the_latency_sample() -> None:
     assert (by["d", 1].calls, by["d", 1].errors) == (3, 2)  # the NOSRV under the first lane
     assert by["e", 3].calls == 0 and sum(by["e", 3].latency) == SAMPLE
     assert quantile(by["e", 3].latency, 0.5) == pytest.approx(7, rel=0.1)
+
+
+def test_files_of_a_gateway_killed_are_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from gateway.native.engine import PREFIX, _remove_abandoned
+
+    dead, live, young = (tmp_path / f"{PREFIX}{n}" for n in ("dead", "live", "young"))
+    for directory in (dead, live, young):
+        directory.mkdir()
+        (directory / "haproxy.cfg").write_text("")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(live / "master.sock"))
+        listening.listen()
+        for directory in (dead, live):
+            os.utime(directory, (0, 0))  # long ago
+        _remove_abandoned(tmp_path)
+    assert not dead.exists() and live.exists() and young.exists()
