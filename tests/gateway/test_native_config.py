@@ -3,6 +3,8 @@ by HAProxy itself), its counters read per revision, its log lines counted."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from contract.traffic import Lane, LaneRole, Route, quantile
 from gateway.counts import Counts
 from gateway.native.config import EVERY, SAMPLE, Layout, backends, native, render, revision_of
+from gateway.native.engine import PREFIX, _remove_abandoned
 from gateway.native.logs import LogCounter
 from gateway.native.stats import StatsCounter, parse
 from tests.gateway.harness import haproxy_binary
@@ -162,11 +165,6 @@ def test_log_lines_count_calls_or_feed_the_latency_sample() -> None:
 
 
 def test_files_of_a_gateway_killed_are_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
-    import os
-    import socket
-
-    from gateway.native.engine import PREFIX, _remove_abandoned
-
     dead, live, young = (tmp_path / f"{PREFIX}{n}" for n in ("dead", "live", "young"))
     for directory in (dead, live, young):
         directory.mkdir()
