@@ -82,6 +82,12 @@ def alive(pid: int) -> bool:
     return True
 
 
+def as_from_a_terminal() -> None:
+    """SIGINT as a terminal leaves it: a test run started in the background (`make test &`)
+    inherits it ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def modelplane_stack(home: Path, database: str, *flags: str) -> Iterator[RunningStack]:
     """`modelplane stack ...` until the block ends, then Ctrl-C; checks that it exits 0 and
@@ -92,7 +98,9 @@ def modelplane_stack(home: Path, database: str, *flags: str) -> Iterator[Running
         "--database", database, "--postgres", ADMIN_DSN.rsplit("/", 1)[0], *flags,
     ]  # fmt: skip
     with output.open("ab") as out:
-        process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=as_from_a_terminal
+        )
     running = RunningStack(process, home, output)
     try:
 

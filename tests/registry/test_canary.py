@@ -219,6 +219,7 @@ async def test_a_canary_never_ready_is_rolled_back_after_its_timeout(
     worker = await register_worker(client, cpu_slots=8)
     await serve(client, worker, "web")
     await client.patch(f"{API}/deployments/web", json={"version": v2})
+    clock.catch_up()  # started_at is the API's real time, however long the set-up took
     clock.advance(20)
     assert await control.tick() == []
     clock.advance(11)

@@ -35,6 +35,12 @@ class Clock:
         self.now += timedelta(seconds=seconds)
         return self.now
 
+    def catch_up(self) -> datetime:
+        """Now is at least the real time: for what the API stamped with the real clock
+        (a canary's ``started_at``) after the test clock was made."""
+        self.now = max(self.now, utcnow())
+        return self.now
+
 
 def controller(
     sessions: SessionFactory, store: ArtifactStore, settings: Settings, clock: Clock
