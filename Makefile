@@ -68,7 +68,8 @@ haproxy:
 	fi
 
 # docker-compose.yml's topology natively: local Postgres, SeaweedFS, 2 control planes behind
-# a balancer on 127.0.0.1:8000, 2 deployer workers (network namespaces as root). Ctrl-C stops it.
+# a balancer on 127.0.0.1:8000, 2 gateways (the stable URL) behind one on 127.0.0.1:8080,
+# 2 deployer workers (network namespaces as root). Ctrl-C stops it.
 stack: install-dev
 	$(BIN)/modelplane stack
 

@@ -236,12 +236,19 @@ def stack(
         str, typer.Option(help="Workers in network namespaces: auto, on or off (loopback).")
     ] = "auto",
     control_planes: Annotated[int, typer.Option(min=1, help="Control-plane processes.")] = 2,
+    gateways: Annotated[
+        int, typer.Option(min=0, help="Gateway processes serving /serve/ (0: none).")
+    ] = 2,
+    gateway_port: Annotated[
+        int, typer.Option(help="The gateways' balancer's port on 127.0.0.1 (0: free).")
+    ] = 8080,
     workers: Annotated[int, typer.Option(min=1, help="Deployer workers.")] = 2,
     lease_ttl_s: Annotated[float, typer.Option(help="Worker lease TTL (seconds).")] = 15.0,
 ) -> None:
     """Run docker-compose.yml's topology natively: the local Postgres, SeaweedFS, a one-shot
-    migration, control planes behind a TCP balancer, and deployer workers on hosts of their
-    own (network namespaces when permitted). Ctrl-C stops everything."""
+    migration, control planes behind a TCP balancer, gateway processes (the stable URL,
+    HAProxy when installed) behind another, and deployer workers on hosts of their own
+    (network namespaces when permitted). Ctrl-C stops everything."""
     from devstack.stack import StackConfig, run
 
     config = StackConfig(
@@ -251,6 +258,8 @@ def stack(
         postgres=postgres,
         netns=netns,
         control_planes=control_planes,
+        gateways=gateways,
+        gateway_port=gateway_port,
         workers=workers,
         lease_ttl_s=lease_ttl_s,
         heartbeat_s=min(3.0, lease_ttl_s / 3),

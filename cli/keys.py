@@ -24,6 +24,7 @@ out = Console()  # the token goes to stdout alone, so `$(modelplane keys create 
 
 CREDENTIALS = "credentials.json"  # {"url", "token"}: the admin key `up` minted
 WORKER_CREDENTIALS = "worker-credentials.json"  # the embedded deployer worker's key
+GATEWAY_CREDENTIALS = "gateway-credentials.json"  # `modelplane stack`'s gateways' key
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -83,11 +84,19 @@ def ensure_up_credentials(database_url: str, home: Path, url: str) -> str:
     else:
         console.print(f"  API key: {admin_path}")
     write_credentials(admin_path, url, admin)
-    worker = _saved_token(database_url, worker_path)
-    if worker is None:
-        worker = _mint(database_url, "embedded worker", ["worker"], by="modelplane up")
-    write_credentials(worker_path, url, worker)
-    return worker
+    return ensure_service_key(database_url, worker_path, url, "embedded worker", "worker")
+
+
+def ensure_service_key(
+    database_url: str, path: Path, url: str, name: str, scope: str, by: str = "modelplane up"
+) -> str:
+    """The token of a process's own key (a worker's, the gateways'): the one saved at
+    ``path`` while it is still valid, else a new key of that one ``scope``, saved there."""
+    token = _saved_token(database_url, path)
+    if token is None:
+        token = _mint(database_url, name, [scope], by=by)
+    write_credentials(path, url, token)
+    return token
 
 
 def resolve_target(url: str | None, token: str | None) -> tuple[str, str | None]:

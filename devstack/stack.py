@@ -3,8 +3,10 @@
 The local Postgres (a database created if missing), SeaweedFS instead of MinIO (a bucket
 created if missing), a one-shot migration, control-plane processes on their own ports
 behind a TCP round-robin balancer (compose's nginx), API keys as `modelplane up` mints them
-(admin in `home/credentials.json`, the workers' own), and deployer workers, each on a host of
-its own: a network namespace with its own address when `ip netns` is permitted, else a
+(admin in `home/credentials.json`, the workers' own, the gateways' own), gateway processes
+(`python -m gateway`: HAProxy when installed) behind a balancer of their own serving the
+stable URL `/serve/...` as compose's `gateway` replicas do, and deployer workers, each on a
+host of its own: a network namespace with its own address when `ip netns` is permitted, else a
 loopback address of its own (127.0.0.2, 127.0.0.3, ...). Every process is a child, logged
 under `home/logs`, and stopped by PID; namespaces are removed by name.
 """
@@ -49,6 +51,8 @@ class StackConfig:
     bucket: str = "modelplane"
     port: int = 8000  # the balancer on 127.0.0.1 (0: a free port)
     control_planes: int = 2
+    gateways: int = 2  # python -m gateway processes (0: none; /serve/ stays on the API port)
+    gateway_port: int = 8080  # their balancer on 127.0.0.1 (0: a free port)
     workers: int = 2
     netns: str = "auto"  # auto: namespaces when permitted; on: required; off: loopback
     cpu_slots: int = 2
@@ -188,6 +192,10 @@ class Stack:
         self.logs = self.home / "logs"
         self.children: list[Child] = []
         self.control_planes: list[tuple[Child, str]] = []
+        self.gateways: list[tuple[Child, str]] = []
+        self.gateway_balancer: Balancer | None = None
+        self.gateway_url = ""
+        self.gateway_token = ""
         self.workers: list[WorkerProcess] = []
         self.hosts: Hosts | None = None
         self.mode = "loopback"
@@ -218,7 +226,10 @@ class Stack:
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.home / "stack.json").unlink(missing_ok=True)  # a previous run's
-        self.url = f"http://127.0.0.1:{self._balancer_port()}"
+        self.url = f"http://127.0.0.1:{self._balancer_port(self.config.port, '--port')}"
+        if self.config.gateways:
+            port = self._balancer_port(self.config.gateway_port, "--gateway-port")
+            self.gateway_url = f"http://127.0.0.1:{port}"
         self._choose_hosts()
         self.database_url = ensure_database(self.config.postgres, self.config.database)
         self._start_store()
@@ -229,6 +240,7 @@ class Stack:
         for child, url in self.control_planes:
             self._wait(child, f"{url}/readyz")
         self._start_balancer()
+        self._start_gateways()
         for i in range(self.config.workers):
             self._start_worker(i)
         self._wait_workers()
@@ -236,23 +248,28 @@ class Stack:
         state.with_suffix(".tmp").write_text(json.dumps(self.describe(), indent=2))
         state.with_suffix(".tmp").replace(state)  # readers never see half a file
 
-    def _balancer_port(self) -> int:
+    def _balancer_port(self, port: int, flag: str) -> int:
         """The configured port, checked free before anything starts (or a free one)."""
-        if not self.config.port:
+        if not port:
             return free_port()
         with socket.socket() as sock:
             try:
-                sock.bind(("127.0.0.1", self.config.port))
+                sock.bind(("127.0.0.1", port))
             except OSError as exc:
-                raise StackError(f"127.0.0.1:{self.config.port} is taken ({exc}): --port") from exc
-        return self.config.port
+                raise StackError(f"127.0.0.1:{port} is taken ({exc}): {flag}") from exc
+        return port
 
     def _credentials(self) -> None:
         """As `modelplane up`: an admin key in `home/credentials.json` (minted and printed
         on the first start) and the workers' key (worker scope) beside it."""
-        from cli.keys import ensure_up_credentials
+        from cli.keys import GATEWAY_CREDENTIALS, ensure_service_key, ensure_up_credentials
 
         self.worker_token = ensure_up_credentials(self.database_url, self.home, self.url)
+        if self.config.gateways:
+            self.gateway_token = ensure_service_key(
+                self.database_url, self.home / GATEWAY_CREDENTIALS, self.url,
+                "stack gateways", "gateway", by="modelplane stack",
+            )  # fmt: skip
         saved = read_credentials(self.home / CREDENTIALS)
         if saved is None:
             raise StackError(f"no admin key in {self.home / CREDENTIALS}")
@@ -379,6 +396,30 @@ class Stack:
         except RuntimeError as exc:
             raise StackError(str(exc)) from exc
 
+    def _start_gateways(self) -> None:
+        """`python -m gateway` processes following the control planes (through their
+        balancer), ready once each has its first route table, then their own balancer."""
+        if not self.config.gateways:
+            return
+        for i in range(self.config.gateways):
+            port = free_port()
+            argv = [
+                sys.executable, "-m", "gateway", "--registry-url", self.url,
+                "--host", "127.0.0.1", "--port", str(port), "--id", f"stack-g{i + 1}",
+            ]  # fmt: skip
+            # The key goes by environment, not flag: flags show in `ps`.
+            env = {**_base_env(), "MODELPLANE_GATEWAY_TOKEN": self.gateway_token}
+            child = self._spawn(f"gateway-{i + 1}", argv, env)
+            self.gateways.append((child, f"http://127.0.0.1:{port}"))
+        for child, url in self.gateways:
+            self._wait(child, f"{url}/readyz")
+        port = int(self.gateway_url.rsplit(":", 1)[1])
+        backends = [("127.0.0.1", int(url.rsplit(":", 1)[1])) for _, url in self.gateways]
+        try:
+            self.gateway_balancer = Balancer([("127.0.0.1", port)], backends).start()
+        except RuntimeError as exc:
+            raise StackError(str(exc)) from exc
+
     def _start_worker(self, i: int) -> None:
         name = f"stack-w{i + 1}"
         host = self.hosts.hosts[i] if self.hosts is not None else None
@@ -456,6 +497,8 @@ class Stack:
             "logs": str(self.logs),
             "credentials": str(self.home / CREDENTIALS),
             "control_planes": [{"url": u, "pid": c.pid} for c, u in self.control_planes],
+            "gateway_url": self.gateway_url or None,
+            "gateways": [{"url": u, "pid": c.pid} for c, u in self.gateways],
             "workers": [
                 {
                     "name": w.name,
@@ -472,8 +515,12 @@ class Stack:
 
     def stop(self) -> None:
         """Workers first (they drain their serving processes while the control planes still
-        answer), then the balancer, the control planes, the store; then the namespaces."""
+        answer), the gateways, then the balancer, the control planes, the store; then the
+        namespaces."""
         stop_all([w.child for w in self.workers], timeout=40)  # > their drain timeout
+        if self.gateway_balancer is not None:
+            self.gateway_balancer.stop()
+        stop_all([child for child, _ in self.gateways], timeout=15)
         if self.balancer is not None:
             self.balancer.stop()
         stop_all([child for child, _ in self.control_planes], timeout=30)
@@ -522,6 +569,10 @@ def _announce(stack: Stack, say: Any) -> None:
         say(f"  workers on loopback addresses: {info['why_loopback']}")
     for cp in info["control_planes"]:
         say(f"  control plane  {cp['url']}  pid {cp['pid']}")
+    if info["gateway_url"]:
+        say(f"  stable URL {info['gateway_url']}/serve/{{deployment}}/...  (the gateways below)")
+    for gw in info["gateways"]:
+        say(f"  gateway  {gw['url']}  pid {gw['pid']}")
     for w in info["workers"]:
         where = f"namespace {w['namespace']}" if w["namespace"] else "loopback"
         reach = f"-> {w['control_plane']}  pid {w['pid']}"

@@ -95,6 +95,7 @@ def modelplane_stack(home: Path, database: str, *flags: str) -> Iterator[Running
     output = home.with_name(f"{home.name}.out")
     argv = [
         sys.executable, "-m", "cli", "stack", "--home", str(home), "--port", "0",
+        "--gateway-port", "0",
         "--database", database, "--postgres", ADMIN_DSN.rsplit("/", 1)[0], *flags,
     ]  # fmt: skip
     with output.open("ab") as out:
@@ -180,6 +181,7 @@ def test_replicas_serve_from_their_hosts_and_move_when_a_host_dies(
     else:
         assert addresses == ["127.0.0.2", "127.0.0.3"]
     assert len(stack.info["control_planes"]) == 2
+    assert len(stack.info["gateways"]) == 2
     ids = {w["id"]: w["name"] for w in stack.api("GET", "/workers").json()["items"] if w["live"]}
     assert sorted(ids.values()) == sorted(workers)
 
@@ -192,8 +194,13 @@ def test_replicas_serve_from_their_hosts_and_move_when_a_host_dies(
     [first] = wait_for("a ready endpoint", lambda: ready_endpoints(stack, "hosts"), 90, stack.logs)
     owner = next(n for n, w in workers.items() if urlsplit(first["url"]).hostname == w["address"])
     other = next(n for n in workers if n != owner)
-    # The stable URL, through the balancer and through each control plane, reaches the host.
-    for base in [stack.url, *(cp["url"] for cp in stack.info["control_planes"])]:
+    # The stable URL, through the balancer and through each control plane, and through the
+    # gateway processes' balancer and each gateway, reaches the host.
+    bases = [
+        stack.url, *(cp["url"] for cp in stack.info["control_planes"]),
+        stack.info["gateway_url"], *(gw["url"] for gw in stack.info["gateways"]),
+    ]  # fmt: skip
+    for base in bases:
         assert infer(f"{base}/serve/hosts", "hosts", stack.token) == [2.0, 3.0, 4.0, 5.0]
 
     serving_pid = serving_pids(stack, owner)[-1]  # the live one (a loaded host may restart one)
@@ -219,6 +226,16 @@ def test_replicas_serve_from_their_hosts_and_move_when_a_host_dies(
           f"serving there in {ready_s:.1f}s (lease TTL {LEASE_TTL_S}s)")  # fmt: skip
     assert second["url"] != first["url"]
     assert infer(f"{stack.url}/serve/hosts", "hosts", stack.token) == [2.0, 3.0, 4.0, 5.0]
+
+    def through_gateways() -> bool:  # they have the moved endpoint within a feed's delay
+        try:
+            return infer(f"{stack.info['gateway_url']}/serve/hosts", "hosts", stack.token) == [
+                2.0, 3.0, 4.0, 5.0,
+            ]  # fmt: skip
+        except AssertionError:
+            return False
+
+    wait_for("the moved endpoint through the gateways", through_gateways, 10, stack.logs)
     assert stack.api("DELETE", "/deployments/hosts").status_code in (202, 204)
 
 
@@ -227,14 +244,18 @@ def test_stack_keeps_its_database_artifacts_and_keys_between_runs(tmp_path: Path
     versions, their bytes (SeaweedFS restarted on new ports, its bucket kept) and its key."""
     require_postgres()
     database = f"mp_stack_{uuid.uuid4().hex[:12]}"
-    home, flags = tmp_path / "stack", ("--netns", "off", "--workers", "1", "--control-planes", "1")
+    home = tmp_path / "stack"
+    flags = ("--netns", "off", "--workers", "1", "--control-planes", "1", "--gateways", "1")
     data = b"kept between runs" * 100
     try:
         with modelplane_stack(home, database, *flags) as first:
             push_version(first.url, "kept", {"model.pt": data}, "torchscript", first.token)
             token = first.token
+            gateway_key = json.loads((home / "gateway-credentials.json").read_text())["token"]
         with modelplane_stack(home, database, *flags) as second:
             assert second.token == token  # the saved admin key still works: not minted again
+            again = json.loads((home / "gateway-credentials.json").read_text())["token"]
+            assert again == gateway_key  # nor the gateways' key
 
             # the store restarted on new ports: a 503 (Retry-After) until it answers reads
             def read() -> httpx.Response | None:
