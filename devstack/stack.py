@@ -179,6 +179,18 @@ def _weed_ports() -> list[int]:
     return ports
 
 
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _balance(listen: list[tuple[str, int]], backends: list[tuple[Child, str]]) -> Balancer:
+    """A started balancer over the processes at ``backends`` (each on 127.0.0.1)."""
+    try:
+        return Balancer(listen, [("127.0.0.1", _port_of(url)) for _, url in backends]).start()
+    except RuntimeError as exc:
+        raise StackError(str(exc)) from exc
+
+
 def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
 
@@ -261,7 +273,8 @@ class Stack:
 
     def _credentials(self) -> None:
         """As `modelplane up`: an admin key in `home/credentials.json` (minted and printed
-        on the first start) and the workers' key (worker scope) beside it."""
+        on the first start) and the workers' key (worker scope) beside it; with gateways,
+        theirs (gateway scope) too."""
         from cli.keys import GATEWAY_CREDENTIALS, ensure_service_key, ensure_up_credentials
 
         self.worker_token = ensure_up_credentials(self.database_url, self.home, self.url)
@@ -387,14 +400,10 @@ class Stack:
         self.control_planes.append((child, f"http://127.0.0.1:{port}"))
 
     def _start_balancer(self) -> None:
-        port = int(self.url.rsplit(":", 1)[1])
+        port = _port_of(self.url)
         # Namespaces reach the control planes by their gateway address, on the same port.
         gateways = [(h.gateway, port) for h in self.hosts.hosts] if self.hosts else []
-        backends = [("127.0.0.1", int(url.rsplit(":", 1)[1])) for _, url in self.control_planes]
-        try:
-            self.balancer = Balancer([("127.0.0.1", port), *gateways], backends).start()
-        except RuntimeError as exc:
-            raise StackError(str(exc)) from exc
+        self.balancer = _balance([("127.0.0.1", port), *gateways], self.control_planes)
 
     def _start_gateways(self) -> None:
         """`python -m gateway` processes following the control planes (through their
@@ -413,20 +422,15 @@ class Stack:
             self.gateways.append((child, f"http://127.0.0.1:{port}"))
         for child, url in self.gateways:
             self._wait(child, f"{url}/readyz")
-        port = int(self.gateway_url.rsplit(":", 1)[1])
-        backends = [("127.0.0.1", int(url.rsplit(":", 1)[1])) for _, url in self.gateways]
-        try:
-            self.gateway_balancer = Balancer([("127.0.0.1", port)], backends).start()
-        except RuntimeError as exc:
-            raise StackError(str(exc)) from exc
+        listen = [("127.0.0.1", _port_of(self.gateway_url))]
+        self.gateway_balancer = _balance(listen, self.gateways)
 
     def _start_worker(self, i: int) -> None:
         name = f"stack-w{i + 1}"
         host = self.hosts.hosts[i] if self.hosts is not None else None
         address = host.address if host else f"127.0.0.{i + 2}"
         gateway = host.gateway if host else "127.0.0.1"
-        port = int(self.url.rsplit(":", 1)[1])
-        control_plane = f"http://{gateway}:{port}"
+        control_plane = f"http://{gateway}:{_port_of(self.url)}"
         low = self.config.worker_ports + 500 * i
         argv = [
             *(host.exec_prefix() if host else []),
