@@ -241,7 +241,8 @@ def test_replicas_serve_from_their_hosts_and_move_when_a_host_dies(
 
 def test_stack_keeps_its_database_artifacts_and_keys_between_runs(tmp_path: Path) -> None:
     """A second `modelplane stack` on the same home and database finds the first one's
-    versions, their bytes (SeaweedFS restarted on new ports, its bucket kept) and its key."""
+    versions, their bytes (SeaweedFS restarted on new ports, its bucket kept) and its keys;
+    a third runs without gateways."""
     require_postgres()
     database = f"mp_stack_{uuid.uuid4().hex[:12]}"
     home = tmp_path / "stack"
@@ -264,5 +265,9 @@ def test_stack_keeps_its_database_artifacts_and_keys_between_runs(tmp_path: Path
 
             answer = wait_for("the kept file", read, 30, second.logs)
             assert answer.status_code == 200 and answer.content == data
+        no_gateways = (*flags[:-1], "0")  # --gateways 0: none, and no port taken for them
+        with modelplane_stack(home, database, *no_gateways) as third:
+            assert third.info["gateways"] == [] and third.info["gateway_url"] is None
+            assert third.api("GET", "/models/kept/versions/1").status_code == 200
     finally:
         drop_database(database)
